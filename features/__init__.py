@@ -1,0 +1,1 @@
+"""Data layer: canonical schema, source adapters, cleaning, splits, profiles, synthetic data."""

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module``s and closed-form baselines. No Lightning, no I/O."""

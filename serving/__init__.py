@@ -1,0 +1,1 @@
+"""Bundle loading, index backends, online store, rules, and the Ray Serve app."""

@@ -1,0 +1,52 @@
+"""Fixtures shared by every test folder: paths, real-data location, one local Ray per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path(os.environ.get("SHOPREC_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+# Ray 2.60 turns token auth on by default; local tests run without it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("SHOPREC_PSEUDO_KEY", "test-key")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The public datasets (../shared/data). Real-data tests need them; CI has them."""
+    if not DATA_ROOT.exists():
+        pytest.skip(f"real data not found at {DATA_ROOT}")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (Ray listens on fixed ports)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024 * 1024,
+            logging_level="ERROR",
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - best effort teardown
+        pass
+    ray.shutdown()

@@ -1,0 +1,1 @@
+"""Lightning modules and data modules, metrics, and the train / evaluate / export entry points."""
