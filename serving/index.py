@@ -1,0 +1,551 @@
+"""Candidate retrieval over item embeddings: FAISS indexes (CPU, or GPU when FAISS sees one) and an
+exact torch backend (matrix product + top-k; fp16 on CUDA, fp32 on CPU).
+
+Every backend has the same ``search`` method: inner-product scores of float32 queries against the
+item embeddings, best first, with query-time filters:
+
+- ``exclude[b]``: item ids never returned for query ``b`` (e.g. already bought);
+- ``allowed``: a boolean mask over items (a category, items in stock).
+
+FAISS filters run either by over-fetching and filtering (``filter: overfetch``) or with a FAISS
+``IDSelector`` passed in the search parameters (``filter: selector``). ``scripts/bench_index.py``
+measures both; the conf default is the faster one. Over-fetch falls back to the selector for the
+few queries where filtering left fewer than ``k`` results although enough items qualify, so both
+strategies return the same items.
+
+An index is saved as ``<bundle>/index/`` with ``index.faiss`` (absent for ``torch_exact``),
+``ids.npy`` (row -> item id) and ``manifest.json``; ``load_index`` reads it back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Collection, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INDEX_DIRNAME = "index"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+EMBEDDINGS_FILE = "item_embeddings.npy"
+BACKENDS = ("faiss", "torch_exact")
+FILTERS = ("overfetch", "selector")
+
+
+class BundleError(ValueError):
+    """An empty, missing or corrupt bundle file; the message names the file."""
+
+
+class IndexConfigError(ValueError):
+    """An index setting that does not fit the catalogue or the bundle; the message names the setting."""
+
+
+@dataclass
+class IndexSettings:
+    """The ``index`` config group as a typed record (every default lives in ``conf/index/``)."""
+
+    name: str
+    backend: str  # faiss | torch_exact
+    factory: str | None = None  # FAISS index_factory string, e.g. "HNSW32,Flat"
+    search_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"nprobe": 32} or {"efSearch": 256}
+    filter: str = "overfetch"  # overfetch | selector
+    overfetch: int = 4  # fetch k * overfetch (+ the largest exclude set) before filtering
+    train_size: int | None = None  # vectors used to train IVF/PQ (null = all)
+    use_gpu: bool = True  # move FAISS to the GPU when faiss.get_num_gpus() > 0 / torch CUDA for exact
+    torch_dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16
+    query_batch: int = 1024  # exact backend: queries per matrix product
+    dim: int | None = None  # expected embedding dimension; null = whatever the bundle has
+    recall_queries: int = 1000  # sample queries for the manifest's recall against exact
+    recall_k: int = 100
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> "IndexSettings":
+        d = dict(cfg)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise IndexConfigError(f"index: unknown setting(s) {unknown}")
+        d["search_params"] = dict(d.get("search_params") or {})
+        s = cls(**d)
+        if s.backend not in BACKENDS:
+            raise IndexConfigError(f"index.backend={s.backend!r}: expected one of {BACKENDS}")
+        if s.filter not in FILTERS:
+            raise IndexConfigError(f"index.filter={s.filter!r}: expected one of {FILTERS}")
+        if s.backend == "faiss" and not s.factory:
+            raise IndexConfigError("index.factory is required when index.backend=faiss")
+        if s.overfetch < 1:
+            raise IndexConfigError(f"index.overfetch={s.overfetch}: must be >= 1")
+        return s
+
+
+def validate_settings(s: IndexSettings, n_items: int, dim: int) -> None:
+    """Fail before building when the config cannot fit this catalogue; names the setting."""
+    if n_items <= 0:
+        raise IndexConfigError("the catalogue is empty (0 item embeddings)")
+    if s.dim is not None and int(s.dim) != dim:
+        raise IndexConfigError(f"index.dim={s.dim} does not match the bundle's embedding dimension {dim}")
+    if s.backend != "faiss":
+        return
+    factory = s.factory or ""
+    m = re.search(r"IVF(\d+)", factory)
+    if m:
+        nlist = int(m.group(1))
+        train_n = min(n_items, s.train_size or n_items)
+        if nlist > n_items:
+            raise IndexConfigError(
+                f"index.factory={factory!r}: nlist={nlist} is larger than the catalogue ({n_items} items)"
+            )
+        if nlist > train_n:
+            raise IndexConfigError(
+                f"index.train_size={s.train_size}: {train_n} training vectors < nlist={nlist} in index.factory"
+            )
+        nprobe = s.search_params.get("nprobe")
+        if nprobe is not None and int(nprobe) > nlist:
+            raise IndexConfigError(f"index.search_params.nprobe={nprobe} is larger than nlist={nlist}")
+    m = re.search(r"PQ(\d+)", factory)
+    if m and dim % int(m.group(1)) != 0:
+        raise IndexConfigError(
+            f"index.factory={factory!r}: PQ sub-quantizers {m.group(1)} do not divide the dimension {dim}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends
+
+
+class CandidateIndex:
+    """Common interface: ``search(queries, k, exclude=None, allowed=None) -> (scores, item_ids)``."""
+
+    dim: int
+    n_items: int
+    backend: str
+    device: str
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[Collection[int]] | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # shared argument checks -------------------------------------------------------------------
+    def _check(self, queries: np.ndarray, k: int, exclude, allowed) -> np.ndarray:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries: expected shape (B, {self.dim}), got {tuple(np.shape(queries))}")
+        if k <= 0:
+            raise ValueError(f"k={k}: must be >= 1")
+        if exclude is not None and len(exclude) != q.shape[0]:
+            raise ValueError(f"exclude: expected {q.shape[0]} sets (one per query), got {len(exclude)}")
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != bool or allowed.shape != (self.n_items,):
+                raise ValueError(f"allowed: expected a bool mask of shape ({self.n_items},), got {allowed.dtype} {allowed.shape}")
+        return q
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (B, k') results to (B, k) with -inf / -1; mark -inf scores as id -1."""
+    b, kk = ids.shape
+    if kk < k:
+        scores = np.concatenate([scores, np.full((b, k - kk), -np.inf, np.float32)], axis=1)
+        ids = np.concatenate([ids, np.full((b, k - kk), -1, np.int64)], axis=1)
+    scores = scores.astype(np.float32, copy=False)
+    ids = ids.astype(np.int64, copy=False)
+    ids[~np.isfinite(scores)] = -1
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+class TorchExactIndex(CandidateIndex):
+    """Exact top-k by matrix product with torch: fp16 (or bf16) on CUDA, fp32 on CPU."""
+
+    backend = "torch_exact"
+
+    def __init__(self, embeddings: np.ndarray, ids: np.ndarray | None = None, *, device: str | None = None,
+                 dtype: str = "auto", query_batch: int = 1024):
+        import torch
+
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.n_items, self.dim = emb.shape
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = "float16" if self.device.startswith("cuda") else "float32"
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise IndexConfigError(f"index.torch_dtype={dtype!r}: expected auto, float32, float16 or bfloat16")
+        self.dtype = dtype
+        self._torch_dtype = getattr(torch, dtype)
+        self._emb = torch.from_numpy(emb).to(self.device, self._torch_dtype)
+        self.ids = np.arange(self.n_items, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        self.query_batch = int(query_batch)
+
+    def search(self, queries, k, exclude=None, allowed=None):
+        import torch
+
+        q = self._check(queries, k, exclude, allowed)
+        kk = min(k, self.n_items)
+        allowed_t = None if allowed is None else torch.from_numpy(np.asarray(allowed)).to(self.device)
+        row_of = None
+        if exclude is not None and not np.array_equal(self.ids, np.arange(self.n_items)):
+            row_of = {int(i): r for r, i in enumerate(self.ids)}
+        out_s, out_i = [], []
+        with torch.inference_mode():
+            for start in range(0, q.shape[0], self.query_batch):
+                qb = torch.from_numpy(q[start:start + self.query_batch]).to(self.device, self._torch_dtype)
+                s = (qb @ self._emb.T).float()
+                if allowed_t is not None:
+                    s.masked_fill_(~allowed_t[None, :], float("-inf"))
+                if exclude is not None:
+                    rows, cols = [], []
+                    for j, ex in enumerate(exclude[start:start + self.query_batch]):
+                        for item in ex:
+                            r = row_of.get(int(item)) if row_of is not None else int(item)
+                            if r is not None and 0 <= r < self.n_items:
+                                rows.append(j)
+                                cols.append(r)
+                    if rows:
+                        s[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)] = float("-inf")
+                top_s, top_r = torch.topk(s, kk, dim=1)
+                out_s.append(top_s.cpu().numpy())
+                out_i.append(self.ids[top_r.cpu().numpy()])
+        return _pad(np.concatenate(out_s), np.concatenate(out_i), k)
+
+
+class FaissIndex(CandidateIndex):
+    """A FAISS index (inner product) built from a factory string; on the GPU when FAISS has one."""
+
+    backend = "faiss"
+
+    def __init__(self, index, ids: np.ndarray, *, factory: str, search_params: Mapping[str, Any] | None = None,
+                 filter: str = "overfetch", overfetch: int = 4, device: str = "cpu"):
+        self.index = index
+        self.ids = np.asarray(ids, np.int64)
+        self.n_items = int(index.ntotal)
+        self.dim = int(index.d)
+        self.factory = factory
+        self.search_params = dict(search_params or {})
+        self.filter = filter
+        self.overfetch = int(overfetch)
+        self.device = device
+        self._identity = bool(np.array_equal(self.ids, np.arange(self.n_items)))
+        self._row_of = None if self._identity else {int(i): r for r, i in enumerate(self.ids)}
+        self._apply_search_params()
+
+    # building / saving --------------------------------------------------------------------------
+    @classmethod
+    def build(cls, embeddings: np.ndarray, settings: IndexSettings, ids: np.ndarray | None = None,
+              seed: int = 0) -> "FaissIndex":
+        import faiss
+
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        n, d = emb.shape
+        validate_settings(settings, n, d)
+        index = faiss.index_factory(d, settings.factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            rng = np.random.default_rng(seed)
+            train = emb
+            if settings.train_size and settings.train_size < n:
+                train = emb[np.sort(rng.choice(n, settings.train_size, replace=False))]
+            index.train(train)
+        index.add(emb)
+        device = "cpu"
+        if settings.use_gpu and _faiss_gpus() > 0:
+            index = faiss.index_cpu_to_all_gpus(index)
+            device = f"cuda (faiss, {_faiss_gpus()} GPU)"
+        return cls(index, np.arange(n) if ids is None else ids, factory=settings.factory,
+                   search_params=settings.search_params, filter=settings.filter,
+                   overfetch=settings.overfetch, device=device)
+
+    def cpu_index(self):
+        import faiss
+
+        return faiss.index_gpu_to_cpu(self.index) if self.device.startswith("cuda") else self.index
+
+    def _apply_search_params(self) -> None:
+        import faiss
+
+        if not self.search_params:
+            return
+        ps = faiss.GpuParameterSpace() if self.device.startswith("cuda") else faiss.ParameterSpace()
+        for name, value in self.search_params.items():
+            try:
+                ps.set_index_parameter(self.index, name, value)
+            except RuntimeError as e:  # faiss raises RuntimeError for unknown parameters
+                raise IndexConfigError(f"index.search_params.{name}={value}: not valid for {self.factory!r} ({e})") from e
+
+    # searching -----------------------------------------------------------------------------------
+    def search(self, queries, k, exclude=None, allowed=None):
+        q = self._check(queries, k, exclude, allowed)
+        if exclude is None and allowed is None:
+            s, r = self.index.search(q, min(k, self.n_items))
+            return _pad(s, self._rows_to_ids(r), k)
+        if self.filter == "selector" and not self.device.startswith("cuda"):
+            return self._search_selector(q, k, exclude, allowed, range(q.shape[0]))
+        return self._search_overfetch(q, k, exclude, allowed)
+
+    def _rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
+        out = np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1)
+        return out.astype(np.int64)
+
+    def _excluded_rows(self, ex: Collection[int]) -> np.ndarray:
+        if self._identity:
+            rows = np.fromiter((int(i) for i in ex), np.int64, len(ex))
+        else:
+            rows = np.array([self._row_of[int(i)] for i in ex if int(i) in self._row_of], np.int64)
+        return rows[(rows >= 0) & (rows < self.n_items)]
+
+    def _search_overfetch(self, q, k, exclude, allowed):
+        b = q.shape[0]
+        max_ex = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        frac = 1.0 if allowed is None else max(float(allowed.mean()), 1e-6)
+        kk = int(min(self.n_items, np.ceil((k * self.overfetch) / min(1.0, frac * 4) ) + max_ex))
+        kk = max(kk, min(k, self.n_items))
+        s, r = self.index.search(q, kk)
+        valid = r >= 0
+        if allowed is not None:
+            valid &= allowed[np.clip(r, 0, None)]
+        if exclude is not None:
+            for j, ex in enumerate(exclude):
+                if len(ex):
+                    valid[j] &= ~np.isin(r[j], self._excluded_rows(ex))
+        out_s = np.full((b, k), -np.inf, np.float32)
+        out_r = np.full((b, k), -1, np.int64)
+        short = []
+        n_allowed = self.n_items if allowed is None else int(allowed.sum())
+        for j in range(b):
+            keep = np.flatnonzero(valid[j])[:k]
+            out_s[j, :len(keep)] = s[j, keep]
+            out_r[j, :len(keep)] = r[j, keep]
+            if len(keep) < k and kk < self.n_items:
+                qualifying = n_allowed - (len(exclude[j]) if exclude is not None else 0)
+                if qualifying > len(keep):
+                    short.append(j)
+        if short:  # too few survived the filter: ask FAISS again with an IDSelector for those queries
+            s2, i2 = self._search_selector(q, k, exclude, allowed, short)
+            out_s[short], out_r[short] = s2, self._ids_to_rows(i2)
+        return _pad(out_s, self._rows_to_ids(out_r), k)
+
+    def _ids_to_rows(self, ids: np.ndarray) -> np.ndarray:
+        if self._identity:
+            return ids
+        pos = {int(i): r for r, i in enumerate(self.ids)}
+        return np.vectorize(lambda i: pos.get(int(i), -1))(ids).astype(np.int64)
+
+    def _selector(self, ex_rows: np.ndarray | None, allowed_bits: np.ndarray | None):
+        import faiss
+
+        keep = []  # hold references: FAISS selectors do not own their inputs
+        sel = None
+        if allowed_bits is not None:
+            sel = faiss.IDSelectorBitmap(self.n_items, faiss.swig_ptr(allowed_bits))
+            keep.append(allowed_bits)
+        if ex_rows is not None and len(ex_rows):
+            ex_rows = np.ascontiguousarray(ex_rows, dtype=np.int64)
+            batch = faiss.IDSelectorBatch(len(ex_rows), faiss.swig_ptr(ex_rows))
+            notsel = faiss.IDSelectorNot(batch)
+            keep += [ex_rows, batch]
+            sel = notsel if sel is None else faiss.IDSelectorAnd(sel, notsel)
+            if isinstance(sel, faiss.IDSelectorAnd):
+                keep.append(notsel)
+        return sel, keep
+
+    def _params(self, sel):
+        import faiss
+
+        base = faiss.downcast_index(self.index)
+        if isinstance(base, faiss.IndexPreTransform):
+            base = faiss.downcast_index(base.index)
+        if "nprobe" in self.search_params or isinstance(base, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.search_params.get("nprobe", getattr(base, "nprobe", 1))))
+        if isinstance(base, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.search_params.get("efSearch", base.hnsw.efSearch)))
+        return faiss.SearchParameters(sel=sel)
+
+    def _search_selector(self, q, k, exclude, allowed, rows):
+        rows = list(rows)
+        kk = min(k, self.n_items)
+        allowed_bits = None if allowed is None else np.packbits(allowed, bitorder="little")
+        out_s = np.full((len(rows), kk), -np.inf, np.float32)
+        out_r = np.full((len(rows), kk), -1, np.int64)
+        if exclude is None:  # one selector for the whole batch
+            sel, _keep = self._selector(None, allowed_bits)
+            s, r = self.index.search(q[rows], kk, params=self._params(sel))
+            out_s[:], out_r[:] = s, r
+        else:
+            for n, j in enumerate(rows):
+                sel, _keep = self._selector(self._excluded_rows(exclude[j]), allowed_bits)
+                s, r = self.index.search(q[j:j + 1], kk, params=self._params(sel))
+                out_s[n], out_r[n] = s[0], r[0]
+        return _pad(out_s, self._rows_to_ids(out_r), k)
+
+
+def _faiss_gpus() -> int:
+    import faiss
+
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:  # faiss-cpu builds without the symbol
+        return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Building, saving, loading
+
+
+def build_index(embeddings: np.ndarray, settings: IndexSettings, seed: int = 0) -> CandidateIndex:
+    """Build the index the settings describe (validated first) over ``embeddings`` (row = item id)."""
+    emb = np.asarray(embeddings, np.float32)
+    if emb.ndim != 2:
+        raise IndexConfigError(f"item embeddings must be 2-d (n_items, dim), got shape {emb.shape}")
+    validate_settings(settings, emb.shape[0], emb.shape[1])
+    if settings.backend == "torch_exact":
+        import torch
+
+        device = "cuda" if (settings.use_gpu and torch.cuda.is_available()) else "cpu"
+        return TorchExactIndex(emb, device=device, dtype=settings.torch_dtype, query_batch=settings.query_batch)
+    return FaissIndex.build(emb, settings, seed=seed)
+
+
+def exact_reference(embeddings: np.ndarray) -> TorchExactIndex:
+    """Exact fp32 search on the CPU: the yardstick for recall."""
+    return TorchExactIndex(embeddings, device="cpu", dtype="float32")
+
+
+def recall_at_k(index: CandidateIndex, exact: CandidateIndex, queries: np.ndarray, k: int) -> float:
+    """Mean fraction of the exact top-k that the index also returns in its top-k."""
+    _, got = index.search(queries, k)
+    _, ref = exact.search(queries, k)
+    hits = [len(set(g[g >= 0]) & set(r[r >= 0])) / max(1, int((r >= 0).sum())) for g, r in zip(got, ref)]
+    return float(np.mean(hits))
+
+
+def load_embeddings(bundle_dir: Path) -> np.ndarray:
+    """``item_embeddings.npy`` of a bundle, checked; errors name the file."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle folder not found: {bundle_dir}")
+    path = bundle_dir / EMBEDDINGS_FILE
+    if not path.exists():
+        raise BundleError(f"{path}: missing (the bundle has no item embeddings)")
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any read failure means a corrupt file
+        raise BundleError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {e})") from e
+    if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise BundleError(f"{path}: expected a non-empty 2-d array (n_items, dim), got shape {emb.shape}")
+    if not np.issubdtype(emb.dtype, np.floating):
+        raise BundleError(f"{path}: expected float embeddings, got dtype {emb.dtype}")
+    emb = emb.astype(np.float32, copy=False)
+    if not np.isfinite(emb).all():
+        raise BundleError(f"{path}: contains NaN or infinite values")
+    manifest = bundle_dir / "manifest.json"
+    if manifest.exists():
+        try:
+            m = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{manifest}: not valid JSON ({e})") from e
+        if m.get("dim") is not None and int(m["dim"]) != emb.shape[1]:
+            raise BundleError(f"{path}: dimension {emb.shape[1]} differs from manifest.json dim={m['dim']}")
+        if m.get("n_items") is not None and int(m["n_items"]) != emb.shape[0]:
+            raise BundleError(f"{path}: {emb.shape[0]} rows differ from manifest.json n_items={m['n_items']}")
+    return emb
+
+
+@dataclass
+class IndexManifest:
+    """What ``<bundle>/index/manifest.json`` records."""
+
+    name: str
+    backend: str
+    factory: str | None
+    metric: str
+    n_items: int
+    dim: int
+    search_params: dict[str, Any]
+    filter: str
+    overfetch: int
+    device: str
+    build_seconds: float
+    recall_at_k: float | None
+    recall_k: int
+    recall_queries: int
+    recall_query_source: str
+    torch_dtype: str
+    code_version: str
+    embeddings_sha256: str | None = None
+    created_at: str = ""
+
+
+def save_index(index: CandidateIndex, out_dir: Path, manifest: IndexManifest) -> None:
+    """Write ``index.faiss`` (FAISS only), ``ids.npy`` and ``manifest.json`` into ``out_dir``."""
+    import faiss
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(index, FaissIndex):
+        faiss.write_index(index.cpu_index(), str(out_dir / INDEX_FILE))
+    np.save(out_dir / IDS_FILE, index.ids)
+    (out_dir / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+
+
+def load_index(bundle_dir: Path, *, use_gpu: bool = True) -> CandidateIndex:
+    """The index saved under ``bundle_dir/index/`` if any, else exact search over ``item_embeddings.npy``."""
+    import faiss
+
+    bundle_dir = Path(bundle_dir)
+    idx_dir = bundle_dir / INDEX_DIRNAME
+    man_path = idx_dir / "manifest.json"
+    if not man_path.exists():
+        return TorchExactIndex(load_embeddings(bundle_dir))
+    try:
+        m = json.loads(man_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{man_path}: not valid JSON ({e})") from e
+    ids = _load_ids(idx_dir / IDS_FILE)
+    if m.get("backend") == "torch_exact":
+        emb = load_embeddings(bundle_dir)
+        return TorchExactIndex(emb, ids if len(ids) == len(emb) else None, dtype=m.get("torch_dtype", "auto"))
+    path = idx_dir / INDEX_FILE
+    if not path.exists():
+        raise BundleError(f"{path}: missing (index/manifest.json says backend={m.get('backend')!r})")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise BundleError(f"{path}: cannot be read as a FAISS index ({str(e).splitlines()[0] if str(e) else e})") from e
+    if index.ntotal != len(ids):
+        raise BundleError(f"{path}: holds {index.ntotal} vectors but {idx_dir / IDS_FILE} has {len(ids)} ids")
+    device = "cpu"
+    if use_gpu and _faiss_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+        device = f"cuda (faiss, {_faiss_gpus()} GPU)"
+    return FaissIndex(index, ids, factory=m.get("factory") or "", search_params=m.get("search_params") or {},
+                      filter=m.get("filter", "overfetch"), overfetch=int(m.get("overfetch", 4)), device=device)
+
+
+def _load_ids(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise BundleError(f"{path}: missing (the index has no id map)")
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise BundleError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {e})") from e
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise BundleError(f"{path}: expected a 1-d integer array, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    """(result, seconds) of one call."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,27 @@
+"""serving.ranking without a trained ranker: load() says None; bad ranker files name the file."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from toy_bundle import make_bundle  # noqa: E402
+
+from serving.index import BundleError  # noqa: E402
+from serving.ranking import Ranker  # noqa: E402
+
+
+def test_load_returns_none_without_ranker(tmp_path):
+    assert Ranker.load(make_bundle(tmp_path / "b", encoder=False)) is None
+
+
+def test_ranker_without_spec_or_corrupt_names_file(tmp_path):
+    b = make_bundle(tmp_path / "b", encoder=False)
+    (b / "ranker.onnx").write_bytes(b"junk")
+    with pytest.raises(BundleError, match="ranker.json: missing"):
+        Ranker.load(b)
+    (b / "ranker.json").write_text("{not json")
+    with pytest.raises(BundleError, match="ranker.json: not a valid"):
+        Ranker.load(b)
