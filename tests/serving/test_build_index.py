@@ -1,0 +1,74 @@
+"""python -m serving.build_index: writes index/ with a manifest; bad configs and bundles fail clearly."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from toy_bundle import make_bundle  # noqa: E402
+
+from serving.build_index import run  # noqa: E402
+from serving.index import BundleError, FaissIndex, IndexConfigError, TorchExactIndex, load_index  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+torch.set_num_threads(1)
+faiss.omp_set_num_threads(1)
+
+
+def cfg_for(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=[f"paths.artifacts={tmp_path / 'art'}", *overrides])
+
+
+@pytest.mark.parametrize("index,backend", [("flat", FaissIndex), ("hnsw", FaissIndex), ("torch_exact", TorchExactIndex)])
+def test_builds_saves_and_records(tmp_path, index, backend):
+    bundle = make_bundle(tmp_path / "b", n_items=400, dim=16, encoder=False)
+    res = run(cfg_for(tmp_path, f"bundle={bundle}", f"index={index}", "index.recall_queries=50"))
+    man = json.loads((bundle / "index" / "manifest.json").read_text())
+    assert man["n_items"] == 400 and man["dim"] == 16 and man["metric"] == "inner_product"
+    assert man["device"] == "cpu" and man["build_seconds"] >= 0
+    assert man["recall_at_k"] >= 0.95 and man["recall_k"] == 100
+    assert (bundle / "index" / "ids.npy").exists()
+    assert (bundle / "index" / "index.faiss").exists() == (backend is FaissIndex)
+    assert isinstance(load_index(bundle), backend)
+    bman = json.loads((bundle / "manifest.json").read_text())
+    assert bman["index"]["name"] == index and "index/ids.npy" in bman["files"]
+    assert res.manifest.recall_at_k == man["recall_at_k"]
+
+
+def test_latest_bundle_is_default(tmp_path):
+    bundles = tmp_path / "art" / "bundles"
+    make_bundle(bundles / "toy-1", n_items=100, dim=8, encoder=False)
+    (bundles / "LATEST").write_text("toy-1\n")
+    res = run(cfg_for(tmp_path, "index=flat", "index.recall_queries=20"))
+    assert res.index_dir == bundles / "toy-1" / "index"
+
+
+def test_nlist_larger_than_catalogue_fails_before_building(tmp_path):
+    bundle = make_bundle(tmp_path / "b", n_items=200, dim=16, encoder=False)
+    with pytest.raises(IndexConfigError, match="nlist=1024 is larger than the catalogue"):
+        run(cfg_for(tmp_path, f"bundle={bundle}", "index=ivf"))
+    with pytest.raises(IndexConfigError, match="index.dim=64"):
+        run(cfg_for(tmp_path, f"bundle={bundle}", "index=flat", "index.dim=64"))
+    assert not (bundle / "index").exists()
+
+
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([sys.executable, "-m", "serving.build_index", f"bundle={tmp_path / 'empty'}",
+                          f"paths.artifacts={tmp_path / 'art'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "item_embeddings.npy: missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_latest_names_file(tmp_path):
+    with pytest.raises(BundleError, match="LATEST: missing"):
+        run(cfg_for(tmp_path, "index=flat"))
