@@ -1,0 +1,192 @@
+"""Benchmark the candidate index against exact search at 100k and 1M items (CPU here, GPU where present).
+
+No real catalogue is that large (Online Retail has ~4k items), so the embeddings are synthetic with a
+catalogue structure like the synthetic generator's: ``departments`` departments, each with
+``cats_per_dept`` categories; an item embedding is department centroid + category offset (0.5 scale)
++ item noise (0.35 scale), scaled by a popularity factor ``1 + 0.1 * log1p(zipf count)``
+(popular items score higher under inner product, as trained embeddings do). User queries mix 1-3
+categories' centroids plus noise, like a user with a few interests. Dimension 64.
+
+Per size: build time, index memory (serialised bytes) and RSS growth, queries/s at batch 1 and 256 for
+exact search (torch fp32 on CPU, fp16 on CUDA) and for the index config of that size, recall@100
+against exact, and the filter strategies (over-fetch vs FAISS IDSelector) on an "exclude the user's
+50 purchases + restrict to one department" query. Threads are pinned (``--threads``) for both the
+index and the exact search so the ratio is fair. Medians over ``--repeats`` timing rounds.
+
+    python scripts/bench_index.py                     # 100k with index=ivf, 1M with index=ivf_large
+    python scripts/bench_index.py --sizes 100000 --index-100k hnsw
+
+Last stdout line: one JSON object with, per size, ``recall_at_100`` and ``speedup_vs_exact`` (batch 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from serving.index import IndexSettings, TorchExactIndex, build_index  # noqa: E402
+
+
+def catalogue_embeddings(n_items: int, dim: int, departments: int, cats_per_dept: int, seed: int):
+    rng = np.random.default_rng(seed)
+    n_cats = departments * cats_per_dept
+    dept_c = rng.normal(size=(departments, dim)).astype(np.float32)
+    cat_c = (np.repeat(dept_c, cats_per_dept, axis=0) + 0.5 * rng.normal(size=(n_cats, dim))).astype(np.float32)
+    cat_of = rng.integers(0, n_cats, n_items)
+    pop = rng.zipf(1.3, n_items).clip(max=10_000)
+    emb = cat_c[cat_of] + 0.35 * rng.normal(size=(n_items, dim)).astype(np.float32)
+    emb *= (1.0 + 0.1 * np.log1p(pop))[:, None].astype(np.float32)
+    return emb.astype(np.float32), cat_of, cat_c
+
+
+def user_queries(n: int, cat_c: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    q = np.zeros((n, cat_c.shape[1]), np.float32)
+    for i in range(n):
+        cats = rng.choice(len(cat_c), size=rng.integers(1, 4), replace=False)
+        w = rng.dirichlet(np.ones(len(cats)))
+        q[i] = w @ cat_c[cats]
+    return (q + 0.3 * rng.normal(size=q.shape)).astype(np.float32)
+
+
+def qps(index, queries: np.ndarray, batch: int, k: int, repeats: int, **filters) -> float:
+    """Median queries/s over ``repeats`` passes over ``queries`` in batches of ``batch``."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(queries), batch):
+            sl = slice(s, s + batch)
+            kw = {key: (v[sl] if key == "exclude" else v) for key, v in filters.items()}
+            index.search(queries[sl], k, **kw)
+        rates.append(len(queries) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def recall(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean([len(set(g) & set(r)) / len(r) for g, r in zip(got, ref)]))
+
+
+def index_settings(name: str, **over) -> IndexSettings:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"index={name}", *[f"index.{k}={v}" for k, v in over.items()]])
+    return IndexSettings.from_cfg(OmegaConf.to_container(cfg.index, resolve=True))
+
+
+def bench_size(n: int, index_name: str, args) -> dict:
+    import faiss
+
+    proc = psutil.Process()
+    emb, cat_of, cat_c = catalogue_embeddings(n, args.dim, args.departments, args.cats_per_dept, args.seed)
+    q1 = user_queries(args.queries_b1, cat_c, args.seed)
+    qb = user_queries(args.queries_b256, cat_c, args.seed + 7)
+    k = 100
+    exact = TorchExactIndex(emb)  # fp32 on CPU, fp16 on CUDA
+    ref = TorchExactIndex(emb, device="cpu", dtype="float32")
+    settings = index_settings(index_name)
+    rss0 = proc.memory_info().rss
+    t0 = time.perf_counter()
+    idx = build_index(emb, settings, seed=args.seed)
+    build_s = time.perf_counter() - t0
+    rss_mb = (proc.memory_info().rss - rss0) / 2**20
+    index_mb = None
+    if hasattr(idx, "cpu_index"):
+        index_mb = len(faiss.serialize_index(idx.cpu_index())) / 2**20
+    rq = np.concatenate([q1, qb])[: args.recall_queries]
+    rec = recall(idx.search(rq, k)[1], ref.search(rq, k)[1])
+    ex_b1 = qps(exact, q1, 1, k, args.repeats)
+    ix_b1 = qps(idx, q1, 1, k, args.repeats)
+    ex_b256 = qps(exact, qb, 256, k, args.repeats)
+    ix_b256 = qps(idx, qb, 256, k, args.repeats)
+    # filters: exclude 50 "purchased" items near the query, allow one department (~1/departments of items)
+    rng = np.random.default_rng(args.seed + 3)
+    dept_of = cat_of // args.cats_per_dept
+    allowed = dept_of == 0
+    fq = q1[: args.filter_queries]
+    near = ref.search(fq, 50)[1]
+    exclude = np.array([set(near[j].tolist()) | set(rng.integers(0, n, 10).tolist()) for j in range(len(fq))], dtype=object)
+    ref_f = ref.search(fq, k, exclude=list(exclude), allowed=allowed)[1]
+    filt = {}
+    for strategy in ("overfetch", "selector"):
+        idx.filter = strategy
+        got = idx.search(fq, k, exclude=list(exclude), allowed=allowed)[1]
+        filt[strategy] = {"qps_b1": qps(idx, fq, 1, k, args.repeats, exclude=exclude, allowed=allowed),
+                          "recall_at_100": recall(got, ref_f)}
+    idx.filter = settings.filter
+    filt["exact"] = {"qps_b1": qps(exact, fq, 1, k, args.repeats, exclude=exclude, allowed=allowed)}
+    filt["allowed_fraction"] = float(allowed.mean())
+    return {
+        "items": n, "dim": args.dim, "index": index_name, "factory": settings.factory,
+        "search_params": settings.search_params, "device": idx.device, "exact_device": exact.device,
+        "build_s": round(build_s, 2), "index_mb": None if index_mb is None else round(index_mb, 1),
+        "rss_growth_mb": round(rss_mb, 1), "recall_at_100": round(rec, 4),
+        "exact_qps_b1": round(ex_b1, 1), "index_qps_b1": round(ix_b1, 1),
+        "exact_qps_b256": round(ex_b256, 1), "index_qps_b256": round(ix_b256, 1),
+        "speedup_vs_exact": round(ix_b1 / ex_b1, 2), "speedup_vs_exact_b256": round(ix_b256 / ex_b256, 2),
+        "filters": {k2: ({kk: round(vv, 4) for kk, vv in v.items()} if isinstance(v, dict) else round(v, 4))
+                    for k2, v in filt.items()},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--index-100k", default="ivf", help="conf/index/<name> used for sizes < 500k")
+    p.add_argument("--index-1m", default="ivf_large", help="conf/index/<name> used for sizes >= 500k")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--departments", type=int, default=40)
+    p.add_argument("--cats-per-dept", type=int, default=25)
+    p.add_argument("--queries-b1", type=int, default=200)
+    p.add_argument("--queries-b256", type=int, default=1024)
+    p.add_argument("--recall-queries", type=int, default=500)
+    p.add_argument("--filter-queries", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP and torch threads (same for both)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    results = {}
+    for n in [int(s) for s in args.sizes.split(",")]:
+        name = args.index_100k if n < 500_000 else args.index_1m
+        t0 = time.perf_counter()
+        results[str(n)] = r = bench_size(n, name, args)
+        r["bench_s"] = round(time.perf_counter() - t0, 1)
+        print(f"[{n} items done in {r['bench_s']} s]", file=sys.stderr, flush=True)
+
+    cols = ["items", "index", "factory", "build_s", "index_mb", "recall_at_100", "exact_qps_b1", "index_qps_b1",
+            "speedup_vs_exact", "exact_qps_b256", "index_qps_b256", "speedup_vs_exact_b256"]
+    print(f"threads={args.threads}, dim={args.dim}, k=100, medians of {args.repeats} rounds; device={os.uname().nodename}")
+    print(" | ".join(cols))
+    for r in results.values():
+        print(" | ".join(str(r[c]) for c in cols))
+    print("\nfilters (exclude 60 items + allow one department), queries/s at batch 1 and recall@100 vs filtered exact:")
+    for n, r in results.items():
+        f = r["filters"]
+        print(f"{n}: allowed {f['allowed_fraction']:.3f} | overfetch {f['overfetch']} | selector {f['selector']} | exact {f['exact']}")
+    print(json.dumps({"bench": "index", "threads": args.threads,
+                      "sizes": {n: {"recall_at_100": r["recall_at_100"], "speedup_vs_exact": r["speedup_vs_exact"],
+                                    **{k: r[k] for k in ("index", "factory", "search_params", "build_s", "index_mb",
+                                                         "exact_qps_b1", "index_qps_b1", "exact_qps_b256",
+                                                         "index_qps_b256", "speedup_vs_exact_b256", "device", "filters")}}
+                                for n, r in results.items()}}))
+
+
+if __name__ == "__main__":
+    main()
