@@ -1,0 +1,156 @@
+"""SASRec: a causal self-attention encoder over a user's item sequence (Kang & McAuley, ICDM 2018).
+
+Conventions shared with training and the serving bundle:
+
+- Item *indices* are ``item_id + 1``; index 0 is padding. Sequences are left-padded, most recent last.
+- ``item_table()`` gives one row per index (row 0 = padding) = id embedding, plus the mean of the item's
+  attribute embeddings (category, brand) when attributes are used. With ``tie_weights`` the same table
+  scores the outputs; otherwise a second (output) table does.
+- ``forward(item_seq)`` returns the hidden state at every position ``[B, L, d]``; ``encode(item_seq)``
+  returns the last position ``[B, d]`` (the user embedding). Score of item *i* = ``h · output_table()[i+1]``.
+
+Attention is ``F.scaled_dot_product_attention`` with a causal mask that also hides padding keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int                 # number of real items (indices 1..n_items)
+    max_len: int = 50
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2         # attention / FFN / residual dropout
+    emb_dropout: float = 0.2     # dropout on the summed input embeddings
+    norm_first: bool = True      # pre-LayerNorm blocks (more stable); False = the original post-LN
+    tie_weights: bool = True     # score outputs with the input item table
+    ffn_mult: int = 1            # FFN inner size = ffn_mult * hidden (the original SASRec uses 1)
+    n_attributes: int = 0        # > 0: attribute vocabulary size (ids 1..n_attributes, 0 = padding)
+
+    def __post_init__(self) -> None:
+        if self.max_len <= 0:
+            raise ValueError(f"model.max_len must be > 0, got {self.max_len}")
+        if self.n_items <= 0:
+            raise ValueError(f"n_items must be > 0, got {self.n_items}")
+        if self.hidden <= 0 or self.hidden % self.heads != 0:
+            raise ValueError(f"model.hidden ({self.hidden}) must be > 0 and divisible by model.heads ({self.heads})")
+
+
+class _Block(nn.Module):
+    """One transformer block: multi-head causal self-attention + position-wise FFN."""
+
+    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool, ffn_mult: int) -> None:
+        super().__init__()
+        self.heads, self.norm_first, self.dropout = heads, norm_first, dropout
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln1 = nn.LayerNorm(d, eps=1e-8)
+        self.ln2 = nn.LayerNorm(d, eps=1e-8)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * d, d)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def _attn(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(out.transpose(1, 2).reshape(b, l, d))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop(self._attn(self.ln1(x), mask))
+            return x + self.drop(self.ffn(self.ln2(x)))
+        x = self.ln1(x + self.drop(self._attn(x, mask)))
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig, item_attributes: torch.Tensor | None = None) -> None:
+        """``item_attributes``: int64 ``[n_items + 1, A]`` attribute ids per item index (0 = none);
+        required when ``cfg.n_attributes > 0``."""
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.blocks = nn.ModuleList(
+            _Block(d, cfg.heads, cfg.dropout, cfg.norm_first, cfg.ffn_mult) for _ in range(cfg.blocks)
+        )
+        self.final_ln = nn.LayerNorm(d, eps=1e-8) if cfg.norm_first else nn.Identity()
+        if cfg.n_attributes > 0:
+            if item_attributes is None or item_attributes.shape[0] != cfg.n_items + 1:
+                raise ValueError("item_attributes [n_items + 1, A] is required when n_attributes > 0")
+            self.attr_emb = nn.Embedding(cfg.n_attributes + 1, d, padding_idx=0)
+            self.register_buffer("item_attributes", item_attributes.long(), persistent=True)
+        else:
+            self.attr_emb = None
+        self.out_emb = None if cfg.tie_weights else nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        self._init()
+
+    def _init(self) -> None:
+        for emb in (self.item_emb, self.pos_emb, self.attr_emb, self.out_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+                if emb.padding_idx is not None:
+                    with torch.no_grad():
+                        emb.weight[emb.padding_idx].zero_()
+
+    def _with_attributes(self, table: torch.Tensor) -> torch.Tensor:
+        if self.attr_emb is None:
+            return table
+        attrs = self.item_attributes
+        emb = self.attr_emb(attrs)                                   # [N+1, A, d]
+        cnt = (attrs > 0).sum(1, keepdim=True).clamp(min=1).to(emb.dtype)
+        return table + emb.sum(1) / cnt
+
+    def item_table(self) -> torch.Tensor:
+        """Input representation of every item index ``[n_items + 1, d]`` (row 0 = padding)."""
+        return self._with_attributes(self.item_emb.weight)
+
+    def output_table(self) -> torch.Tensor:
+        """Output (scoring) representation of every item index ``[n_items + 1, d]``."""
+        if self.out_emb is None:
+            return self.item_table()
+        return self._with_attributes(self.out_emb.weight)
+
+    def forward(self, item_seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``[B, L, d]`` for a left-padded ``item_seq`` ``[B, L]`` (L ≤ max_len)."""
+        table = self.item_table() if table is None else table
+        b, l = item_seq.shape
+        x = F.embedding(item_seq, table) * (self.cfg.hidden ** 0.5)
+        pos = self.pos_emb.weight[self.cfg.max_len - l:]                    # right-aligned positions
+        keep = item_seq > 0
+        x = self.emb_drop(x + pos.unsqueeze(0)) * keep.unsqueeze(-1).to(x.dtype)
+        causal = torch.ones(l, l, dtype=torch.bool, device=item_seq.device).tril()
+        eye = torch.eye(l, dtype=torch.bool, device=item_seq.device)
+        # query i may see key j <= i when j is a real item; every query sees itself (no empty rows)
+        mask = ((causal & keep.unsqueeze(1)) | eye).unsqueeze(1)            # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_ln(x)
+
+    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """User embedding: the hidden state at the last (most recent) position ``[B, d]``."""
+        return self.forward(item_seq)[:, -1, :]
+
+
+class SASRecEncoder(nn.Module):
+    """Export wrapper: ``item_seq [B, L] -> user_emb [B, d]`` (what ``encoder.onnx`` computes)."""
+
+    def __init__(self, model: SASRec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(item_seq)

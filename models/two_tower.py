@@ -1,0 +1,113 @@
+"""Two-tower retrieval: a user tower over the pooled recent history and an item tower over id,
+attributes and price bucket; both end in L2-normalised vectors scored by inner product.
+
+- Item tower: ``id embedding + mean(attribute embeddings) + price-bucket embedding -> MLP -> normalise``.
+  ``item_tower()`` returns the table for every item index (row 0 = padding): these are the
+  embeddings that go to the index.
+- User tower: mean of the (input) item-id embeddings of the last ``max_len`` items, optionally
+  recency-weighted, ``-> MLP -> normalise``. ``user_states`` gives it after every prefix of a sequence
+  (causal running mean), so one padded sequence trains on all its positions at once.
+
+Item indices are ``item_id + 1`` (0 = padding); sequences are left-padded, most recent last.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TwoTowerConfig:
+    n_items: int
+    max_len: int = 50
+    hidden: int = 64
+    mlp_hidden: int = 128
+    dropout: float = 0.1
+    n_attributes: int = 0        # > 0: attribute vocabulary size (ids 1..n_attributes)
+    n_price_buckets: int = 0     # > 0: price bucket ids 1..n (0 = unknown price)
+    recency_decay: float = 0.0   # weight of the item k steps back = exp(-decay * k); 0 = plain mean
+
+    def __post_init__(self) -> None:
+        if self.max_len <= 0:
+            raise ValueError(f"model.max_len must be > 0, got {self.max_len}")
+        if self.hidden <= 0:
+            raise ValueError(f"model.hidden must be > 0, got {self.hidden}")
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: TwoTowerConfig, item_attributes: torch.Tensor | None = None,
+                 price_bucket: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        self.item_id = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        self.hist_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        if cfg.n_attributes:
+            attrs = item_attributes if item_attributes is not None else torch.zeros(cfg.n_items + 1, 1, dtype=torch.long)
+            self.attr_emb = nn.Embedding(cfg.n_attributes + 1, d, padding_idx=0)
+            self.register_buffer("item_attributes", attrs.long())
+        else:
+            self.attr_emb = None
+        if cfg.n_price_buckets:
+            pb = price_bucket if price_bucket is not None else torch.zeros(cfg.n_items + 1, dtype=torch.long)
+            self.price_emb = nn.Embedding(cfg.n_price_buckets + 1, d, padding_idx=0)
+            self.register_buffer("price_bucket", pb.long())
+        else:
+            self.price_emb = None
+        self.item_mlp = _mlp(d, cfg.mlp_hidden, d, cfg.dropout)
+        self.user_mlp = _mlp(d, cfg.mlp_hidden, d, cfg.dropout)
+        for emb in (self.item_id, self.hist_emb, self.attr_emb, self.price_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.05)
+                with torch.no_grad():
+                    emb.weight[0].zero_()
+
+    def item_tower(self) -> torch.Tensor:
+        """L2-normalised embedding of every item index ``[n_items + 1, d]``."""
+        x = self.item_id.weight
+        if self.attr_emb is not None:
+            a = self.item_attributes
+            x = x + self.attr_emb(a).sum(1) / (a > 0).sum(1, keepdim=True).clamp(min=1).to(x.dtype)
+        if self.price_emb is not None:
+            x = x + self.price_emb(self.price_bucket)
+        return F.normalize(x + self.item_mlp(x), dim=-1)
+
+    def _weights(self, item_seq: torch.Tensor) -> torch.Tensor:
+        l = item_seq.shape[1]
+        w = (item_seq > 0).to(self.hist_emb.weight.dtype)
+        if self.cfg.recency_decay > 0:
+            steps_back = torch.arange(l - 1, -1, -1, device=item_seq.device, dtype=w.dtype)
+            w = w * torch.exp(-self.cfg.recency_decay * steps_back)
+        return w
+
+    def user_states(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """User embedding after each prefix ``[B, L, d]`` (causal running mean, then the MLP)."""
+        e = self.hist_emb(item_seq)                           # [B, L, d]
+        w = self._weights(item_seq)                           # same weights as encode (ratios cancel)
+        pooled = torch.cumsum(e * w.unsqueeze(-1), 1) / torch.cumsum(w, 1).clamp(min=1).unsqueeze(-1)
+        return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
+
+    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """User embedding from the whole (left-padded) sequence ``[B, d]``."""
+        e = self.hist_emb(item_seq)
+        w = self._weights(item_seq)
+        pooled = (e * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
+        return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
+
+
+class TwoTowerEncoder(nn.Module):
+    """Export wrapper: ``item_seq [B, L] -> user_emb [B, d]``."""
+
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(item_seq)

@@ -1,0 +1,260 @@
+"""Training and evaluation data for the retrieval models, held as whole tensors (no per-step workers).
+
+A prepared dataset (``features.schema``) becomes:
+
+- ``train_seqs [U, max_len + 1]``: each user's training sequence (item indices = item_id + 1, 0 = padding),
+  left-padded; the model reads ``[:, :-1]`` and predicts ``[:, 1:]`` (every position is a target).
+- two ``EvalSet``s (valid, test): the input sequence (train history, plus the valid item for test), the
+  held-out target, and the full history (CSR) whose items are excluded from the ranking.
+
+Batches are slices of these tensors taken on the tensors' own device (``SequenceDataModule.to``
+moves everything to the GPU once), so an epoch costs a ``randperm`` and a few hundred index ops.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from features.processed import load_items, load_split, load_users, processed_dir
+
+log = logging.getLogger(__name__)
+
+
+def processed_path(cfg) -> Path:
+    """``${paths.processed}/${data.name}`` (``features.processed.processed_dir``)."""
+    return processed_dir(cfg)
+
+
+# --------------------------------------------------------------------------- tensors
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["user_id", "ts", "src_row"], kind="stable")
+
+
+def left_padded(users: np.ndarray, items: np.ndarray, width: int, rows: np.ndarray) -> np.ndarray:
+    """Matrix ``[len(rows), width]``: for each user in ``rows`` their last ``width`` items (+1), left-padded.
+
+    ``users``/``items`` are the events in order (user, time); ``rows`` the user ids wanted, one row each.
+    """
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    if len(users) == 0:
+        return out
+    row_of = np.full(int(max(users.max(), rows.max() if len(rows) else 0)) + 1, -1, dtype=np.int64)
+    row_of[rows] = np.arange(len(rows))
+    counts = np.bincount(users, minlength=len(row_of))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos_from_end = counts[users] - 1 - (np.arange(len(users)) - starts[users])
+    keep = (pos_from_end < width) & (row_of[users] >= 0)
+    out[row_of[users[keep]], width - 1 - pos_from_end[keep]] = items[keep] + 1
+    return out
+
+
+@dataclass
+class EvalSet:
+    """One evaluation split: input sequences, targets and the history to exclude (CSR over rows)."""
+
+    users: torch.Tensor        # [R] user ids
+    inputs: torch.Tensor       # [R, max_len] item indices, left-padded
+    targets: torch.Tensor      # [R] item indices (item_id + 1)
+    hist_ptr: torch.Tensor     # [R + 1]
+    hist_items: torch.Tensor   # [nnz] item indices of each row's history
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def to(self, device) -> "EvalSet":
+        return EvalSet(*(t.to(device) for t in (self.users, self.inputs, self.targets, self.hist_ptr, self.hist_items)))
+
+    def history_mask_coords(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in batch, item index) pairs of the history of rows ``start:stop``."""
+        a, b = int(self.hist_ptr[start]), int(self.hist_ptr[stop])
+        lens = self.hist_ptr[start + 1: stop + 1] - self.hist_ptr[start:stop]
+        rows = torch.repeat_interleave(torch.arange(stop - start, device=lens.device), lens)
+        return rows, self.hist_items[a:b]
+
+
+def _eval_set(history: pd.DataFrame, held_out: pd.DataFrame, max_len: int) -> EvalSet:
+    held_out = held_out.sort_values("user_id", kind="stable").drop_duplicates("user_id", keep="last")
+    users = held_out["user_id"].to_numpy(np.int64).copy()
+    history = _ordered(history[history["user_id"].isin(users)])
+    hu, hi = history["user_id"].to_numpy(np.int64), history["item_id"].to_numpy(np.int64)
+    inputs = left_padded(hu, hi, max_len, users)
+    # CSR of the full history, rows in the order of `users` (sorted ids, history sorted by user too)
+    counts = pd.Series(hu).value_counts().reindex(users, fill_value=0).to_numpy()
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    return EvalSet(
+        users=torch.from_numpy(users),
+        inputs=torch.from_numpy(inputs),
+        targets=torch.from_numpy(held_out["item_id"].to_numpy(np.int64) + 1),
+        hist_ptr=torch.from_numpy(ptr.astype(np.int64)),
+        hist_items=torch.from_numpy(hi + 1),
+    )
+
+
+def item_attribute_matrix(items: pd.DataFrame, n_items: int) -> tuple[torch.Tensor, int]:
+    """``[n_items + 1, A]`` attribute ids + 1 per item index (0 = none) and the attribute vocabulary size."""
+    attrs = items.set_index("item_id")["attributes"].reindex(range(n_items))
+    lists = [list(a) if a is not None and not (isinstance(a, float)) else [] for a in attrs]
+    width = max((len(a) for a in lists), default=0)
+    mat = np.zeros((n_items + 1, max(width, 1)), dtype=np.int64)
+    for i, a in enumerate(lists):
+        if a:
+            mat[i + 1, : len(a)] = np.asarray(a, dtype=np.int64) + 1
+    return torch.from_numpy(mat), int(mat.max())
+
+
+@dataclass
+class SequenceData:
+    """Everything a retrieval model trains and is evaluated on, as CPU tensors."""
+
+    n_items: int
+    n_users: int
+    max_len: int
+    train_seqs: torch.Tensor                 # [U, max_len + 1]
+    train_users: torch.Tensor                # [U]
+    valid: EvalSet
+    test: EvalSet
+    popularity: torch.Tensor                 # [n_items + 1] training counts per item index
+    item_attributes: torch.Tensor | None = None
+    n_attributes: int = 0
+    info: dict = field(default_factory=dict)
+
+    def to(self, device) -> "SequenceData":
+        for name in ("train_seqs", "train_users", "popularity", "item_attributes"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        self.valid, self.test = self.valid.to(device), self.test.to(device)
+        return self
+
+
+def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attributes: bool = False,
+                       max_users: int | None = None) -> SequenceData:
+    """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs)."""
+    if max_len <= 0:
+        raise ValueError(f"model.max_len must be > 0, got {max_len}")
+    if split not in ("loo", "temporal"):
+        raise ValueError(f"eval.split must be 'loo' or 'temporal', got {split!r}")
+    items = load_items(pdir)
+    n_items = int(items["item_id"].max()) + 1 if len(items) else 0
+    if n_items == 0:
+        raise ValueError(f"no items in {pdir / 'items.parquet'}")
+    parts = {p: load_split(pdir, split, p) for p in ("train", "valid", "test")}
+    if max_users is not None:
+        parts = {p: df[df["user_id"] < max_users] for p, df in parts.items()}
+    train = _ordered(parts["train"])
+    tu, ti = train["user_id"].to_numpy(np.int64), train["item_id"].to_numpy(np.int64)
+    users = np.unique(tu)
+    seqs = left_padded(tu, ti, max_len + 1, users)
+    has_target = (seqs[:, :-1] > 0).any(1) & (seqs[:, 1:] > 0).any(1)
+    seqs, users = seqs[has_target], users[has_target]
+    pop = np.bincount(ti + 1, minlength=n_items + 1).astype(np.float32)
+    attrs, n_attr = None, 0
+    if use_attributes:
+        attrs, n_attr = item_attribute_matrix(items, n_items)
+        if n_attr == 0:
+            raise ValueError(
+                f"model.use_attributes=true but the items of {pdir.name} have no attributes "
+                f"(items.parquet column 'attributes' is empty): set model.use_attributes=false"
+            )
+    valid = _eval_set(train, parts["valid"], max_len)
+    test = _eval_set(pd.concat([train, parts["valid"]]), parts["test"], max_len)
+    all_users = pd.concat([df["user_id"] for df in parts.values()])
+    return SequenceData(
+        n_items=n_items, n_users=int(all_users.max()) + 1 if len(all_users) else 0, max_len=max_len,
+        train_seqs=torch.from_numpy(seqs), train_users=torch.from_numpy(users),
+        valid=valid, test=test, popularity=torch.from_numpy(pop),
+        item_attributes=attrs, n_attributes=n_attr,
+        info={"split": split, "train_events": int(len(train)), "train_sequences": int(len(seqs)),
+              "valid_users": len(valid), "test_users": len(test), "n_items": n_items},
+    )
+
+
+# --------------------------------------------------------------------------- batch iterables
+class TrainBatches:
+    """Shuffled mini-batches of rows of on-device tensors; deterministic per (seed, epoch).
+
+    Under DDP each rank takes every ``world_size``-th batch of the same permutation.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> None:
+        self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
+        self.epoch, self.rank, self.world = 0, 0, 1
+
+    def __len__(self) -> int:
+        n = len(next(iter(self.tensors.values())))
+        return max(1, -(-n // self.batch_size) // self.world)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        first = next(iter(self.tensors.values()))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(len(first), generator=g).to(first.device)
+        self.epoch += 1
+        n_batches = len(self) * self.world
+        for b in range(self.rank, n_batches, self.world):
+            idx = perm[b * self.batch_size: (b + 1) * self.batch_size]
+            if len(idx) == 0:
+                continue
+            yield {k: v[idx] for k, v in self.tensors.items()}
+
+
+class EvalBatches:
+    """Consecutive row ranges of an ``EvalSet``: ``{"start", "stop", "inputs", "targets", "users"}``."""
+
+    def __init__(self, data: EvalSet, batch_size: int) -> None:
+        self.data, self.batch_size = data, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.data), self.batch_size):
+            stop = min(start + self.batch_size, len(self.data))
+            yield {"start": start, "stop": stop, "inputs": self.data.inputs[start:stop],
+                   "targets": self.data.targets[start:stop], "users": self.data.users[start:stop]}
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Serves ``SequenceData`` batches; call ``to(device)`` once (the LightningModule does, at fit start)."""
+
+    def __init__(self, data: SequenceData, batch_size: int, eval_batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.data, self.batch_size, self.eval_batch_size, self.seed = data, batch_size, eval_batch_size, seed
+        self._train = TrainBatches({"seqs": data.train_seqs}, batch_size, seed)
+
+    def to(self, device) -> None:
+        self.data.to(device)
+        self._train.tensors = {"seqs": self.data.train_seqs}
+
+    def set_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:
+        self._train.epoch, self._train.rank, self._train.world = epoch, rank, world
+
+    def train_dataloader(self):
+        return self._train
+
+    def val_dataloader(self):
+        return EvalBatches(self.data.valid, self.eval_batch_size)
+
+    def test_dataloader(self):
+        return EvalBatches(self.data.test, self.eval_batch_size)
+
+
+def price_buckets(items: pd.DataFrame, n_items: int, n_buckets: int) -> tuple[torch.Tensor | None, int]:
+    """Quantile bucket (1..n) of each item's median price per item index (0 = unknown), and the bucket count.
+
+    ``(None, 0)`` when ``n_buckets`` is 0 or the data has no prices.
+    """
+    if n_buckets <= 0 or "price_median" not in items or items["price_median"].notna().sum() == 0:
+        return None, 0
+    price = items.set_index("item_id")["price_median"].reindex(range(n_items)).to_numpy(dtype=np.float64)
+    known = ~np.isnan(price)
+    edges = np.unique(np.quantile(price[known], np.linspace(0, 1, n_buckets + 1)[1:-1]))
+    out = np.zeros(n_items + 1, dtype=np.int64)
+    out[1:][known] = np.searchsorted(edges, price[known], side="right") + 1
+    return torch.from_numpy(out), int(len(edges) + 1)

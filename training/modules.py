@@ -1,0 +1,243 @@
+"""LightningModules: the loss, optimiser and evaluation steps around the plain ``models`` networks.
+
+``RetrievalModule`` holds what every next-item retriever shares (full-ranking validation/test with
+history exclusion, AdamW + warmup/cosine, NaN guard); ``SASRecModule`` and ``TwoTowerModule`` add
+their network and loss. Scores are over item *columns* 0..N-1 (= item_id); networks use indices
+item_id + 1 with 0 as padding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import pytorch_lightning as pl
+import torch
+
+from models.losses import full_softmax_ce, in_batch_softmax, sampled_softmax, uniform_log_q
+from models.sasrec import SASRec, SASRecConfig
+from models.two_tower import TwoTower, TwoTowerConfig
+from training.metrics import RankingAccumulator, mask_history
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+class RetrievalModule(pl.LightningModule):
+    def __init__(self, optim: dict, evaluation: dict) -> None:
+        super().__init__()
+        self.optim = dict(optim)
+        self.evaluation = dict(evaluation)
+        self._acc: RankingAccumulator | None = None
+        self.last_eval: dict[str, float] = {}
+
+    # -- to be provided by subclasses
+    def user_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:  # [B, d]
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:  # [N, d], row i = item_id i
+        raise NotImplementedError
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- training
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None:
+            dm.to(self.device)
+
+    def on_test_start(self) -> None:
+        self.on_fit_start()
+
+    def on_train_epoch_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch, self.global_rank, self.trainer.world_size)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(try a lower model.lr or trainer.precision=32-true); the last good checkpoint is kept"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(next(iter(batch.values()))))
+        return loss
+
+    def configure_optimizers(self):
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name or name.endswith("bias") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
+        betas = tuple(float(b) for b in o.get("betas", (0.9, 0.999)))
+        if o["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=betas)
+        elif o["optimizer"] == "adam":
+            opt = torch.optim.Adam(groups, lr=float(o["lr"]), betas=betas)
+        else:
+            raise ValueError(f"model.optimizer must be 'adam' or 'adamw', got {o['optimizer']!r}")
+        warmup = int(o.get("warmup_steps", 0))
+        schedule = o.get("scheduler", "constant")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"model.scheduler must be 'constant' or 'cosine', got {schedule!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        min_ratio = float(o.get("min_lr_ratio", 0.0))
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if schedule == "cosine":
+                t = min(1.0, (step - warmup) / max(1, total - warmup))
+                return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- evaluation (validation and test share it)
+    def _new_acc(self, sampled: bool) -> RankingAccumulator:
+        pop = self.popularity[1:] if hasattr(self, "popularity") else None
+        return RankingAccumulator(
+            n_items=self.n_items, ks=tuple(self.evaluation["ks"]), popularity=pop,
+            sampled_negatives=int(self.evaluation["sampled_negatives"]) if sampled else 0, seed=0,
+        )
+
+    def score_batch(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        items = self.item_embeddings() if items is None else items
+        return self.user_embeddings(inputs).float() @ items.float().T
+
+    def _eval_step(self, batch: dict, split) -> None:
+        scores = self.score_batch(batch["inputs"], self._items)
+        targets = batch["targets"] - 1
+        if self.evaluation["exclude_history"]:
+            rows, cols = split.history_mask_coords(batch["start"], batch["stop"])
+            mask_history(scores, rows, cols - 1, targets)
+        self._acc.update(scores, targets)
+
+    def on_validation_epoch_start(self) -> None:
+        self._acc = self._new_acc(sampled=False)
+        with torch.no_grad():
+            self._items = self.item_embeddings()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.trainer.datamodule.data.valid)
+
+    def on_validation_epoch_end(self) -> None:
+        m = self._acc.compute("valid/")
+        self.last_eval.update(m)
+        self.log_dict({k: v for k, v in m.items() if k not in ("valid/n_users", "valid/ndcg@10")})
+        self.log("valid/ndcg@10", m["valid/ndcg@10"], prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._acc = self._new_acc(sampled=int(self.evaluation["sampled_negatives"]) > 0)
+        with torch.no_grad():
+            self._items = self.item_embeddings()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.trainer.datamodule.data.test)
+
+    def on_test_epoch_end(self) -> None:
+        m = self._acc.compute("test/")
+        self.last_eval.update(m)
+        self.log_dict(m)
+
+
+class SASRecModule(RetrievalModule):
+    def __init__(self, net: dict, optim: dict, evaluation: dict, loss: dict, attr_width: int = 0) -> None:
+        super().__init__(optim, evaluation)
+        self.save_hyperparameters()
+        cfg = SASRecConfig(**net)
+        attrs = torch.zeros(cfg.n_items + 1, max(attr_width, 1), dtype=torch.long) if cfg.n_attributes else None
+        self.net = SASRec(cfg, attrs)
+        self.n_items = cfg.n_items
+        self.loss_cfg = dict(loss)
+        self.register_buffer("popularity", torch.zeros(cfg.n_items + 1))
+
+    @classmethod
+    def build(cls, net_cfg: SASRecConfig, optim: dict, evaluation: dict, loss: dict,
+              item_attributes: torch.Tensor | None, popularity: torch.Tensor) -> "SASRecModule":
+        width = 0 if item_attributes is None else int(item_attributes.shape[1])
+        module = cls(asdict(net_cfg), optim, evaluation, loss, width)
+        if item_attributes is not None and net_cfg.n_attributes:
+            module.net.item_attributes.copy_(item_attributes)
+        module.popularity.copy_(popularity)
+        return module
+
+    def user_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.encode(inputs)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.net.output_table()[1:]
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        seqs = batch["seqs"]
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]
+        table = self.net.item_table()
+        hidden = self.net(inputs, table)
+        keep = targets > 0
+        h, t = hidden[keep], targets[keep]
+        out_table = table if self.net.out_emb is None else self.net.output_table()
+        kind = self.loss_cfg["type"]
+        smoothing = float(self.loss_cfg.get("label_smoothing", 0.0))
+        if kind == "full_ce":
+            return full_softmax_ce(h, out_table, t, smoothing)
+        if kind == "sampled_softmax":
+            alpha = float(self.loss_cfg.get("proposal_alpha", 0.75))
+            q = self.popularity.clamp(min=0) ** alpha
+            q[0] = 0
+            q = q + (q.sum() * 1e-6 / len(q))            # every item can be drawn
+            q[0] = 0
+            return sampled_softmax(h, out_table, t, int(self.loss_cfg["num_negatives"]), q / q.sum(),
+                                   bool(self.loss_cfg.get("logq_correction", True)), smoothing)
+        raise ValueError(f"model.loss must be 'full_ce' or 'sampled_softmax', got {kind!r}")
+
+
+class TwoTowerModule(RetrievalModule):
+    def __init__(self, net: dict, optim: dict, evaluation: dict, loss: dict, attr_width: int = 0) -> None:
+        super().__init__(optim, evaluation)
+        self.save_hyperparameters()
+        cfg = TwoTowerConfig(**net)
+        attrs = torch.zeros(cfg.n_items + 1, max(attr_width, 1), dtype=torch.long) if cfg.n_attributes else None
+        self.net = TwoTower(cfg, attrs)
+        self.n_items = cfg.n_items
+        self.loss_cfg = dict(loss)
+        self.register_buffer("popularity", torch.zeros(cfg.n_items + 1))
+
+    @classmethod
+    def build(cls, net_cfg: TwoTowerConfig, optim: dict, evaluation: dict, loss: dict,
+              item_attributes: torch.Tensor | None, popularity: torch.Tensor,
+              price_bucket: torch.Tensor | None) -> "TwoTowerModule":
+        width = 0 if item_attributes is None else int(item_attributes.shape[1])
+        module = cls(asdict(net_cfg), optim, evaluation, loss, width)
+        if item_attributes is not None and net_cfg.n_attributes:
+            module.net.item_attributes.copy_(item_attributes)
+        if price_bucket is not None and net_cfg.n_price_buckets:
+            module.net.price_bucket.copy_(price_bucket)
+        module.popularity.copy_(popularity)
+        return module
+
+    def user_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.encode(inputs)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.net.item_tower()[1:]
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        seqs = batch["seqs"]
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]
+        users = self.net.user_states(inputs)                    # [B, L, d]: state after each prefix
+        keep = targets > 0
+        u, t = users[keep], targets[keep]
+        items = self.net.item_tower()                          # [N+1, d]
+        q = self.popularity / self.popularity.sum().clamp(min=1)
+        log_q = torch.log(q[t].clamp(min=1e-9) * len(t)) if self.loss_cfg.get("logq_correction", True) else None
+        m = int(self.loss_cfg.get("random_negatives", 0))
+        rnd = rnd_lq = None
+        if m > 0:
+            idx = torch.randint(1, self.n_items + 1, (m,), device=seqs.device)
+            rnd, rnd_lq = items[idx], uniform_log_q(m, self.n_items)
+        return in_batch_softmax(u, items[t], t, log_q, rnd, rnd_lq, float(self.loss_cfg.get("temperature", 0.05)))
