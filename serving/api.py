@@ -1,0 +1,299 @@
+"""The HTTP API: FastAPI routes and the request/response models (unknown fields are refused).
+
+``create_app(service)`` builds the FastAPI app over a ``serving.service.Service``; the Ray Serve
+ingress (``serving.app``) serves it, and tests can call it directly. Bad input answers 422 with the
+field's location (``detail[].loc``), auth failures 401/403/429, oversized bodies 413, unknown items
+and campaigns 404, and a service still loading its bundle 503. User ids are pseudonymised on arrival
+and never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import pathlib
+import time
+from typing import Annotated, Any, Literal, Union
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from features.schema import EVENT_TYPES
+from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
+from serving.recommender import RecItem, RecQuery, RecResult
+from serving.store import OnlineEvent
+
+log = logging.getLogger(__name__)
+
+MAX_K = 200
+Key = Annotated[Union[StrictStr, StrictInt], Field(description="a raw storefront key (string or integer)")]
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+def _key(v: str | int, field_name: str) -> str:
+    s = str(v).strip()
+    if not s or len(s) > 128:
+        raise RequestValidationError([{"loc": ("body", field_name), "msg": "must be 1 to 128 characters",
+                                       "type": "string_length", "input": None}])
+    return s
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Context(Strict):
+    category: StrictStr | None = Field(None, max_length=200, description="only items of this category")
+    price_min: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_max: float | None = Field(None, ge=0, allow_inf_nan=False)
+    channel: StrictStr | None = Field(None, max_length=50, description="web, app, email, ... (for the ranker)")
+
+    @model_validator(mode="after")
+    def _range(self) -> "Context":
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError(f"price_min={self.price_min} is larger than price_max={self.price_max}")
+        return self
+
+
+class RecentEvent(Strict):
+    item_id: Key
+    event: EventType = "view"
+    ts: dt.datetime | None = None
+
+
+class RecommendationRequest(Strict):
+    user_id: Key
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)
+    context: Context | None = None
+    exclude: list[Key] = Field(default_factory=list, max_length=1000, description="item ids never to return")
+    recent_events: list[RecentEvent] = Field(default_factory=list, max_length=200,
+                                             description="the session's latest events, oldest first")
+
+
+class Item(Strict):
+    item_id: str
+    score: float
+    source: str = Field(description="similar | bought_together | popular | popular_fallback")
+    reason: str
+
+
+class RecommendationResponse(Strict):
+    items: list[Item]
+    cold_start: bool
+    degraded: str | None = Field(None, description="the stage that ran out of time or failed, if any")
+    bundle: str
+
+
+class SimilarResponse(Strict):
+    item_id: str
+    items: list[Item]
+    bundle: str
+
+
+class EventIn(Strict):
+    user_id: Key
+    item_id: Key
+    event: EventType
+    ts: dt.datetime | None = Field(None, description="event time (ISO 8601); default: when it arrives")
+
+
+class EventsAccepted(Strict):
+    accepted: int
+
+
+class CampaignRequest(Strict):
+    user_ids: list[Key] = Field(min_length=1, max_length=10000)
+
+
+class CampaignScore(Strict):
+    user_id: str
+    score: float | None
+
+
+class CampaignResponse(Strict):
+    campaign_id: str
+    scores: list[CampaignScore]
+
+
+class ReloadRequest(Strict):
+    bundle: StrictStr | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$",
+                                     description="a folder name under the bundles folder; default: LATEST")
+
+
+def _items(items: list[RecItem]) -> list[Item]:
+    return [Item(item_id=i.item_key, score=i.score if i.score == i.score else 0.0, source=i.source, reason=i.reason)
+            for i in items]
+
+
+def _epoch(ts: dt.datetime | None, default: float) -> float:
+    if ts is None:
+        return default
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.timezone.utc)
+    return ts.timestamp()
+
+
+def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
+    """The FastAPI app over ``service`` (a ``serving.service.Service``).
+
+    With ``ranker_handle`` (a Ray Serve handle of ``serving.app.RankerDeployment``) the rank stage
+    runs there, under its time budget; otherwise in-process.
+    """
+    cfg = service.cfg
+    app = FastAPI(title="shoprec", version="1", description="Recommendations, events and campaign scores.")
+    if list(cfg.http.cors_origins or []):
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.http.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(cfg.http.max_body_bytes))
+    tel = service.telemetry
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next):
+        t0 = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001 - last line of defence: a 500 is counted, never a hang
+            log.exception("unhandled error on %s", request.url.path)
+            response = JSONResponse({"detail": "internal error"}, status_code=500)
+        route = request.scope.get("route")
+        tel.observe_request(getattr(route, "path", "unmatched"), request.method, response.status_code,
+                            time.perf_counter() - t0)
+        return response
+
+    def require_key(request: Request) -> str:
+        try:
+            return service.auth.check(key_from_headers(request.headers))
+        except AuthError as e:
+            headers = {"Retry-After": str(max(1, round(e.retry_after)))} if e.retry_after else None
+            raise HTTPException(e.status, e.message, headers=headers) from None
+
+    def require_admin(request: Request) -> str:
+        try:
+            return service.auth.check(key_from_headers(request.headers), admin=True)
+        except AuthError as e:
+            raise HTTPException(e.status, e.message) from None
+
+    def recommender():
+        rec = service.recommender
+        if rec is None:
+            raise HTTPException(503, "not ready: the bundle is still loading" + (
+                f" (last error: {service.load_error})" if service.load_error else ""))
+        return rec
+
+    authed = [Depends(require_key)]
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "the bundle is not loaded yet"}})
+    async def readyz() -> JSONResponse:
+        b = service.bundle
+        if b is None:
+            return JSONResponse({"status": "loading", "error": service.load_error}, status_code=503)
+        return JSONResponse({"status": "ready", "bundle": b.name, "n_items": b.n_items})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(tel.render(), media_type=tel.content_type)
+
+    @app.post("/v1/recommendations", response_model=RecommendationResponse, dependencies=authed, tags=["recommend"])
+    async def recommendations(req: RecommendationRequest) -> RecommendationResponse:
+        rec = recommender()
+        ctx = req.context or Context()
+        q = RecQuery(user_key=service.user_key(_key(req.user_id, "user_id")), k=req.k, category=ctx.category,
+                     price_min=ctx.price_min, price_max=ctx.price_max, exclude=tuple(str(x) for x in req.exclude),
+                     recent_items=tuple(str(e.item_id) for e in req.recent_events), channel=ctx.channel)
+        if ranker_handle is None:
+            result = rec.recommend(q, observe=tel.observe_stage)
+        else:
+            result = await _recommend_remote(rec, q, ranker_handle, tel)
+        if result.degraded:
+            tel.degraded.labels(result.degraded).inc()
+        if result.cold_start:
+            tel.cold_start.inc()
+        return RecommendationResponse(items=_items(result.items), cold_start=result.cold_start,
+                                      degraded=result.degraded, bundle=result.bundle)
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, dependencies=authed, tags=["recommend"],
+             responses={404: {"description": "unknown item"}})
+    async def similar(item_id: Annotated[str, Path(min_length=1, max_length=128)],
+                      k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> SimilarResponse:
+        rec = recommender()
+        items = rec.similar(item_id, k)
+        if items is None:
+            raise HTTPException(404, f"unknown item_id {item_id!r}: not in the catalogue of bundle {rec.bundle.name}")
+        return SimilarResponse(item_id=item_id, items=_items(items), bundle=rec.bundle.name)
+
+    @app.post("/v1/events", status_code=202, response_model=EventsAccepted, dependencies=authed, tags=["events"])
+    def events(body: Annotated[Union[EventIn, list[EventIn]], Body()]) -> EventsAccepted:
+        batch = body if isinstance(body, list) else [body]
+        limit = int(cfg.store.max_events_per_request)
+        if len(batch) > limit:
+            raise RequestValidationError([{"loc": ("body",), "msg": f"at most {limit} events per request, got {len(batch)}",
+                                           "type": "too_long", "input": None}])
+        now = time.time()
+        online = [OnlineEvent(service.user_key(_key(e.user_id, "user_id")), _key(e.item_id, "item_id"), e.event,
+                              _epoch(e.ts, now)) for e in batch]
+        if online:
+            service.store.append(online)
+        tel.events.inc(len(online))
+        return EventsAccepted(accepted=len(online))
+
+    @app.post("/v1/campaigns/{campaign_id}/score", response_model=CampaignResponse, dependencies=authed,
+              tags=["campaigns"], responses={404: {"description": "unknown campaign"}})
+    def campaign_score(campaign_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")],
+                       req: CampaignRequest) -> CampaignResponse:
+        recommender()
+        scorer = service.campaign_scorer(campaign_id)
+        if scorer is None:
+            raise HTTPException(404, f"unknown campaign {campaign_id!r}: no campaign model in bundle "
+                                     f"{service.bundle.name} (campaigns/{campaign_id}/)")
+        raw = [_key(u, "user_ids") for u in req.user_ids]
+        scores = scorer.score([service.user_key(u) for u in raw])
+        return CampaignResponse(campaign_id=campaign_id, scores=[
+            CampaignScore(user_id=u, score=None if s is None or s != s else float(s)) for u, s in zip(raw, scores)])
+
+    @app.post("/admin/reload", dependencies=[Depends(require_admin)], tags=["ops"])
+    def reload(req: ReloadRequest | None = None) -> dict[str, str]:
+        from serving.bundle import BundleError
+
+        target = None
+        if req is not None and req.bundle:
+            target = str(pathlib.Path(cfg.bundles_dir) / req.bundle)
+        try:
+            b = service.swap_to(target)
+        except BundleError as e:
+            raise HTTPException(409, f"bundle not swapped in: {e}") from None
+        return {"bundle": b.name}
+
+    if bool(cfg.http.debug_routes):
+        @app.post("/v1/noop", dependencies=authed, tags=["debug"])
+        async def noop() -> dict[str, str]:
+            return {}
+
+    return app
+
+
+async def _recommend_remote(rec, q: RecQuery, handle, tel) -> RecResult:
+    """retrieve here -> rank on the ranker deployment (under its budget) -> rules here."""
+    t0 = time.perf_counter()
+    try:
+        cands = rec.retrieve(q)
+    except Exception as e:  # noqa: BLE001
+        return rec.fallback(q, "retrieve", e, tel.observe_stage)
+    t1 = time.perf_counter()
+    tel.observe_stage("retrieve", t1 - t0)
+    if cands.cold_start or rec.bundle.ranker is None:
+        scores = cands.scores
+    else:
+        try:
+            scores = await asyncio.wait_for(handle.score.remote(rec.rank_request(cands)),
+                                            timeout=rec.settings.budget_ms["rank"] / 1000)
+        except Exception as e:  # noqa: BLE001 - timeout or a failed replica: degrade
+            return rec.fallback(q, "rank", e, tel.observe_stage, cands)
+    tel.observe_stage("rank", time.perf_counter() - t1)
+    return rec.finish(cands, scores, tel.observe_stage)

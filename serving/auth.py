@@ -1,0 +1,168 @@
+"""API keys, per-key rate limits and the request-size limit.
+
+Keys come from ``serve.auth.api_keys_sha256`` (sha256 hex digests in config) and from the environment
+variable named by ``serve.auth.api_keys_env`` (comma-separated clear keys, hashed at start and never
+kept). A request carries its key in ``X-API-Key`` (or ``Authorization: Bearer <key>``): none -> 401,
+an unknown one -> 403, over the key's token bucket -> 429 with ``Retry-After``. Comparisons are
+constant-time on the digests. ``BodyLimitMiddleware`` answers 413 to bodies over
+``serve.http.max_body_bytes`` before the app parses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+API_KEY_HEADER = "x-api-key"
+_HEX = frozenset("0123456789abcdef")
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class AuthError(Exception):
+    """Refused: ``status`` is 401, 403 or 429."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> float:
+        """0 when a token was taken, else the seconds until one is available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass
+class Auth:
+    """Accepted key digests and per-key rate limits."""
+
+    enabled: bool
+    key_digests: frozenset[str]
+    admin_digests: frozenset[str] = frozenset()
+    rate_per_s: float = 500.0
+    burst: float = 1000.0
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, environ: dict[str, str] | None = None) -> "Auth":
+        env = os.environ if environ is None else environ
+        keys = _digests(cfg.api_keys_sha256, "serve.auth.api_keys_sha256") | _env_digests(env.get(cfg.api_keys_env, ""))
+        admin = _digests(cfg.admin_keys_sha256, "serve.auth.admin_keys_sha256") | _env_digests(env.get(cfg.admin_keys_env, ""))
+        if float(cfg.rate_limit_per_s) <= 0 or float(cfg.burst) < 1:
+            raise ValueError(f"serve.auth.rate_limit_per_s={cfg.rate_limit_per_s} must be > 0 and "
+                             f"serve.auth.burst={cfg.burst} >= 1")
+        return cls(enabled=bool(cfg.enabled), key_digests=frozenset(keys), admin_digests=frozenset(admin),
+                   rate_per_s=float(cfg.rate_limit_per_s), burst=float(cfg.burst))
+
+    def check(self, key: str | None, *, admin: bool = False, now: float | None = None) -> str:
+        """The caller's key digest, or ``AuthError``. With auth disabled every caller is "anonymous"."""
+        if not self.enabled:
+            return "anonymous"
+        if not key:
+            raise AuthError(401, "missing API key: send it in the X-API-Key header")
+        digest = sha256_hex(key)
+        allowed = self.admin_digests if admin else self.key_digests
+        if not any(hmac.compare_digest(digest, d) for d in allowed):
+            raise AuthError(403, "this API key is not allowed here" if admin else "invalid API key")
+        wait = self._bucket(digest, now).take(time.monotonic() if now is None else now)
+        if wait > 0:
+            raise AuthError(429, "rate limit exceeded for this API key", retry_after=wait)
+        return digest
+
+    def _bucket(self, digest: str, now: float | None) -> TokenBucket:
+        with self._lock:
+            b = self._buckets.get(digest)
+            if b is None:
+                b = self._buckets[digest] = TokenBucket(self.rate_per_s, self.burst, self.burst,
+                                                        time.monotonic() if now is None else now)
+            return b
+
+
+def key_from_headers(headers: Any) -> str | None:
+    key = headers.get(API_KEY_HEADER)
+    if key:
+        return key.strip()
+    authz = headers.get("authorization", "")
+    if authz.lower().startswith("bearer "):
+        return authz[7:].strip() or None
+    return None
+
+
+def _digests(values: Iterable[str] | None, setting: str) -> set[str]:
+    out = set()
+    for v in values or ():
+        v = str(v).strip().lower()
+        if len(v) != 64 or not set(v) <= _HEX:
+            raise ValueError(f"{setting}: {v[:8]}... is not a sha256 hex digest (64 hex characters)")
+        out.add(v)
+    return out
+
+
+def _env_digests(text: str) -> set[str]:
+    return {sha256_hex(k.strip()) for k in text.split(",") if k.strip()}
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: 413 for request bodies over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return await _reject(send, 400, "invalid Content-Length header")
+                if declared > self.max_bytes:
+                    return await _reject(send, 413, f"request body over {self.max_bytes} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                return await _reject(send, 413, f"request body over {self.max_bytes} bytes")
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay_receive():
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replay_receive, send)
+
+
+async def _reject(send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

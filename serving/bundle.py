@@ -1,0 +1,289 @@
+"""Load a serving bundle folder (``serving/bundle_layout.md``) into one typed, read-only object.
+
+``resolve_bundle_dir`` picks the folder (an explicit path, or the one named in ``<bundles>/LATEST``);
+``load_bundle`` validates the manifest and the files (shapes, ids, sha256) and returns a ``Bundle``
+holding everything a request needs in memory: item table, user state, ONNX encoder session,
+candidate index, ranker (or None) and the bought-together table. Every problem raises
+``BundleError`` naming the file and the field.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.artifacts import file_sha256
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REQUIRED_FILES = ("manifest.json", "item_embeddings.npy", "items.parquet", "users.parquet", "encoder.onnx")
+REQUIRED_MANIFEST_KEYS = ("schema_version", "name", "dim", "n_items", "max_len")
+ITEM_COLUMNS = ("item_id", "item_key", "category", "price", "popularity", "available")
+USER_COLUMNS = ("user_id", "user_key", "history")
+
+
+class BundleError(ValueError):
+    """A missing, inconsistent or corrupt bundle; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """The catalogue as arrays indexed by dense ``item_id``."""
+
+    keys: np.ndarray            # object (str) item_key
+    key_to_id: dict[str, int]
+    category: np.ndarray        # object (str or None)
+    category_code: np.ndarray   # int32, -1 = no category
+    categories: tuple[str, ...]
+    price: np.ndarray           # float64, nan = unknown
+    popularity: np.ndarray      # float64
+    available: np.ndarray       # bool
+    popular_order: np.ndarray   # item ids by popularity, most popular first (available only)
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A known user's state from training: last items (oldest first) and purchases with their time."""
+
+    user_id: int
+    history: np.ndarray         # int64 item ids
+    purchases: np.ndarray       # int64 item ids
+    purchase_ts: np.ndarray     # float64 epoch seconds (same length as purchases)
+
+
+@dataclass
+class Bundle:
+    """Everything serving needs from one bundle folder."""
+
+    path: Path
+    name: str
+    manifest: dict[str, Any]
+    dim: int
+    n_items: int
+    max_len: int
+    item_embeddings: np.ndarray
+    items: ItemTable
+    users: dict[str, UserState]
+    encoder: Any                                  # onnxruntime.InferenceSession
+    index: Any                                    # serving.index.CandidateIndex
+    ranker: Any = None                            # serving.ranking.Ranker or None
+    bought_together: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+    def encode(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """User embeddings ``(B, dim)`` for item-id sequences (oldest first), through ``encoder.onnx``."""
+        batch = np.zeros((len(sequences), self.max_len), np.int64)
+        for b, seq in enumerate(sequences):
+            seq = np.asarray(seq, np.int64)[-self.max_len:]
+            if len(seq):
+                batch[b, -len(seq):] = seq + 1  # 0 = padding, left-padded, most recent last
+        return np.asarray(self.encoder.run(["user_emb"], {"item_seq": batch})[0], np.float32)
+
+
+def resolve_bundle_dir(bundle_path: str | Path | None, bundles_dir: str | Path) -> Path:
+    """``bundle_path`` if given, else ``<bundles_dir>/<name in LATEST>``."""
+    if bundle_path:
+        p = Path(bundle_path)
+        if not p.is_dir():
+            raise BundleError(f"bundle={bundle_path}: folder not found")
+        return p
+    latest = Path(bundles_dir) / "LATEST"
+    if not latest.exists():
+        raise BundleError(f"{latest}: not found (export a bundle with `python -m training.export` or pass bundle=FOLDER)")
+    name = latest.read_text().strip()
+    if not name or "/" in name or name.startswith("."):
+        raise BundleError(f"{latest}: expected a bundle folder name, got {name!r}")
+    p = Path(bundles_dir) / name
+    if not p.is_dir():
+        raise BundleError(f"{latest}: names {name!r} but {p} is not a folder")
+    return p
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = bundle_dir / "manifest.json"
+    if not path.exists():
+        raise BundleError(f"{path}: missing")
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(m, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    for k in REQUIRED_MANIFEST_KEYS:
+        if k not in m:
+            raise BundleError(f"{path}: field {k!r} is missing")
+    if m["schema_version"] != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version={m['schema_version']!r}, this server reads {SCHEMA_VERSION}")
+    for k in ("dim", "n_items", "max_len"):
+        if not isinstance(m[k], int) or m[k] <= 0:
+            raise BundleError(f"{path}: field {k!r}={m[k]!r} must be a positive integer")
+    return m
+
+
+def verify_files(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    """Every required file exists; every file listed in ``manifest.files`` has its sha256."""
+    for f in REQUIRED_FILES:
+        if not (bundle_dir / f).exists():
+            raise BundleError(f"{bundle_dir / f}: missing (required by serving/bundle_layout.md)")
+    for rel, digest in (manifest.get("files") or {}).items():
+        p = bundle_dir / rel
+        if not p.is_file():
+            raise BundleError(f"{p}: listed in manifest.json files but missing")
+        if file_sha256(p) != digest:
+            raise BundleError(f"{p}: sha256 differs from manifest.json files[{rel!r}] (corrupt or replaced)")
+
+
+def load_items(path: Path, n_items: int) -> ItemTable:
+    df = pd.read_parquet(path)
+    missing = [c for c in ("item_id", "item_key") if c not in df.columns]
+    if missing:
+        raise BundleError(f"{path}: column(s) {missing} missing")
+    if len(df) != n_items:
+        raise BundleError(f"{path}: {len(df)} rows, manifest.json n_items={n_items}")
+    df = df.sort_values("item_id")
+    if not np.array_equal(df["item_id"].to_numpy(), np.arange(n_items)):
+        raise BundleError(f"{path}: item_id must be 0..{n_items - 1} (dense ids of the embeddings)")
+    keys = df["item_key"].astype(str).to_numpy(dtype=object)
+    category = df["category"].astype(object).where(df["category"].notna(), None).to_numpy(dtype=object) \
+        if "category" in df.columns else np.full(n_items, None, dtype=object)
+    cats = sorted({c for c in category if c is not None})
+    code_of = {c: i for i, c in enumerate(cats)}
+    category_code = np.array([code_of.get(c, -1) if c is not None else -1 for c in category], np.int32)
+    price = df["price"].astype("float64").to_numpy(na_value=np.nan) if "price" in df.columns else np.full(n_items, np.nan)
+    popularity = df["popularity"].astype("float64").fillna(0).to_numpy() if "popularity" in df.columns else np.zeros(n_items)
+    available = df["available"].fillna(True).astype(bool).to_numpy() if "available" in df.columns else np.ones(n_items, bool)
+    order = np.argsort(-popularity, kind="stable")
+    return ItemTable(keys=keys, key_to_id={k: i for i, k in enumerate(keys)}, category=category,
+                     category_code=category_code, categories=tuple(cats), price=price, popularity=popularity,
+                     available=available, popular_order=order[available[order]].astype(np.int64))
+
+
+def _epoch_seconds(values: Any) -> np.ndarray:
+    if values is None or len(values) == 0:
+        return np.zeros(0)
+    return pd.DatetimeIndex(pd.to_datetime(list(values), utc=True)).as_unit("ns").asi8 / 1e9
+
+
+def load_users(path: Path, n_items: int) -> dict[str, UserState]:
+    df = pd.read_parquet(path)
+    missing = [c for c in USER_COLUMNS if c not in df.columns]
+    if missing:
+        raise BundleError(f"{path}: column(s) {missing} missing")
+    users: dict[str, UserState] = {}
+    has_p = "purchases" in df.columns
+    has_ts = "purchase_ts" in df.columns
+    for row in df.itertuples(index=False):
+        hist = np.asarray(row.history if row.history is not None else [], np.int64)
+        purch = np.asarray(row.purchases if has_p and row.purchases is not None else [], np.int64)
+        ts = _epoch_seconds(row.purchase_ts) if has_ts and row.purchase_ts is not None else np.zeros(len(purch))
+        if len(ts) != len(purch):
+            raise BundleError(f"{path}: user_id={row.user_id}: purchases and purchase_ts differ in length")
+        if (len(hist) and (hist.min() < 0 or hist.max() >= n_items)) or (len(purch) and (purch.min() < 0 or purch.max() >= n_items)):
+            raise BundleError(f"{path}: user_id={row.user_id}: item id out of range 0..{n_items - 1}")
+        users[str(row.user_key)] = UserState(int(row.user_id), hist, purch, ts)
+    return users
+
+
+def load_bought_together(path: Path, n_items: int, per_item: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """item_id -> (other item ids, confidence), best first, at most ``per_item`` each."""
+    if not path.exists():
+        return {}
+    df = pd.read_parquet(path)
+    missing = [c for c in ("item_id", "other_item_id") if c not in df.columns]
+    if missing:
+        raise BundleError(f"{path}: column(s) {missing} missing")
+    score_col = "confidence" if "confidence" in df.columns else ("lift" if "lift" in df.columns else None)
+    df = df[(df["item_id"].between(0, n_items - 1)) & (df["other_item_id"].between(0, n_items - 1))]
+    if score_col is None:
+        df = df.assign(confidence=1.0)
+        score_col = "confidence"
+    df = df.sort_values(["item_id", score_col], ascending=[True, False]).groupby("item_id", sort=False).head(per_item)
+    out = {}
+    for item, g in df.groupby("item_id", sort=False):
+        out[int(item)] = (g["other_item_id"].to_numpy(np.int64), g[score_col].to_numpy(np.float32))
+    return out
+
+
+def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_threads: int = 1,
+                bought_together_per_item: int = 10) -> Bundle:
+    """Validate and load a bundle folder; raises ``BundleError`` naming what is wrong."""
+    import onnxruntime as ort
+
+    from serving.index import BundleError as IndexBundleError
+    from serving.index import load_index
+
+    t0 = time.perf_counter()
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle folder not found: {bundle_dir}")
+    m = read_manifest(bundle_dir)
+    if verify_hashes:
+        verify_files(bundle_dir, m)
+    else:
+        for f in REQUIRED_FILES:
+            if not (bundle_dir / f).exists():
+                raise BundleError(f"{bundle_dir / f}: missing (required by serving/bundle_layout.md)")
+    dim, n_items, max_len = int(m["dim"]), int(m["n_items"]), int(m["max_len"])
+    emb_path = bundle_dir / "item_embeddings.npy"
+    try:
+        emb = np.load(emb_path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any read failure is a corrupt file
+        raise BundleError(f"{emb_path}: cannot be read ({type(e).__name__}: {e})") from e
+    if emb.shape != (n_items, dim):
+        raise BundleError(f"{emb_path}: shape {emb.shape}, manifest.json says ({n_items}, {dim})")
+    emb = np.ascontiguousarray(emb, np.float32)
+    items = load_items(bundle_dir / "items.parquet", n_items)
+    users = load_users(bundle_dir / "users.parquet", n_items)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(onnx_threads))
+    opts.inter_op_num_threads = 1
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    try:
+        encoder = ort.InferenceSession(str(bundle_dir / "encoder.onnx"), opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise BundleError(f"{bundle_dir / 'encoder.onnx'}: cannot be loaded by ONNX Runtime ({e})") from e
+    names = [i.name for i in encoder.get_inputs()]
+    if names != ["item_seq"]:
+        raise BundleError(f"{bundle_dir / 'encoder.onnx'}: inputs {names}; this server feeds only ['item_seq']")
+    if "user_emb" not in [o.name for o in encoder.get_outputs()]:
+        raise BundleError(f"{bundle_dir / 'encoder.onnx'}: no output named 'user_emb'")
+    try:
+        index = load_index(bundle_dir)
+    except IndexBundleError as e:
+        raise BundleError(str(e)) from e
+    if index.dim != dim or index.n_items != n_items:
+        raise BundleError(f"{bundle_dir / 'index'}: index has dim={index.dim}, n_items={index.n_items}; "
+                          f"manifest.json says dim={dim}, n_items={n_items}")
+    ranker = _load_ranker(bundle_dir)
+    bundle = Bundle(path=bundle_dir, name=str(m["name"]), manifest=m, dim=dim, n_items=n_items, max_len=max_len,
+                    item_embeddings=emb, items=items, users=users, encoder=encoder, index=index, ranker=ranker,
+                    bought_together=load_bought_together(bundle_dir / "bought_together.parquet", n_items,
+                                                         bought_together_per_item))
+    out = bundle.encode([np.array([0], np.int64)])
+    if out.shape != (1, dim):
+        raise BundleError(f"{bundle_dir / 'encoder.onnx'}: user_emb has shape {out.shape[1:]}, expected ({dim},)")
+    bundle.load_seconds = time.perf_counter() - t0
+    log.info("bundle %s loaded in %.2fs: %d items, %d users, index=%s, ranker=%s", bundle.name,
+             bundle.load_seconds, n_items, len(users), getattr(index, "backend", "?"), ranker is not None)
+    return bundle
+
+
+def _load_ranker(bundle_dir: Path):
+    """``serving.ranking.Ranker.load`` (None when the bundle has no ranker.onnx)."""
+    try:
+        from serving.ranking import Ranker
+    except ImportError:  # the ranking module is optional: retrieval order is used without it
+        log.warning("serving.ranking is not importable: recommendations use retrieval scores")
+        return None
+    return Ranker.load(bundle_dir)

@@ -1,0 +1,89 @@
+"""Business rules applied after ranking, and the human-readable reason of each recommended item.
+
+- ``allowed_mask``: items that may be shown at all (available, inside the request's category and
+  price range);
+- ``blocked_items``: items never shown to this user now (bought in the last N days, excluded by the
+  request, optionally already seen);
+- ``select_top_k``: the best k by score with at most M items per category (the cap is off when the
+  request itself asks for one category);
+- ``reason_text``: "similar to X you viewed", "often bought with Y", "popular in Z".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """``serve.rules``."""
+
+    no_repurchase_days: float = 30.0
+    max_per_category: int = 3  # 0 = no cap
+
+
+def allowed_mask(available: np.ndarray, category_code: np.ndarray, price: np.ndarray, *,
+                 category: int | None = None, price_min: float | None = None,
+                 price_max: float | None = None) -> np.ndarray:
+    """Bool mask over items: available and inside the context. ``category`` is a category code
+    (-2 for a category the catalogue does not have: nothing qualifies). Items without a price are
+    left out when a price bound is given."""
+    mask = available.copy()
+    if category is not None:
+        mask &= category_code == category
+    if price_min is not None:
+        mask &= price >= price_min  # nan compares False: unknown prices drop out
+    if price_max is not None:
+        mask &= price <= price_max
+    return mask
+
+
+def blocked_items(*, purchases: np.ndarray, purchase_ts: np.ndarray, now: float, settings: RuleSettings,
+                  exclude: Iterable[int] = (), seen: Iterable[int] = ()) -> set[int]:
+    """Item ids this user must not get now."""
+    out = {int(i) for i in exclude}
+    out.update(int(i) for i in seen)
+    if settings.no_repurchase_days > 0 and len(purchases):
+        recent = np.asarray(purchase_ts) >= now - settings.no_repurchase_days * SECONDS_PER_DAY
+        out.update(int(i) for i in np.asarray(purchases)[recent])
+    return out
+
+
+def select_top_k(ids: np.ndarray, scores: np.ndarray, category_code: np.ndarray, k: int,
+                 max_per_category: int) -> np.ndarray:
+    """Positions (into ``ids``) of the best ``k`` candidates, best first, at most ``max_per_category``
+    per category (items without a category, code -1, are not capped). Ties keep the input order."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    if max_per_category <= 0:
+        return order[:k]
+    counts: dict[int, int] = {}
+    picked = []
+    for pos in order:
+        c = int(category_code[ids[pos]])
+        if c >= 0:
+            if counts.get(c, 0) >= max_per_category:
+                continue
+            counts[c] = counts.get(c, 0) + 1
+        picked.append(pos)
+        if len(picked) == k:
+            break
+    return np.asarray(picked, np.int64)
+
+
+def reason_text(source: str, *, anchor_key: str | None = None, category: str | None = None,
+                trending: bool = False) -> str:
+    """The sentence shown next to an item."""
+    where = f" in {category}" if category else ""
+    if source == "similar" and anchor_key:
+        return f"similar to {anchor_key} you viewed"
+    if source == "bought_together" and anchor_key:
+        return f"often bought with {anchor_key}"
+    if source == "popular_fallback":
+        return f"popular{where} right now"
+    if trending:
+        return f"trending{where}"
+    return f"popular{where}"

@@ -1,0 +1,183 @@
+"""A small synthetic but complete serving bundle, for tests, benchmarks and demos without a trained model.
+
+It follows ``serving/bundle_layout.md``: ``manifest.json`` (with file hashes), ``config.yaml``,
+``item_embeddings.npy``, ``items.parquet``, ``users.parquet``, ``encoder.onnx`` (exported from a tiny
+torch module: a recency-weighted mean of the history's item embeddings) and ``bought_together.parquet``.
+Items form category clusters in embedding space, so "similar" answers are checkable: a user whose
+history is in ``cat03`` gets ``cat03`` items first.
+
+Raw user ids are ``user-<n>``; ``users.parquet`` holds their pseudonymised keys
+(``features.privacy.pseudonymise_one``, key from ``SHOPREC_PSEUDO_KEY``). Item keys are ``SKU000123``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.privacy import pseudo_key, pseudonymise_one
+
+BUNDLE_FILES = ("item_embeddings.npy", "items.parquet", "users.parquet", "encoder.onnx", "bought_together.parquet")
+
+
+@dataclass(frozen=True)
+class SyntheticBundleSpec:
+    """What to generate. ``n_items`` 100_000 is the benchmark catalogue."""
+
+    n_items: int = 500
+    n_users: int = 200
+    dim: int = 32
+    n_categories: int = 10
+    max_len: int = 20
+    history_len: int = 8
+    unavailable_frac: float = 0.02
+    seed: int = 0
+    name: str = "synthetic"
+
+
+def item_key(i: int) -> str:
+    return f"SKU{i:06d}"
+
+
+def raw_user_id(u: int) -> str:
+    return f"user-{u}"
+
+
+def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = SyntheticBundleSpec(),
+                           write_latest: bool = True) -> Path:
+    """Write a bundle folder ``out_dir`` atomically; with ``write_latest`` point ``<parent>/LATEST`` at it."""
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(spec.seed)
+    n, d, c = spec.n_items, spec.dim, spec.n_categories
+    if n < c or n < 2:
+        raise ValueError(f"n_items={n}: need at least n_categories={c} items")
+    cat = rng.integers(0, c, n)
+    cat[:c] = np.arange(c)  # every category has at least one item
+    centres = rng.normal(size=(c, d)).astype(np.float32)
+    emb = centres[cat] + 0.45 * rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = emb.astype(np.float32)
+    popularity = np.floor(1000.0 / (1.0 + rng.permutation(n)) ** 0.8).astype(np.int64) + 1
+    price = np.round(rng.lognormal(2.5, 0.7, n), 2)
+    price[rng.random(n) < 0.05] = np.nan  # some items have no price
+    available = rng.random(n) >= spec.unavailable_frac
+    items = pd.DataFrame({
+        "item_id": np.arange(n, dtype=np.int64),
+        "item_key": [item_key(i) for i in range(n)],
+        "category": [f"cat{k:02d}" for k in cat],
+        "price": price,
+        "popularity": popularity,
+        "available": available,
+    })
+    key, _ = pseudo_key()
+    by_cat = [np.flatnonzero(cat == k) for k in range(c)]
+    now = dt.datetime.now(dt.timezone.utc)
+    hist, purch, purch_ts = [], [], []
+    for u in range(spec.n_users):
+        pool = by_cat[u % c]
+        h = rng.choice(pool, size=min(spec.history_len, len(pool)), replace=len(pool) < spec.history_len)
+        hist.append(h.astype(np.int64).tolist())
+        p = h[-2:].astype(np.int64).tolist()  # the last two history items were bought, 1 and 60 days ago
+        purch.append(p)
+        purch_ts.append([now - dt.timedelta(days=60), now - dt.timedelta(days=1)][: len(p)])
+    users = pd.DataFrame({
+        "user_id": np.arange(spec.n_users, dtype=np.int64),
+        "user_key": [pseudonymise_one(raw_user_id(u), key) for u in range(spec.n_users)],
+        "history": hist,
+        "purchases": purch,
+        "purchase_ts": purch_ts,
+    })
+    rows = []
+    for i in range(min(n, 2000)):  # bought-together pairs inside a category
+        others = rng.choice(by_cat[cat[i]], size=min(3, len(by_cat[cat[i]])), replace=False)
+        for o in others:
+            if o != i:
+                rows.append((i, int(o), float(rng.uniform(0.001, 0.05)), float(rng.uniform(0.05, 0.9)),
+                             float(rng.uniform(1.0, 20.0))))
+    bought = pd.DataFrame(rows, columns=["item_id", "other_item_id", "support", "confidence", "lift"]).astype(
+        {"item_id": "int64", "other_item_id": "int64"})
+
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "item_embeddings.npy", emb)
+        items.to_parquet(tmp / "items.parquet", index=False)
+        users.to_parquet(tmp / "users.parquet", index=False)
+        bought.to_parquet(tmp / "bought_together.parquet", index=False)
+        export_mean_encoder(emb, spec.max_len, tmp / "encoder.onnx")
+        (tmp / "config.yaml").write_text(f"# synthetic bundle\nspec: {spec!r}\n")
+        write_json(tmp / "manifest.json", {
+            "schema_version": 1,
+            "name": out_dir.name,
+            "data": spec.name,
+            "model": "synthetic_mean_encoder",
+            "dim": d,
+            "n_items": n,
+            "max_len": spec.max_len,
+            "encoder_inputs": ["item_seq"],
+            "created_at": now.isoformat(),
+            "code_version": code_version(),
+            "device": "cpu",
+            "metrics": {},
+            "files": {f: file_sha256(tmp / f) for f in BUNDLE_FILES},
+        })
+    if write_latest:
+        (out_dir.parent / "LATEST").write_text(out_dir.name + "\n")
+    return out_dir
+
+
+def export_mean_encoder(item_embeddings: np.ndarray, max_len: int, path: Path) -> None:
+    """Export ``item_seq`` int64 [B, L] (item id + 1, 0 = padding) -> ``user_emb`` float32 [B, dim] to ONNX."""
+    import torch
+
+    class MeanEncoder(torch.nn.Module):
+        def __init__(self, w: torch.Tensor, length: int):
+            super().__init__()
+            table = torch.cat([torch.zeros(1, w.shape[1]), w])
+            self.emb = torch.nn.Embedding.from_pretrained(table, freeze=True, padding_idx=0)
+            self.register_buffer("pos", torch.linspace(0.5, 1.0, length))  # recent items weigh more
+
+        def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+            e = self.emb(item_seq)
+            m = (item_seq > 0).float() * self.pos
+            u = (e * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1e-6)
+            return torch.nn.functional.normalize(u, dim=-1)
+
+    model = MeanEncoder(torch.from_numpy(np.asarray(item_embeddings, np.float32)), max_len).eval()
+    example = (torch.zeros(1, max_len, dtype=torch.long),)
+    kwargs = dict(input_names=["item_seq"], output_names=["user_emb"],
+                  dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript exporter: 0.5 s instead of ~10 s for the dynamo one
+            torch.onnx.export(model, example, str(path), dynamo=False, **kwargs)
+        except Exception:  # noqa: BLE001 - torch versions without it
+            torch.onnx.export(model, example, str(path), **kwargs)
+
+
+def run(cfg) -> Path:
+    """Build the synthetic bundle that ``cfg.serve.synthetic`` describes under ``${paths.bundles}``."""
+    syn = dict(cfg.serve.synthetic)
+    out = Path(cfg.paths.bundles) / str(syn.pop("folder"))
+    write_latest = bool(syn.pop("write_latest"))
+    return build_synthetic_bundle(out, SyntheticBundleSpec(**syn), write_latest=write_latest)
+
+
+def _main() -> None:
+    import hydra
+
+    @hydra.main(config_path="../conf", config_name="config", version_base=None)
+    def main(cfg) -> None:
+        try:
+            print(run(cfg))
+        except ValueError as e:
+            raise SystemExit(f"serving.testing: {e}") from None
+
+    main()
+
+
+if __name__ == "__main__":  # python -m serving.testing serve.synthetic.n_items=100000
+    _main()
