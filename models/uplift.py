@@ -179,3 +179,21 @@ def qini_auc_score(y_true, uplift, treatment) -> float:
     x_p, y_p = perfect_qini_curve(y_true, treatment)
     base = _auc(np.array([0, x_p[-1]]), np.array([0, y_p[-1]]))
     return (_auc(x_a, y_a) - base) / (_auc(x_p, y_p) - base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing: what a saved campaign model holds (files are written by training.campaign and read by
+# serving.campaign_scoring; this module only turns it into / from plain objects).
+
+def ensemble_meta(ensemble: CampaignEnsemble) -> dict:
+    """The shape facts needed to rebuild ``ensemble`` before loading its ``state_dict``."""
+    first = ensemble.members[0]
+    return {"n_features": first.n_features, "hidden": first.hidden, "n_heads": first.n_heads,
+            "n_members": len(ensemble.members)}
+
+
+def ensemble_from(meta: dict, state_dict: dict) -> CampaignEnsemble:
+    ens = build_ensemble(int(meta["n_features"]), int(meta["hidden"]), int(meta["n_heads"]), int(meta["n_members"]))
+    ens.load_state_dict(state_dict)
+    ens.eval()
+    return ens
