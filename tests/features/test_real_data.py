@@ -1,0 +1,76 @@
+"""End-to-end preparation of the real datasets: published counts, reconciliation, splits."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.processed import load_events, load_items, load_manifest, load_split, load_users
+
+pytestmark = pytest.mark.slow
+
+
+def reconciled(m: dict) -> bool:
+    return m["n_input_rows"] == m["n_events"] + m["n_quarantined"] + sum(m["n_dropped"].values())
+
+
+@pytest.mark.parametrize("name,users,items,events", [
+    ("amazon_toys", 19412, 11924, 167597),
+])
+def test_amazon_counts_equal_published(prepare_real, name, users, items, events):
+    res = prepare_real(name)
+    m = res.manifest
+    assert (m["n_users"], m["n_items"], m["n_events"]) == (users, items, events)
+    assert reconciled(m) and m["time_kind"] == "order"
+    it = load_items(res.out_dir)
+    assert it["attributes"].map(len).gt(0).mean() > 0.99
+    assert it["category"].notna().mean() > 0.9
+    # leave-one-out: one test and one valid event per user (every user has >= 5 items)
+    test = load_split(res.out_dir, "loo", "test")
+    valid = load_split(res.out_dir, "loo", "valid")
+    train = load_split(res.out_dir, "loo", "train")
+    assert len(test) == len(valid) == users
+    assert len(train) + len(valid) + len(test) == events
+    # the S3-Rec protocol: the test item is the last item of the user's line
+    ev = load_events(res.out_dir)
+    last = ev.groupby("user_id").tail(1).set_index("user_id")["item_id"]
+    assert (test.set_index("user_id")["item_id"] == last.loc[test["user_id"]].to_numpy()).all()
+    assert m["splits"].keys() == {"loo"}
+    with pytest.raises(ValueError, match="temporal"):
+        load_split(res.out_dir, "temporal", "train")
+
+
+def test_online_retail(prepare_real, data_root):
+    res = prepare_real("online_retail")
+    m = res.manifest
+    assert reconciled(m)
+    raw1 = pd.read_parquet(data_root / "online-retail/online_retail_2010_2011.parquet")
+    raw2 = pd.read_parquet(data_root / "online-retail/online_retail_II_2009_2010.parquet")
+    assert m["n_input_rows"] == len(raw1) + len(raw2) == 1_067_370
+    # the 1-9 Dec 2010 overlap is removed once, never counted twice
+    assert m["n_dropped"]["overlap_duplicate"] > 10_000
+    users = load_users(res.out_dir)
+    # every customer with at least one valid product line is a user; ids never in clear text
+    cust = pd.concat([raw1["CustomerID"], raw2["Customer ID"]]).dropna().astype(int).astype(str)
+    assert len(users) <= cust.nunique() and len(users) > 5800
+    assert not users["user_key"].isin(set(cust)).any()
+    ev = load_events(res.out_dir)
+    assert set(ev["event"].unique()) == {"purchase", "return"}
+    assert (ev["quantity"] > 0).all()
+    assert str(ev["ts"].dt.tz) == "UTC"
+    # summer time: a 10:00 BST invoice is 09:00 UTC
+    assert ev["ts"].min() == pd.Timestamp("2009-12-01 07:45", tz="UTC")
+    orders = ev.loc[ev["event"] == "purchase", "order_id"]
+    assert not orders.str.startswith("C").any()
+    assert ev.loc[ev["event"] == "return", "order_id"].str.startswith("C").all()
+    q = pd.read_parquet(res.out_dir / "quarantine.parquet")
+    assert set(q["reason"]) >= {"negative_quantity"}
+    assert m["quarantine_by_reason"]["negative_quantity"] == (q["reason"] == "negative_quantity").sum()
+    items = load_items(res.out_dir)
+    assert not items["item_key"].isin(["POST", "DOT", "M"]).any()
+    assert items["title"].notna().mean() > 0.99
+    assert m["splits"]["temporal"]["test"] > 0 and m["splits"]["loo"]["test"] > 5000
+    test = load_split(res.out_dir, "temporal", "test")
+    assert test["ts"].min() >= pd.Timestamp("2011-11-09", tz="UTC")
+    loo_test = load_split(res.out_dir, "loo", "test")
+    assert (loo_test["event"] == "purchase").all()
+    assert load_manifest(res.out_dir)["fingerprint"] == m["fingerprint"]
