@@ -248,7 +248,11 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
     def campaign_score(campaign_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")],
                        req: CampaignRequest) -> CampaignResponse:
         recommender()
-        scorer = service.campaign_scorer(campaign_id)
+        try:
+            scorer = service.campaign_scorer(campaign_id)
+        except Exception as e:  # noqa: BLE001 - a broken campaign model is ours, not the caller's
+            log.error("campaign %s: model not loadable: %s", campaign_id, e)
+            raise HTTPException(503, f"campaign {campaign_id!r}: its model could not be loaded") from None
         if scorer is None:
             raise HTTPException(404, f"unknown campaign {campaign_id!r}: no campaign model in bundle "
                                      f"{service.bundle.name} (campaigns/{campaign_id}/)")

@@ -162,7 +162,7 @@ def load_items(path: Path, n_items: int) -> ItemTable:
     category_code = np.array([code_of.get(c, -1) if c is not None else -1 for c in category], np.int32)
     price = df["price"].astype("float64").to_numpy(na_value=np.nan) if "price" in df.columns else np.full(n_items, np.nan)
     popularity = df["popularity"].astype("float64").fillna(0).to_numpy() if "popularity" in df.columns else np.zeros(n_items)
-    available = df["available"].fillna(True).astype(bool).to_numpy() if "available" in df.columns else np.ones(n_items, bool)
+    available = df["available"].fillna(True).astype(bool).to_numpy().copy() if "available" in df.columns else np.ones(n_items, bool)
     order = np.argsort(-popularity, kind="stable")
     return ItemTable(keys=keys, key_to_id={k: i for i, k in enumerate(keys)}, category=category,
                      category_code=category_code, categories=tuple(cats), price=price, popularity=popularity,

@@ -39,7 +39,7 @@ class RecommendSettings:
     popular_candidates: int = 50
     trending_window_s: float = 3600.0
     trending_weight: float = 5.0
-    exclude_seen: bool = False
+    exclude_seen: bool = True
     rules: RuleSettings = RuleSettings()
     budget_ms: dict[str, float] = field(default_factory=lambda: {s: 50.0 for s in STAGES})
 
