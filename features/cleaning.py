@@ -149,7 +149,7 @@ def _normalise_time(df: pd.DataFrame, time_kind: str, cfg: Any, ledger: Ledger) 
 
 def _normalise_numbers(df: pd.DataFrame, cfg: Any, ledger: Ledger) -> pd.DataFrame:
     scale = float(_get(_get(cfg, "units", {}), "price_scale", 1.0))
-    for col in ("price", "quantity"):
+    for col in ("price", "quantity", "rating", "total"):
         if col not in df.columns:
             continue
         raw = df[col]
@@ -163,7 +163,12 @@ def _normalise_numbers(df: pd.DataFrame, cfg: Any, ledger: Ledger) -> pd.DataFra
         bad = bad.to_numpy()
         df = ledger.quarantine(df, bad, "bad_number", f"{col} is not a valid number", col)
         num = num[~bad]
-        df[col] = num * scale if col == "price" and scale != 1.0 else num
+        df[col] = num * scale if col in ("price", "total") and scale != 1.0 else num
+    if "total" in df.columns and "price" not in df.columns and "quantity" in df.columns:
+        # A line total and a quantity: the unit price is their ratio (null for a zero quantity).
+        q = df["quantity"].to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df["price"] = np.where(q != 0, df["total"].to_numpy() / q, np.nan)
     return df
 
 

@@ -77,6 +77,7 @@ def build_events(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
     for name in ("event", "ts", "price", "quantity", "session_id", "order_id"):
         cols[name] = df[name].array if name in df.columns else None
     cols["src_row"] = df["src_row"].to_numpy(np.int64)
+    cols["rating"] = df["rating"].array if "rating" in df.columns else None
     ts_int = ts_micros(df["ts"])
     order = np.lexsort((cols["src_row"], ts_int, user_id))
     out = pd.DataFrame({k: (v[order] if v is not None else None) for k, v in cols.items()})
@@ -171,7 +172,7 @@ def events_table(events: pd.DataFrame) -> pa.Table:
         col = events[f.name]
         if isinstance(col.dtype, pd.CategoricalDtype):
             arr = pa.array(col.array).cast(f.type)
-        elif col.isna().all() and f.name in ("price", "quantity", "session_id", "order_id"):
+        elif col.isna().all() and f.name in ("price", "quantity", "session_id", "order_id", "rating"):
             arr = pa.nulls(len(col), f.type)
         else:
             arr = pa.array(col.array if not isinstance(col.dtype, np.dtype) else col.to_numpy(), from_pandas=True).cast(f.type)
@@ -277,6 +278,8 @@ def run(cfg: Any) -> PrepareResult:
         for name, table in raw.tables.items():
             (tmp / "tables").mkdir(exist_ok=True)
             _write(table, tmp / "tables" / f"{name}.parquet")
+        if raw.tables_rejected is not None:
+            _write(raw.tables_rejected, tmp / "tables" / "quarantine.parquet", QUARANTINE_SCHEMA)
         outputs = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.parquet"))}
         ts = events["ts"]
         manifest = {
@@ -297,6 +300,7 @@ def run(cfg: Any) -> PrepareResult:
             "quarantine_by_reason": {k: int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
             "splits": {sp.kind: sp.counts() for sp in splits},
             "tables": {name: int(len(t)) for name, t in sorted(raw.tables.items())},
+            "tables_quarantined": (int(len(raw.tables_rejected)) if raw.tables_rejected is not None else 0),
             "config": resolved,
             "inputs": hashes,
             "outputs": outputs,
@@ -314,7 +318,7 @@ def run(cfg: Any) -> PrepareResult:
 
 def _sorted_like(df: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.Series]:
     """Attribute columns of the cleaned frame, reordered like ``events`` (via src_row)."""
-    extra = [c for c in df.columns if c not in ("user", "item", "event", "ts", "price", "quantity",
+    extra = [c for c in df.columns if c not in ("user", "item", "event", "ts", "price", "quantity", "rating", "total",
                                                   "session_id", "order_id", "src_file", "src_row", "file_row")]
     if not extra:
         return {}

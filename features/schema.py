@@ -38,6 +38,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("session_id", pa.string()),
         pa.field("order_id", pa.string()),
         pa.field("src_row", pa.int64(), nullable=False),
+        pa.field("rating", pa.float64()),  # explicit rating (MovieLens); null elsewhere
     ]
 )
 EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)

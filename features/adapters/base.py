@@ -12,7 +12,7 @@ import pandas as pd
 from features.schema import QUARANTINE_SCHEMA
 
 # Canonical raw event fields an adapter may fill (source columns are renamed to these).
-EVENT_FIELDS = ("user", "item", "event", "ts", "price", "quantity", "order_id", "session_id")
+EVENT_FIELDS = ("user", "item", "event", "ts", "price", "quantity", "rating", "order_id", "session_id")
 # Bookkeeping columns every raw frame has.
 ROW_FIELDS = ("src_file", "src_row", "file_row")
 
@@ -40,6 +40,7 @@ class RawData:
     user_attributes: tuple[str, ...] = ()  # columns of ``frame`` that describe the user
     item_attributes: tuple[str, ...] = ()  # columns of ``frame`` that describe the item
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra validated tables
+    tables_rejected: pd.DataFrame | None = None  # rows rejected from ``tables`` (not event rows)
 
 
 def empty_quarantine() -> pd.DataFrame:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from features.adapters.base import EVENT_FIELDS, DataConfigError, RawData, empty_quarantine
 from features.privacy import pseudonymise_one
+from features.tables import read_tables
 
 REQUIRED = ("user", "item")
 
@@ -223,13 +224,17 @@ def read_side_table(spec: Any, what: str) -> pd.DataFrame:
     if not path.exists():
         raise DataConfigError(f"{what} side table not found: {path}")
     names = list(spec.get("names") or []) or None
-    try:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        df = pd.read_parquet(path)
+        df = df.astype({c: "str" for c in df.columns if pd.api.types.is_string_dtype(df[c].dtype)})
+    else:
+      try:
         df = pd.read_csv(
             path, sep=str(spec.get("sep", ",")), header=0 if spec.get("header", names is None) else None,
             names=names, encoding=spec.get("encoding", "utf8"), dtype=str, engine="python",
             keep_default_na=False, na_values=[""],
         )
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+      except (OSError, ValueError, UnicodeDecodeError) as e:
         raise DataConfigError(f"cannot read {what} side table {path}: {e}") from e
     cols = dict(spec.get("columns") or {})
     key = spec.get("key")
@@ -237,8 +242,9 @@ def read_side_table(spec: Any, what: str) -> pd.DataFrame:
         if src not in df.columns:
             raise DataConfigError(f"{path}: missing column {src!r} in the {what} side table; it has {list(df.columns)}")
     out = pd.DataFrame({"key": df[key].str.strip()})
+    first = dict(spec.get("first_token") or {})  # e.g. {category: "|"}: keep the first of a list
     for canon, src in cols.items():
-        out[canon] = df[src]
+        out[canon] = df[src].str.split(first[canon], regex=False).str[0] if canon in first else df[src]
     return out.drop_duplicates("key", keep="first").reset_index(drop=True)
 
 
@@ -253,6 +259,7 @@ def load_table_source(cfg: Any) -> RawData:
     users = read_side_table(side["users"], "users") if side.get("users") else None
     items = read_side_table(side["items"], "items") if side.get("items") else None
     known = set(EVENT_FIELDS)
+    tables, tables_q, _ = read_tables(cfg) if cfg.get("tables") else ({}, None, None)
     return RawData(
         frame=frame,
         files=names,
@@ -263,4 +270,6 @@ def load_table_source(cfg: Any) -> RawData:
         items=items,
         user_attributes=tuple(c for c in (cfg.get("user_attributes") or []) if c in frame.columns and c not in known),
         item_attributes=tuple(c for c in (cfg.get("item_attributes") or []) if c in frame.columns and c not in known),
+        tables=tables,
+        tables_rejected=tables_q,
     )
