@@ -108,7 +108,9 @@ class RetrievalModule(pl.LightningModule):
 
     def score_batch(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         items = self.item_embeddings() if items is None else items
-        return self.user_embeddings(inputs).float() @ items.float().T
+        users = self.user_embeddings(inputs)
+        with torch.autocast(device_type=users.device.type, enabled=False):   # fp32 scores: no bf16 ties
+            return users.float() @ items.float().T
 
     def _eval_step(self, batch: dict, split) -> None:
         scores = self.score_batch(batch["inputs"], self._items)

@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import hydra
@@ -55,7 +56,7 @@ class EpochHistory(pl.Callback):
         self._t0 = time.perf_counter()
         self._offset = self.history[-1]["time_s"] if self.history else 0.0
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:  # after the module has logged its metrics
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         m = pl_module.last_eval
@@ -157,7 +158,7 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=t.devices if device == "cuda" else 1,
         strategy=t.strategy if device == "cuda" else "auto", precision=t.precision if device == "cuda" else "32-true",
-        max_epochs=int(t.max_epochs), min_epochs=int(t.min_epochs), max_time=t.get("max_time"),
+        max_epochs=int(t.max_epochs), min_epochs=int(t.min_epochs), max_time=timedelta(seconds=float(t.max_time)) if t.get("max_time") else None,
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         gradient_clip_val=t.get("gradient_clip_val"), deterministic=bool(t.deterministic),
         callbacks=callbacks, logger=_loggers(run_dir), default_root_dir=str(run_dir),
