@@ -225,8 +225,7 @@ def filter_rows(df: pd.DataFrame, cfg: Any, ledger: Ledger, time_kind: str) -> p
     if overlap_key:
         df = ledger.drop(df, overlap_duplicates(df, overlap_key), "overlap_duplicate")
     if _get(c, "exact_duplicates", True):
-        cols = [x for x in df.columns if x not in ROW_FIELDS]
-        df = ledger.drop(df, df.duplicated(cols, keep="first").to_numpy(), "exact_duplicate")
+        df = ledger.drop(df, exact_duplicates(df), "exact_duplicate")
     window = _get(c, "repeat_window_s")
     if window and time_kind == "time":
         df = ledger.drop(df, repeats_within(df, float(window), list(_get(c, "repeat_events", []))), "repeat_in_window")
@@ -240,6 +239,29 @@ def filter_rows(df: pd.DataFrame, cfg: Any, ledger: Ledger, time_kind: str) -> p
     if k_user > 1 or k_item > 1:
         df = ledger.drop(df, kcore_rows(df, k_user, k_item), "kcore")
     return df
+
+
+def exact_duplicates(df: pd.DataFrame) -> np.ndarray:
+    """Rows identical to an earlier row in every source field (bookkeeping columns aside).
+
+    Only rows that share (user, ts) with another row can be duplicates: the full comparison runs on
+    those candidates alone, which keeps this fast on 10M-row clickstreams.
+    """
+    out = np.zeros(len(df), dtype=bool)
+    if len(df) < 2:
+        return out
+    u = _group_codes(df, ["user"])
+    t = df["ts"].astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
+    order = np.lexsort((t, u))
+    su, st = u[order], t[order]
+    same = (su[1:] == su[:-1]) & (st[1:] == st[:-1])
+    in_run = np.r_[same, False] | np.r_[False, same]
+    cand = np.sort(order[in_run])
+    if len(cand) == 0:
+        return out
+    cols = [x for x in df.columns if x not in ROW_FIELDS]
+    out[cand] = df.iloc[cand].duplicated(cols, keep="first").to_numpy()
+    return out
 
 
 def overlap_duplicates(df: pd.DataFrame, key: list[str]) -> np.ndarray:
@@ -290,18 +312,19 @@ def repeats_within(df: pd.DataFrame, window_s: float, events: list[str]) -> np.n
 
 def bot_rows(df: pd.DataFrame, max_per_minute: int, unit: str) -> np.ndarray:
     """All rows of users who exceed ``max_per_minute`` events (or distinct orders) in any minute."""
-    minute = df["ts"].astype("datetime64[us, UTC]").astype(np.int64).to_numpy() // 60_000_000
-    users = _group_codes(df, ["user"])
-    key = pd.DataFrame({"u": users, "m": minute})
-    if unit == "orders" and "order_id" in df.columns:
-        key["o"] = _group_codes(df, ["order_id"])
-        per = key.drop_duplicates().groupby(["u", "m"]).size()
-    elif unit == "events":
-        per = key.groupby(["u", "m"]).size()
-    else:
+    if unit not in ("events", "orders"):
         raise DataConfigError(f"data.cleaning.bot_unit={unit!r} is not one of ['events', 'orders']")
-    bots = per[per > max_per_minute].index.get_level_values(0).unique()
-    return np.isin(users, bots.to_numpy())
+    minute = df["ts"].astype("datetime64[us, UTC]").astype(np.int64).to_numpy() // 60_000_000
+    minute = minute - minute.min()
+    users = _group_codes(df, ["user"])
+    key = users * (int(minute.max()) + 1) + minute  # one int per (user, minute)
+    if unit == "orders" and "order_id" in df.columns:
+        orders = _group_codes(df, ["order_id"])
+        pairs = np.unique(np.stack([key, orders], axis=1), axis=0)
+        key = pairs[:, 0]
+    uniq, counts = np.unique(key, return_counts=True)
+    bad_users = np.unique(uniq[counts > max_per_minute] // (int(minute.max()) + 1))
+    return np.isin(users, bad_users)
 
 
 def kcore_rows(df: pd.DataFrame, k_user: int, k_item: int) -> np.ndarray:

@@ -36,7 +36,12 @@ def pseudonymise(raw: pd.Series, key: bytes | None = None) -> pd.Series:
     """Pseudonymise a column of raw keys; nulls stay null. Hashes each distinct value once."""
     key = key if key is not None else pseudo_key()[0]
     uniq = pd.unique(raw.dropna())
-    mapping = {u: pseudonymise_one(u, key) for u in uniq}
+    base = hmac.new(key, digestmod=hashlib.sha256)  # copying a keyed state is ~3x faster than hmac.new
+    mapping = {}
+    for u in uniq:
+        h = base.copy()
+        h.update(_canonical(u).encode())
+        mapping[u] = h.hexdigest()[:16]
     return raw.map(mapping).astype("string")
 
 
