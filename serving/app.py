@@ -35,6 +35,12 @@ class RankerDeployment:
         self.score.set_max_batch_size(int(r["max_batch_size"]))
         self.score.set_batch_wait_timeout_s(float(r["batch_wait_timeout_s"]))
         self._rankers: dict[str, Any] = {}
+        try:  # load the current bundle's ranker now, not on the first request
+            from serving.bundle import resolve_bundle_dir
+
+            self._ranker(str(resolve_bundle_dir(serve_cfg["bundle_path"], serve_cfg["bundles_dir"])))
+        except Exception as e:  # noqa: BLE001 - the ingress degrades to popular items meanwhile
+            log.warning("ranker not preloaded: %s", e)
 
     def _ranker(self, bundle_dir: str):
         if bundle_dir not in self._rankers:

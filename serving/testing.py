@@ -38,6 +38,7 @@ class SyntheticBundleSpec:
     unavailable_frac: float = 0.02
     seed: int = 0
     name: str = "synthetic"
+    with_ranker: bool = True  # an untrained DCN-v2 ranker (score follows retrieval) in ranker.onnx + ranker.json
 
 
 def item_key(i: int) -> str:
@@ -108,6 +109,10 @@ def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = Synt
         users.to_parquet(tmp / "users.parquet", index=False)
         bought.to_parquet(tmp / "bought_together.parquet", index=False)
         export_mean_encoder(emb, spec.max_len, tmp / "encoder.onnx")
+        files = list(BUNDLE_FILES)
+        if spec.with_ranker:
+            export_random_ranker(items, d, tmp, seed=spec.seed)
+            files += ["ranker.onnx", "ranker.json"]
         (tmp / "config.yaml").write_text(f"# synthetic bundle\nspec: {spec!r}\n")
         write_json(tmp / "manifest.json", {
             "schema_version": 1,
@@ -122,7 +127,7 @@ def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = Synt
             "code_version": code_version(),
             "device": "cpu",
             "metrics": {},
-            "files": {f: file_sha256(tmp / f) for f in BUNDLE_FILES},
+            "files": {f: file_sha256(tmp / f) for f in files},
         })
     if write_latest:
         (out_dir.parent / "LATEST").write_text(out_dir.name + "\n")
@@ -156,6 +161,37 @@ def export_mean_encoder(item_embeddings: np.ndarray, max_len: int, path: Path) -
             torch.onnx.export(model, example, str(path), dynamo=False, **kwargs)
         except Exception:  # noqa: BLE001 - torch versions without it
             torch.onnx.export(model, example, str(path), **kwargs)
+
+
+def export_random_ranker(items: pd.DataFrame, dim: int, out_dir: Path, seed: int = 0) -> None:
+    """``ranker.onnx`` + ``ranker.json`` of an untrained ``models.ranker.DCNv2Ranker`` whose score is a
+    monotone function of the retrieval score: the serving cost of a real ranker, and answers that tests
+    can predict."""
+    import torch
+
+    from models.ranker import DCNv2Ranker, FeatureSpec
+
+    torch.manual_seed(seed)
+    spec = FeatureSpec.fit(items, dim, n_price_buckets=8, channels=["web", "app", "email"], heads=["purchase"],
+                           score_weights={"purchase": 1.0}, recent_window=5)
+    net = DCNv2Ranker(len(spec.dense_features), spec.cat_cardinalities, dim, len(spec.heads)).eval()
+    with torch.no_grad():  # the same graph and cost as a trained one; its score follows the retrieval score
+        for layer in net.cross:
+            layer.linear.weight.zero_()
+            layer.linear.bias.zero_()
+        net.heads.weight.zero_()
+        net.heads.bias.zero_()
+        net.heads.weight[:, 0] = 5.0  # cross output x = x0, whose first column is the retrieval score
+    n = 4
+    args = (torch.zeros(n, len(spec.dense_features)), torch.zeros(n, len(spec.cat_features), dtype=torch.long),
+            torch.zeros(n, dim), torch.zeros(n, dim))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, args, str(out_dir / "ranker.onnx"), input_names=list(spec.onnx_inputs),
+                          output_names=[spec.onnx_output],
+                          dynamic_axes={**{k: {0: "n"} for k in spec.onnx_inputs}, spec.onnx_output: {0: "n"}},
+                          dynamo=False, opset_version=17)
+    write_json(out_dir / "ranker.json", spec.to_json())
 
 
 def run(cfg) -> Path:

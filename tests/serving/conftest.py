@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 API_KEY = "test-api-key"
 ADMIN_KEY = "test-admin-key"
+# Stage budgets large enough that a busy shared CI machine never degrades an answer by accident;
+# tests of the degraded path set their own.
+GENEROUS_BUDGETS = ("serve.budget_ms.retrieve=2000", "serve.budget_ms.rank=2000", "serve.budget_ms.rules=2000")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,7 +53,19 @@ def make_cfg(artifacts):
 
     def make(*overrides: str):
         return compose_config([f"paths.artifacts={artifacts}", "serve.watch_interval_s=0",
-                               "serve.http.debug_routes=true", *overrides])
+                               "serve.http.debug_routes=true", *GENEROUS_BUDGETS, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_session_cfg(bundles_root):
+    """Like ``make_cfg`` on the session's artifacts folder (for module-scoped Ray apps)."""
+    from serving.app import compose_config
+
+    def make(*overrides: str):
+        return compose_config([f"paths.artifacts={bundles_root}", "serve.watch_interval_s=0", *GENEROUS_BUDGETS,
+                               *overrides])
 
     return make
 
@@ -73,3 +88,22 @@ def make_client(make_cfg):
     yield make
     for s in made:
         s.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_local):
+    """Ray Serve's HTTP proxy on a free loopback port (started once); yields the base URL."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    yield f"http://127.0.0.1:{port}"
