@@ -4,15 +4,41 @@ An event of type e, ``age`` days before the snapshot, adds ``event_weights[e] * 
 half_life_days)`` to the user's score for the item's category (and for each of the item's attribute
 ids, the brand proxy the schema has: Amazon attributes are categories and brands). Scores are kept
 positive and normalised to shares per user. Items without a category contribute nothing.
+
+Data without categories but with product titles (Online Retail) get a product-type category from
+``title_categories`` (config): the first group with a keyword that occurs as a word in the title,
+else ``other``. Data with neither keep null categories (empty top_categories).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.profiles.common import days_between
+
+
+def title_categories(items: pd.DataFrame, groups: dict[str, list[str]]) -> pd.Series:
+    """Product-type category per item from keywords in its title (first matching group wins)."""
+    titles = items["title"].astype("string").str.upper().fillna("")
+    out = pd.Series(pd.NA, index=items.index, dtype="string")
+    for name, words in groups.items():
+        pattern = r"\b(?:" + "|".join(re.escape(str(w).upper()) for w in words) + r")"
+        hit = out.isna() & titles.str.contains(pattern, regex=True)
+        out[hit] = name
+    return out.fillna("other")
+
+
+def with_categories(items: pd.DataFrame, aff_cfg: dict[str, Any]) -> tuple[pd.DataFrame, str]:
+    """``items`` with a usable category column, and where it came from (data / title keywords / none)."""
+    has_cat = "category" in items.columns and items["category"].notna().any()
+    if has_cat:
+        return items, "data"
+    if "title" in items.columns and aff_cfg["title_categories"]:
+        return items.assign(category=title_categories(items, dict(aff_cfg["title_categories"]))), "title keywords (profile.affinity.title_categories)"
+    return items, "none"
 
 
 def event_weights(events: pd.DataFrame, snapshot: pd.Timestamp, aff_cfg: dict[str, Any]) -> pd.Series:

@@ -5,6 +5,7 @@ call it without files; ``features.profile`` reads the processed data and writes 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,18 @@ import pandas as pd
 
 from features.profiles import activity, affinity, clv, consent, lifecycle, price, rfm, segments
 from features.profiles.common import percentile, split_purchases
+
+class _Stopwatch:
+    """Seconds per stage (``lap(name)`` closes the stage that started at the previous lap)."""
+
+    def __init__(self) -> None:
+        self.last, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+
 
 PCT_COLUMNS = ("clv", "monetary", "frequency", "n_views", "churn_prob", "recency_days")
 
@@ -53,9 +66,11 @@ def snapshot_dates(events: pd.DataFrame, pcfg: dict[str, Any]) -> tuple[pd.Times
 def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, pcfg: dict[str, Any],
                    seed: int, time_kind: str = "timestamp") -> ProfileTables:
     """Profiles of every user with at least one event before the snapshot (see ``features.profile``)."""
+    watch = _Stopwatch()
     lifecycle.check_windows(pcfg["lifecycle"])
     snap, flows_from = snapshot_dates(events, pcfg)
     buy_ev, ret_ev = list(pcfg["purchase_events"]), list(pcfg["return_events"])
+    items, category_source = affinity.with_categories(items, pcfg["affinity"])
     ev = events[events["ts"] < snap]
     user_ids = pd.Index(np.sort(ev["user_id"].unique()), name="user_id")
     purchases, returns = split_purchases(ev, buy_ev, ret_ev)
@@ -69,14 +84,19 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
         raise ValueError(f"users table has no user_key for user_id(s) {missing} that have events")
     prof["snapshot_date"] = snap
     prof = prof.join(rfm.rfm_table(user_ids, purchases, returns, snap, pcfg["rfm"]))
+    watch.lap("rfm")
     prof["lifecycle"] = lifecycle.stages(lifecycle.activity_span(ev, snap, pcfg["lifecycle"], buy_ev), snap, pcfg["lifecycle"])
+    watch.lap("lifecycle")
     prof = prof.join(price.price_sensitivity(user_ids, purchases, items, pcfg["price"]))
+    watch.lap("price")
     aff = affinity.affinities(ev, items, snap, pcfg["affinity"])
     prof["top_categories"] = affinity.top_lists(aff[aff["kind"] == "category"], user_ids)
     prof["top_attributes"] = affinity.top_lists(aff[aff["kind"] == "attribute"], user_ids)
+    watch.lap("affinity")
     prof = prof.join(activity.active_times(ev, user_ids, pcfg["activity"], time_kind))
     prof["preferred_channel"] = activity.preferred_channel(ev, users, user_ids)
     prof = prof.join(activity.browsing_counts(ev, items, user_ids, buy_ev))
+    watch.lap("activity")
 
     clv_cfg = pcfg["clv"]
     tx = purchases[["user_id", "ts", "value"]]
@@ -90,6 +110,7 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
     else:
         for c in ("expected_purchases", "p_alive", "churn_prob", "clv"):
             prof[c] = np.nan
+    watch.lap("clv")
     # Users who never purchased have no BG/NBD history: clv, churn_prob and p_alive stay null.
 
     if "country" in users.columns:
@@ -100,6 +121,7 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
     for c in PCT_COLUMNS:
         prof[f"{c}_pct"] = percentile(prof[c])
     clusters = segments.cluster(prof, pcfg["segments"], seed)
+    watch.lap("clusters")
     prof["segment"] = clusters.labels
     rules, default = list(pcfg["named_segments"]), pcfg["default_named_segment"]
     prof["named_segment"] = segments.named_segments(prof, rules, default)
@@ -110,17 +132,21 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
     cons = consent.resolve(prof["user_key"], pcfg["consent"], seed)
     prof = prof.join(consent.opt_out_flags(cons, prof["user_key"], list(pcfg["consent"]["channels"])))
 
+    watch.lap("named_segments_consent")
     flows = lifecycle.lifecycle_flows(events, flows_from, snap, pcfg["lifecycle"], buy_ev)
+    watch.lap("flows")
     prof = prof.reset_index()
     for c in ("rfm_group", "lifecycle", "named_segment", "segment_name"):
         prof[c] = prof[c].astype("string")
     info = {
         "has_prices": has_prices,
+        "category_source": category_source,
         "price_proxy": price.PROXY if has_prices else None,
         "monetary": "net revenue (purchases - returns, floored at 0)" if has_prices else "null: no prices; m_score ranks purchased units",
         "preferred_channel": "from the data" if prof["preferred_channel"].notna().any() else "null: the data has no channel",
         "clv_model": None if model is None else model.as_dict(),
         "segments": {"algorithm": clusters.algorithm, "k": clusters.k, "silhouette_by_k": clusters.silhouette_by_k},
         "consent_source": cons.source,
+        "seconds_by_stage": watch.laps,
     }
     return ProfileTables(prof, seg_table, flows, aff, cons, snap, flows_from, info)

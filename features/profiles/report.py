@@ -43,7 +43,8 @@ def plot_segment_sizes(segments: pd.DataFrame, path: Path, dpi: int) -> None:
 
 
 def plot_segment_profiles(segments: pd.DataFrame, path: Path, dpi: int) -> None:
-    zcols = [c for c in segments.columns if c.startswith("z_")]
+    # Features that do not vary in this data (e.g. views in a purchase log) would only add blank columns.
+    zcols = [c for c in segments.columns if c.startswith("z_") and segments[c].fillna(0).abs().max() > 1e-9]
     m = segments[zcols].to_numpy(dtype="float64")
     labels = [f"{k[:1]}| {n}" for k, n in zip(segments["kind"], segments["name"])]
     fig, ax = plt.subplots(figsize=(1.0 * len(zcols) + 4, 0.38 * len(segments) + 1.8))

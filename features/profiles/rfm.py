@@ -20,8 +20,11 @@ from features.profiles.common import days_between, quintile_score
 
 def order_keys(purchases: pd.DataFrame) -> pd.Series:
     """The order a purchase line belongs to: its order id, else the purchase day."""
-    day = "day:" + purchases["ts"].dt.strftime("%Y-%m-%d")
-    return purchases["order_id"].astype("string").fillna(day)
+    keys = purchases["order_id"].astype("string")
+    missing = keys.isna()
+    if missing.any():
+        keys[missing] = "day:" + purchases.loc[missing, "ts"].dt.floor("D").astype("string")
+    return keys
 
 
 def rfm_table(

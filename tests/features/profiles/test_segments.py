@@ -8,7 +8,7 @@ import pytest
 from features.profiles.segments import cluster, describe, named_segments
 
 SEG = {"algorithm": "kmeans", "k_min": 2, "k_max": 6, "silhouette_sample": 1000, "fit_sample": 1000,
-       "features": ["a", "b"], "log_features": [], "describe_threshold": 0.5}
+       "features": ["a", "b"], "log_features": [], "describe_threshold": 0.5, "threads": 1}
 
 
 def _blobs(n_per=60, seed=0):
