@@ -6,19 +6,16 @@ import pandas as pd
 import pytest
 
 from features.profiles.clv import calibration_holdout, fit, predict, rfm_summary
+from features.profiles.transactions import read_cdnow
 
 CFG = {"time_unit_days": 7.0, "penalizer": 0.0, "fit_sample": 200000, "min_users": 20, "horizon_days": 273}
 
 
-def read_cdnow(data_root) -> pd.DataFrame:
-    df = pd.read_csv(data_root / "cdnow" / "CDNOW_master.txt", sep=r"\s+", dtype={"customer_id": str, "date": str})
-    return pd.DataFrame({"user_id": df["customer_id"].astype("int64"),
-                         "ts": pd.to_datetime(df["date"], format="%Y%m%d", utc=True), "value": df["dollar_value"]})
-
-
 @pytest.fixture(scope="module")
 def cdnow(data_root):
-    return read_cdnow(data_root)
+    tx = read_cdnow(data_root / "cdnow" / "CDNOW_master.txt")
+    assert len(tx) == 69659 and tx["user_id"].nunique() == 23570     # the published CDNOW master cohort
+    return tx
 
 
 def test_summary_follows_the_lifetimes_convention():
@@ -66,3 +63,17 @@ def test_holdout_beats_the_naive_rate_on_cdnow(cdnow):
     assert mae("pred_revenue") < mae("naive_revenue")
     # Aggregate holdout purchases within 15 % (Fader et al. report a close aggregate fit on CDNOW).
     assert f["pred_purchases"].sum() == pytest.approx(f["actual_purchases"].sum(), rel=0.15)
+
+
+def test_bench_clv_reports_json_last(data_root, repo_root):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "scripts/bench_clv.py", "profile.bench_clv.datasets=[cdnow]",
+                           f"paths.data_root={data_root}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = result["cdnow"]
+    assert r["customers"] == 23570 and r["transactions"] == 69659
+    assert r["purchases_mae_model"] < r["purchases_mae_naive"] and 0.5 < r["churn_auc"] <= 1
