@@ -47,8 +47,8 @@ def as_categorical(s: pd.Series) -> pd.Series:
 def per_value(s: pd.Series, fn: Any) -> pd.Series:
     """``fn`` (a vectorised function of a text Series) applied once per distinct value of ``s``."""
     s = as_categorical(s)
-    res = fn(pd.Series(s.cat.categories))
-    arr = pd.api.extensions.take(pd.Series(res).array, s.cat.codes.to_numpy(), allow_fill=True)
+    res = pd.Series(fn(pd.Series(s.cat.categories, dtype=s.cat.categories.dtype)))
+    arr = pd.api.extensions.take(res.array, s.cat.codes.to_numpy(), allow_fill=True)
     return pd.Series(arr, index=s.index)
 
 
@@ -58,7 +58,8 @@ def text_transform(s: pd.Series, fn: Any) -> pd.Series:
     res = pd.Series(fn(pd.Series(s.cat.categories)))
     new_codes, uniques = pd.factorize(res)
     codes = s.cat.codes.to_numpy()
-    mapped = np.where(codes >= 0, new_codes[np.maximum(codes, 0)], -1)
+    new_codes = np.r_[new_codes, -1]  # code -1 (null) stays null
+    mapped = new_codes[np.where(codes >= 0, codes, len(new_codes) - 1)]
     return pd.Series(pd.Categorical.from_codes(mapped, categories=pd.Index(uniques)), index=s.index)
 
 

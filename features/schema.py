@@ -3,19 +3,37 @@
 A prepared dataset lives in ``<artifacts>/processed/<name>/``:
 
 - ``events.parquet``   one row per interaction, columns ``EVENT_COLUMNS``, sorted by
-  (``user_id``, ``ts``, ``src_row``). ``user_id``/``item_id`` are dense ints from 0.
+  (``user_id``, ``ts``, ``src_row``). ``user_id``/``item_id`` are dense ints from 0, numbered in the
+  natural order of the original keys (numeric order when every key is a number).
   ``ts`` is UTC; where the source has no time it is an order position
   (``1970-01-01 + position seconds``) and the manifest says ``"time_kind": "order"``.
+  ``src_row`` is the row's 0-based position over all input rows (files in config order): a stable
+  tie-breaker for equal timestamps (e.g. the lines of one invoice).
+  Return events (``event == "return"``, e.g. Online Retail ``C`` invoices) stay in the events table
+  with a *positive* ``quantity`` (the quantity returned) and their ``order_id``; ``price`` is the
+  unit price. ``rating`` holds explicit ratings (MovieLens 100K) and is null elsewhere.
 - ``items.parquet``    ``item_id``, ``item_key`` (original key, str), ``category`` (str or null),
   ``attributes`` (list<int32> of attribute ids, possibly empty), ``price_mean``, ``price_median``
-  (null where the data has no prices), ``n_events``.
+  (over non-return events; null where the data has no prices), ``n_events``, plus source
+  columns such as ``title`` (most frequent description), ``department``, ``brand``.
 - ``users.parquet``    ``user_id``, ``user_key`` (pseudonymised original key: hex keyed hash), plus
-  source attributes (e.g. ``country``, ``age``, ``gender``) where the source has them.
-- ``quarantine.parquet`` ``src_file``, ``src_row``, ``reason``, ``message``, ``raw`` (the row as text).
+  source attributes (e.g. ``country``, ``age``, ``gender``) where the source has them, and
+  ``n_events``. Rows without a user (Online Retail guests) never reach this table.
+- ``quarantine.parquet`` ``src_file``, ``src_row``, ``reason``, ``message``, ``raw`` (the row as text,
+  user key pseudonymised). ``message`` gives the 1-based row number inside ``src_file``.
 - ``splits/loo/{train,valid,test}.parquet`` and ``splits/temporal/{train,valid,test}.parquet``: the
-  events table cut in three (same columns). Leave-one-out: per user by time, last event = test,
-  second-to-last = valid, rest = train (users with < 3 events keep everything in train).
-  Temporal: global cut-off dates from config.
+  events table cut in three (same columns). Leave-one-out: per user by (ts, src_row), the last
+  *target* event = test, the second-to-last = valid, every event (of any type) before the valid
+  one = train; events after the valid one that are not the test event (e.g. a later return) are in
+  no part (manifest ``splits.loo.excluded``). Target types come from ``data.splits.loo.target_events``
+  (null = every event; Online Retail and synthetic: ``[purchase]``, so returns and views are inputs
+  in train but never labels). Users with < 3 target events keep everything in train.
+  Temporal: global cut-off dates from ``data.splits.temporal`` (train < valid_start <= valid <
+  test_start <= test), every event type in each part; not written where ``time_kind`` is
+  ``order`` (``load_split`` then raises).
+- ``tables/<name>.parquet`` (optional) validated side tables (Complete Journey campaigns, coupons,
+  demographics...; Hillstrom), customer ids replaced by ``user_key``; rejected rows in
+  ``tables/quarantine.parquet``. Read with ``features.processed.load_table``.
 - ``manifest.json``    counts, config, hashes, code version (see ``features.artifacts``).
 
 Sequence models read ``splits/loo`` and build per-user item sequences ordered by ``ts`` then ``src_row``.

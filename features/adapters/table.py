@@ -107,7 +107,7 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
             parse_options=pacsv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 include_columns=wanted, column_types={c: pa.string() for c in wanted},
-                strings_can_be_null=False, quoted_strings_can_be_null=False,
+                strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False,
             ),
         )
     except DataConfigError:

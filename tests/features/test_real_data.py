@@ -74,3 +74,65 @@ def test_online_retail(prepare_real, data_root):
     loo_test = load_split(res.out_dir, "loo", "test")
     assert (loo_test["event"] == "purchase").all()
     assert load_manifest(res.out_dir)["fingerprint"] == m["fingerprint"]
+
+
+def test_amazon_sports_counts(prepare_real):
+    m = prepare_real("amazon_sports").manifest
+    assert (m["n_users"], m["n_items"], m["n_events"]) == (35598, 18357, 296337) and reconciled(m)
+
+
+def test_taobao_truncated_line_quarantined_and_deterministic(prepare_real, prepared_root, data_root):
+    res = prepare_real("taobao")
+    m = res.manifest
+    assert m["n_input_rows"] == 84476 and reconciled(m)
+    assert m["quarantine_by_reason"] == {"malformed_row": 1}
+    q = pd.read_parquet(res.out_dir / "quarantine.parquet")
+    assert q["src_row"].tolist() == [84475] and "row 84476" in q["message"].iloc[0]
+    assert q["raw"].iloc[0].endswith(",1968385,1875258,pv") and not q["raw"].iloc[0].startswith("1003703")
+    assert m["event_counts"] == {"cart": 4497, "fav": 2356, "purchase": 1750, "view": 75873 - 1}
+    assert (m["n_users"], m["n_items"]) == (815, 55368)
+    assert load_items(res.out_dir)["category"].notna().all()
+    # same inputs and config: byte-identical outputs
+    again = prepare_real("taobao", "paths.processed=" + str(prepared_root / "again"))
+    for rel, digest in m["outputs"].items():
+        assert again.manifest["outputs"][rel] == digest, rel
+
+
+def test_movielens(prepare_real):
+    m = prepare_real("movielens_100k").manifest
+    assert (m["n_users"], m["n_items"], m["n_events"]) == (943, 1682, 100000) and reconciled(m)
+    ev = load_events(prepare_real("movielens_100k").out_dir)
+    assert ev["rating"].value_counts().sort_index().tolist() == [6110, 11370, 27145, 34174, 21201]
+    assert load_users(prepare_real("movielens_100k").out_dir)["age"].notna().all()
+    m1 = prepare_real("movielens_1m").manifest
+    assert (m1["n_users"], m1["n_items"], m1["n_events"]) == (6040, 3706, 1000209)
+    assert m1["time_kind"] == "order" and set(m1["splits"]) == {"loo"}
+
+
+def test_hillstrom_published_rates(prepare_real, data_root):
+    from features.adapters.hillstrom import load_hillstrom
+    from features.processed import load_table
+
+    res = prepare_real("hillstrom")
+    assert res.manifest["n_input_rows"] == 64000 and res.manifest["n_quarantined"] == 0
+    df = load_table(res.out_dir, "hillstrom")
+    assert len(df) == 64000
+    assert round(df["visit"].mean(), 5) == 0.14678 and round(df["spend"].mean(), 5) == 1.05091
+    assert df["treatment"].value_counts().to_dict() == {"womens": 21387, "mens": 21307, "control": 21306}
+    assert df.equals(load_hillstrom(data_root / "hillstrom/hillstrom.csv"))
+
+
+def test_completejourney(prepare_real):
+    from features.processed import load_table
+
+    res = prepare_real("completejourney")
+    m = res.manifest
+    assert m["n_input_rows"] == 75000 and reconciled(m)
+    assert m["tables"]["campaigns"] == 6589 and m["tables"]["campaign_descriptions"] == 27
+    assert m["tables"]["coupon_redemptions"] == 2102 and m["tables"]["demographics"] == 801
+    camp = load_table(res.out_dir, "campaigns")
+    assert "household_id" not in camp.columns and camp["user_key"].str.len().eq(16).all()
+    users = load_users(res.out_dir)
+    assert camp["user_key"].isin(users["user_key"]).mean() > 0.99   # same keyed hash as users
+    assert users["age"].notna().sum() > 700
+    assert load_items(res.out_dir)["category"].notna().mean() > 0.9
