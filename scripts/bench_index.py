@@ -1,11 +1,10 @@
 """Benchmark the candidate index against exact search at 100k and 1M items (CPU here, GPU where present).
 
-No real catalogue is that large (Online Retail has ~4k items), so the embeddings are synthetic with a
-catalogue structure like the synthetic generator's: ``departments`` departments, each with
-``cats_per_dept`` categories; an item embedding is department centroid + category offset (0.5 scale)
-+ item noise (0.35 scale), scaled by a popularity factor ``1 + 0.1 * log1p(zipf count)``
-(popular items score higher under inner product, as trained embeddings do). User queries mix 1-3
-categories' centroids plus noise, like a user with a few interests. Dimension 64.
+No real catalogue is that large (Online Retail has ~4.6k items), so the embeddings are synthetic,
+derived from the catalogue of the synthetic generator (``features.synthetic``: categories with
+power-law sizes, popularity ranks, prices); see ``catalogue_embeddings`` for exactly how. User
+queries are a category's style centre (sometimes mixed with a second category) plus noise.
+Dimension 64.
 
 Per size: build time, index memory (serialised bytes) and RSS growth, queries/s at batch 1 and 256 for
 exact search (torch fp32 on CPU, fp16 on CUDA) and for the index config of that size, recall@100
@@ -40,26 +39,47 @@ from omegaconf import OmegaConf  # noqa: E402
 from serving.index import IndexSettings, TorchExactIndex, build_index  # noqa: E402
 
 
-def catalogue_embeddings(n_items: int, dim: int, departments: int, cats_per_dept: int, seed: int):
+def catalogue_embeddings(n_items: int, dim: int, styles: int, seed: int):
+    """Item embeddings shaped by the synthetic generator's catalogue (``features.synthetic``).
+
+    The generator gives each item a category (40 categories, power-law sizes), a popularity rank
+    within its category and a price. Embedding = category centroid N(0, I) + one of ``styles``
+    style offsets of that category (0.6 N(0, I)) + item noise (0.4 N(0, I)) + 0.3 x standardised
+    log price along a shared "price" direction, scaled by ``1 + 0.15 * log1p(popularity share x
+    items per category)`` so best sellers score higher under inner product, as trained embeddings do.
+    """
+    from features.synthetic import SyntheticSpec, _catalogue
+
     rng = np.random.default_rng(seed)
-    n_cats = departments * cats_per_dept
-    dept_c = rng.normal(size=(departments, dim)).astype(np.float32)
-    cat_c = (np.repeat(dept_c, cats_per_dept, axis=0) + 0.5 * rng.normal(size=(n_cats, dim))).astype(np.float32)
-    cat_of = rng.integers(0, n_cats, n_items)
-    pop = rng.zipf(1.3, n_items).clip(max=10_000)
-    emb = cat_c[cat_of] + 0.35 * rng.normal(size=(n_items, dim)).astype(np.float32)
-    emb *= (1.0 + 0.1 * np.log1p(pop))[:, None].astype(np.float32)
-    return emb.astype(np.float32), cat_of, cat_c
+    spec = SyntheticSpec(n_events=1, n_items=n_items, seed=seed).resolved()
+    cat_items = _catalogue(spec, rng)
+    cat = cat_items["category_id"].to_numpy()
+    n_cats = int(cat.max()) + 1
+    centroids = rng.normal(size=(n_cats, dim)).astype(np.float32)
+    style_off = 0.6 * rng.normal(size=(n_cats, styles, dim)).astype(np.float32)
+    style = rng.integers(0, styles, n_items)
+    rank = np.arange(n_items) - np.searchsorted(cat, cat)  # 0 = best seller of its category
+    size = np.bincount(cat)[cat]
+    share = (1.0 / (rank + 1) ** spec.item_zipf) * size / np.log(size + 1)
+    log_price = np.log(cat_items["base_price"].to_numpy())
+    price_dir = rng.normal(size=dim).astype(np.float32)
+    price_dir /= np.linalg.norm(price_dir)
+    emb = centroids[cat] + style_off[cat, style] + 0.4 * rng.normal(size=(n_items, dim)).astype(np.float32)
+    emb += (0.3 * (log_price - log_price.mean()) / log_price.std())[:, None].astype(np.float32) * price_dir
+    emb *= (1.0 + 0.15 * np.log1p(share))[:, None].astype(np.float32)
+    return emb.astype(np.float32), cat, (centroids, style_off)
 
 
-def user_queries(n: int, cat_c: np.ndarray, seed: int) -> np.ndarray:
+def user_queries(n: int, centres, seed: int, p_off_category: float = 0.2) -> np.ndarray:
+    """A user browsing one category (one of its styles), sometimes also another (weight 0.3), plus noise."""
+    centroids, style_off = centres
     rng = np.random.default_rng(seed + 1)
-    q = np.zeros((n, cat_c.shape[1]), np.float32)
-    for i in range(n):
-        cats = rng.choice(len(cat_c), size=rng.integers(1, 4), replace=False)
-        w = rng.dirichlet(np.ones(len(cats)))
-        q[i] = w @ cat_c[cats]
-    return (q + 0.3 * rng.normal(size=q.shape)).astype(np.float32)
+    n_cats, styles, dim = style_off.shape
+    c = rng.integers(0, n_cats, n)
+    q = centroids[c] + style_off[c, rng.integers(0, styles, n)]
+    off = rng.random(n) < p_off_category
+    q[off] += 0.3 * centroids[rng.integers(0, n_cats, int(off.sum()))]
+    return (q + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
 def qps(index, queries: np.ndarray, batch: int, k: int, repeats: int, **filters) -> float:
@@ -89,9 +109,9 @@ def bench_size(n: int, index_name: str, args) -> dict:
     import faiss
 
     proc = psutil.Process()
-    emb, cat_of, cat_c = catalogue_embeddings(n, args.dim, args.departments, args.cats_per_dept, args.seed)
-    q1 = user_queries(args.queries_b1, cat_c, args.seed)
-    qb = user_queries(args.queries_b256, cat_c, args.seed + 7)
+    emb, cat_of, centres = catalogue_embeddings(n, args.dim, args.styles, args.seed)
+    q1 = user_queries(args.queries_b1, centres, args.seed)
+    qb = user_queries(args.queries_b256, centres, args.seed + 7)
     k = 100
     exact = TorchExactIndex(emb)  # fp32 on CPU, fp16 on CUDA
     ref = TorchExactIndex(emb, device="cpu", dtype="float32")
@@ -110,10 +130,9 @@ def bench_size(n: int, index_name: str, args) -> dict:
     ix_b1 = qps(idx, q1, 1, k, args.repeats)
     ex_b256 = qps(exact, qb, 256, k, args.repeats)
     ix_b256 = qps(idx, qb, 256, k, args.repeats)
-    # filters: exclude 50 "purchased" items near the query, allow one department (~1/departments of items)
+    # filters: exclude 60 "purchased" items (50 near the query), allow 5 of the 40 categories
     rng = np.random.default_rng(args.seed + 3)
-    dept_of = cat_of // args.cats_per_dept
-    allowed = dept_of == 0
+    allowed = np.isin(cat_of, np.unique(cat_of)[:5])  # "restrict to 5 categories"
     fq = q1[: args.filter_queries]
     near = ref.search(fq, 50)[1]
     exclude = np.array([set(near[j].tolist()) | set(rng.integers(0, n, 10).tolist()) for j in range(len(fq))], dtype=object)
@@ -146,8 +165,7 @@ def main() -> None:
     p.add_argument("--index-100k", default="ivf", help="conf/index/<name> used for sizes < 500k")
     p.add_argument("--index-1m", default="ivf_large", help="conf/index/<name> used for sizes >= 500k")
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--departments", type=int, default=40)
-    p.add_argument("--cats-per-dept", type=int, default=25)
+    p.add_argument("--styles", type=int, default=25, help="style sub-clusters per category")
     p.add_argument("--queries-b1", type=int, default=200)
     p.add_argument("--queries-b256", type=int, default=1024)
     p.add_argument("--recall-queries", type=int, default=500)
@@ -176,7 +194,7 @@ def main() -> None:
     print(" | ".join(cols))
     for r in results.values():
         print(" | ".join(str(r[c]) for c in cols))
-    print("\nfilters (exclude 60 items + allow one department), queries/s at batch 1 and recall@100 vs filtered exact:")
+    print("\nfilters (exclude 60 items + allow 5 categories), queries/s at batch 1 and recall@100 vs filtered exact:")
     for n, r in results.items():
         f = r["filters"]
         print(f"{n}: allowed {f['allowed_fraction']:.3f} | overfetch {f['overfetch']} | selector {f['selector']} | exact {f['exact']}")

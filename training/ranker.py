@@ -40,7 +40,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from features.artifacts import atomic_dir, code_version, file_sha256, write_json
 from features.processed import load_manifest, load_split, processed_dir
@@ -414,9 +414,12 @@ def train_ranker(cfg: DictConfig) -> Path:
             num_sanity_val_steps=0,
         )
         gen = torch.Generator().manual_seed(int(cfg.seed))
+        train_ds, valid_ds = tensors(train_stage), tensors(valid_stage)
+        # whole batches by tensor indexing (no per-row collate): batch_size=None + a BatchSampler
         trainer.fit(module,
-                    DataLoader(tensors(train_stage), batch_size=int(m.batch_size), shuffle=True, generator=gen),
-                    DataLoader(tensors(valid_stage), batch_size=8192, shuffle=False))
+                    DataLoader(train_ds, batch_size=None,
+                               sampler=BatchSampler(RandomSampler(train_ds, generator=gen), int(m.batch_size), drop_last=False)),
+                    DataLoader(valid_ds, batch_size=None, sampler=BatchSampler(SequentialSampler(valid_ds), 8192, drop_last=False)))
         best = ckpt_cb.best_model_path
         if best:
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
