@@ -199,3 +199,261 @@ def fit_response_model(table: pd.DataFrame, spec: Any, seed: int) -> tuple[Campa
     final, fit_info = train_campaign_net(x, y, None, settings, log_mask, seed=seed)
     metrics.update(fit_info)
     return final, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Uplift learners on a randomised experiment (Hillstrom) and the benchmark's baselines.
+# Every learner: fit(x, y, t) -> self, predict(x) -> uplift scores (higher = more persuadable).
+
+HILLSTROM_COLUMNS = {"recency": "int64", "history_segment": "string", "history": "float64", "mens": "int64",
+                     "womens": "int64", "zip_code": "string", "newbie": "int64", "channel": "string",
+                     "segment": "string", "visit": "int64", "conversion": "int64", "spend": "float64"}
+HILLSTROM_ARMS = ("Womens E-Mail", "Mens E-Mail", "No E-Mail")
+
+
+@dataclass
+class UpliftData:
+    x: np.ndarray            # float64 (n, F) numeric features
+    y: np.ndarray            # int (n,) outcome 0/1
+    t: np.ndarray            # int (n,) 1 = treated
+    feature_names: list[str]
+
+
+def load_hillstrom(path: str | Path, treatment_arm: str = "Womens E-Mail", outcome: str = "visit") -> UpliftData:
+    """Hillstrom rows of ``treatment_arm`` vs 'No E-Mail', one-hot encoded, with validation."""
+    if treatment_arm not in HILLSTROM_ARMS[:2]:
+        raise ValueError(f"treatment_arm must be one of {HILLSTROM_ARMS[:2]}, got {treatment_arm!r}")
+    if outcome not in ("visit", "conversion"):
+        raise ValueError(f"outcome must be visit or conversion, got {outcome!r}")
+    df = pd.read_csv(path, dtype=HILLSTROM_COLUMNS)
+    missing = set(HILLSTROM_COLUMNS) - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    bad = ~df["segment"].isin(HILLSTROM_ARMS)
+    if bad.any():
+        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2} has unknown segment {df['segment'][bad].iloc[0]!r}")
+    for col in ("visit", "conversion", "mens", "womens", "newbie"):
+        if not df[col].isin([0, 1]).all():
+            raise ValueError(f"{path}: column {col} must be 0/1")
+    df = df[df["segment"].isin([treatment_arm, "No E-Mail"])].reset_index(drop=True)
+    x = pd.DataFrame({
+        "recency": df["recency"].astype(float), "history": df["history"], "log_history": np.log1p(df["history"]),
+        "history_segment": df["history_segment"].str[0].astype(int).astype(float),
+        "mens": df["mens"].astype(float), "womens": df["womens"].astype(float), "newbie": df["newbie"].astype(float),
+    })
+    for col, values in (("zip_code", ("Urban", "Surburban", "Rural")), ("channel", ("Phone", "Web", "Multichannel"))):
+        for v in values:
+            x[f"{col}={v}"] = (df[col] == v).astype(float)
+    return UpliftData(x.to_numpy(), df[outcome].to_numpy(dtype=int), (df["segment"] == treatment_arm).to_numpy(dtype=int),
+                      list(x.columns))
+
+
+def _zscore(u: np.ndarray) -> np.ndarray:
+    return (u - u.mean()) / (u.std() + 1e-12)
+
+
+class RandomLearner:
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def fit(self, x, y, t):
+        return self
+
+    def predict(self, x):
+        return np.random.default_rng(self.seed).random(len(x))
+
+
+class SLearner:
+    """One model on [x, t]; uplift = f(x, 1) - f(x, 0)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def fit(self, x, y, t):
+        self.m = self.make().fit(np.c_[x, t], y)
+        return self
+
+    def predict(self, x):
+        one, zero = np.ones(len(x)), np.zeros(len(x))
+        return self.m.predict_proba(np.c_[x, one])[:, 1] - self.m.predict_proba(np.c_[x, zero])[:, 1]
+
+
+class TLearner:
+    """One model per arm; uplift = f1(x) - f0(x)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def fit(self, x, y, t):
+        self.m1 = self.make().fit(x[t == 1], y[t == 1])
+        self.m0 = self.make().fit(x[t == 0], y[t == 0])
+        return self
+
+    def predict(self, x):
+        return self.m1.predict_proba(x)[:, 1] - self.m0.predict_proba(x)[:, 1]
+
+
+class ClassTransformation:
+    """Bagged classifiers of z = 1{y == t} (Jaskowski & Jaroszewicz 2012); with a balanced randomised
+    treatment, 2 P(z=1|x) - 1 is the uplift. ``bags`` seeded subsamples reduce variance."""
+
+    def __init__(self, make, bags: int = 5, subsample: float = 0.8, seed: int = 0):
+        self.make, self.bags, self.subsample, self.seed = make, bags, subsample, seed
+
+    def fit(self, x, y, t):
+        z = (y == t).astype(int)
+        rng = np.random.default_rng(self.seed)
+        self.models = []
+        for _ in range(self.bags):
+            idx = rng.choice(len(z), int(self.subsample * len(z)), replace=False)
+            self.models.append(self.make().fit(x[idx], z[idx]))
+        return self
+
+    def predict(self, x):
+        return np.mean([m.predict_proba(x)[:, 1] for m in self.models], axis=0)
+
+
+class TwoHeadNet:
+    """The project's two-headed network (``models.uplift.CampaignNet``), seed ensemble, early-stopped
+    on a validation split of the training rows."""
+
+    def __init__(self, settings: NetSettings, log_features: tuple[str, ...] = (), feature_names: list[str] | None = None,
+                 seed: int = 0):
+        self.settings, self.seed = settings, seed
+        self.log_mask = [n in set(log_features) for n in (feature_names or [])]
+
+    def fit(self, x, y, t):
+        mask = self.log_mask or [False] * x.shape[1]
+        self.ens, _ = train_campaign_net(x, y, t, self.settings, mask, seed=self.seed)
+        return self
+
+    def predict(self, x):
+        with torch.no_grad():
+            return self.ens.score(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+
+
+class Blend:
+    """Weighted mean of the members' standardised uplift scores (scale-free rank blending)."""
+
+    def __init__(self, members: list, weights: list[float] | None = None):
+        self.members = members
+        self.weights = weights or [1.0] * len(members)
+
+    def fit(self, x, y, t):
+        for m in self.members:
+            m.fit(x, y, t)
+        return self
+
+    def predict(self, x):
+        return sum(w * _zscore(m.predict(x)) for w, m in zip(self.weights, self.members)) / sum(self.weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Complete Journey: coupon response (redeemed vs received) per (household, campaign).
+
+_AGE = {"19-24": 0, "25-34": 1, "35-44": 2, "45-54": 3, "55-64": 4, "65+": 5}
+_INCOME = {"Under 15K": 0, "15-24K": 1, "25-34K": 2, "35-49K": 3, "50-74K": 4, "75-99K": 5, "100-124K": 6,
+           "125-149K": 7, "150-174K": 8, "175-199K": 9, "200-249K": 10, "250K+": 11}
+
+
+def complete_journey_table(cj_dir: str | Path) -> pd.DataFrame:
+    """One row per campaign a household received: features known at the campaign's start, label
+    ``redeemed`` (any coupon of that campaign redeemed by that household).
+
+    Features: campaign type, length and number of coupons; the household's earlier campaigns and
+    redemptions (strictly before the start date); demographics (where known); its coupon use and
+    spend in the transactions sample before the start date.
+    """
+    d = Path(cj_dir)
+    need = ("campaigns", "campaign_descriptions", "coupons", "coupon_redemptions", "demographics", "transactions_sample")
+    for name in need:
+        if not (d / f"{name}.parquet").is_file():
+            raise FileNotFoundError(f"Complete Journey table {d / (name + '.parquet')} not found")
+    rd = lambda n: pd.read_parquet(d / f"{n}.parquet")  # noqa: E731
+    camps, desc, coupons, red = rd("campaigns"), rd("campaign_descriptions"), rd("coupons"), rd("coupon_redemptions")
+    demo, tx = rd("demographics"), rd("transactions_sample")
+    desc = desc.assign(start=pd.to_datetime(desc["start_date"]), end=pd.to_datetime(desc["end_date"]))
+    red = red.assign(date=pd.to_datetime(red["redemption_date"]))
+    n_coupons = coupons.groupby("campaign_id")["coupon_upc"].nunique().rename("n_coupons")
+    rows = camps.merge(desc[["campaign_id", "campaign_type", "start", "end"]], on="campaign_id", how="inner")
+    rows = rows.merge(n_coupons, left_on="campaign_id", right_index=True, how="left")
+    pairs = red[["household_id", "campaign_id"]].drop_duplicates().assign(redeemed=1)
+    rows = rows.merge(pairs, on=["household_id", "campaign_id"], how="left")
+    rows["redeemed"] = rows["redeemed"].fillna(0).astype(int)
+    # History strictly before this campaign's start.
+    hist = rows[["household_id", "campaign_id", "start"]].merge(
+        rows[["household_id", "start"]].rename(columns={"start": "other_start"}), on="household_id")
+    rows = rows.merge(hist[hist["other_start"] < hist["start"]].groupby(["household_id", "campaign_id"]).size()
+                      .rename("prior_campaigns").reset_index(), on=["household_id", "campaign_id"], how="left")
+    rh = rows[["household_id", "campaign_id", "start"]].merge(red[["household_id", "date"]], on="household_id")
+    rows = rows.merge(rh[rh["date"] < rh["start"]].groupby(["household_id", "campaign_id"]).size()
+                      .rename("prior_redemptions").reset_index(), on=["household_id", "campaign_id"], how="left")
+    tx = tx.assign(ts=pd.to_datetime(tx["transaction_timestamp"]))
+    th = rows[["household_id", "campaign_id", "start"]].merge(
+        tx[["household_id", "ts", "sales_value", "coupon_disc", "basket_id"]], on="household_id")
+    th = th[th["ts"] < th["start"]]
+    agg = th.groupby(["household_id", "campaign_id"]).agg(
+        tx_lines=("sales_value", "size"), tx_spend=("sales_value", "sum"),
+        tx_coupon_lines=("coupon_disc", lambda s: int((s != 0).sum())), tx_baskets=("basket_id", "nunique")).reset_index()
+    rows = rows.merge(agg, on=["household_id", "campaign_id"], how="left")
+    demo = demo.assign(age_ord=demo["age"].map(_AGE), income_ord=demo["income"].map(_INCOME),
+                       homeowner=(demo["home_ownership"] == "Homeowner").astype(float),
+                       hh_size=pd.to_numeric(demo["household_size"].astype(str).str.extract(r"(\d)")[0], errors="coerce"),
+                       kids=pd.to_numeric(demo["kids_count"].astype(str).str.extract(r"(\d)")[0], errors="coerce"),
+                       has_demographics=1.0)
+    rows = rows.merge(demo[["household_id", "age_ord", "income_ord", "homeowner", "hh_size", "kids", "has_demographics"]],
+                      on="household_id", how="left")
+    for col in ("prior_campaigns", "prior_redemptions", "tx_lines", "tx_spend", "tx_coupon_lines", "tx_baskets", "has_demographics"):
+        rows[col] = rows[col].fillna(0.0).astype(float)
+    rows["prior_redemption_rate"] = rows["prior_redemptions"] / rows["prior_campaigns"].clip(lower=1)
+    rows["campaign_days"] = (rows["end"] - rows["start"]).dt.days.astype(float)
+    for t in ("Type A", "Type B", "Type C"):
+        rows[f"type_{t[-1]}"] = (rows["campaign_type"] == t).astype(float)
+    rows["n_coupons"] = rows["n_coupons"].fillna(0).astype(float)
+    return rows.sort_values(["start", "campaign_id", "household_id"]).reset_index(drop=True)
+
+
+CJ_FEATURES = ["type_A", "type_B", "type_C", "campaign_days", "n_coupons", "prior_campaigns", "prior_redemptions",
+               "prior_redemption_rate", "tx_lines", "tx_spend", "tx_coupon_lines", "tx_baskets", "has_demographics",
+               "age_ord", "income_ord", "homeowner", "hh_size", "kids"]
+CJ_LOG_FEATURES = ["n_coupons", "prior_campaigns", "prior_redemptions", "tx_lines", "tx_spend", "tx_coupon_lines", "tx_baskets"]
+
+
+def complete_journey_benchmark(cj_dir: str | Path, test_fraction: float = 0.3, seed: int = 0) -> dict[str, Any]:
+    """Train on the earliest-starting campaigns, test on the latest ``test_fraction`` of campaigns.
+
+    Models: the project's response network (``CampaignNet``, one head), GBT, logistic regression, and a
+    one-feature reference (prior redemptions). Returns AUC and lift@10 % on the test campaigns.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = complete_journey_table(cj_dir)
+    order = rows.drop_duplicates("campaign_id").sort_values("start")["campaign_id"].tolist()
+    n_test = max(1, int(round(len(order) * test_fraction)))
+    test_ids = set(order[-n_test:])
+    te = rows["campaign_id"].isin(test_ids).to_numpy()
+    x = rows[CJ_FEATURES].to_numpy(dtype=np.float32)
+    y = rows["redeemed"].to_numpy()
+    filled = np.nan_to_num(x, nan=-1.0)
+    scores = {}
+    net, _ = train_campaign_net(x[~te], y[~te], None, NetSettings(hidden=32, epochs=40, batch_size=128, seeds=3),
+                                [f in CJ_LOG_FEATURES for f in CJ_FEATURES], seed=seed)
+    with torch.no_grad():
+        scores["project response net"] = net.score(torch.from_numpy(x[te])).numpy()
+    gbt = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_depth=3, random_state=seed).fit(x[~te], y[~te])
+    scores["GBT"] = gbt.predict_proba(x[te])[:, 1]
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(filled[~te], y[~te])
+    scores["logistic regression"] = lr.predict_proba(filled[te])[:, 1]
+    scores["prior redemptions only"] = rows.loc[te, "prior_redemption_rate"].to_numpy() + 1e-3 * rows.loc[te, "prior_campaigns"].to_numpy()
+    res = {name: {"auc": float(roc_auc_score(y[te], s)), "lift_at_10": lift_at(y[te], s, 0.1)} for name, s in scores.items()}
+    lines = [f"Complete Journey coupon response: train {int((~te).sum())} (household, campaign) pairs of "
+             f"{len(order) - n_test} campaigns, test {int(te.sum())} pairs of the {n_test} latest campaigns, "
+             f"test redemption rate {y[te].mean():.3f}",
+             f"{'model':26s} {'AUC':>6s} {'lift@10%':>9s}"]
+    lines += [f"{n:26s} {r['auc']:6.3f} {r['lift_at_10']:9.2f}" for n, r in res.items()]
+    return {"models": res, "n_train": int((~te).sum()), "n_test": int(te.sum()), "test_rate": float(y[te].mean()),
+            "test_campaigns": sorted(test_ids, key=int), "auc": res["project response net"]["auc"],
+            "lift_at_10": res["project response net"]["lift_at_10"], "table": "\n".join(lines)}
