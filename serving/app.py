@@ -90,7 +90,9 @@ class Ingress:
         from serving.service import Service
 
         _logging.getLogger("serving").setLevel(_logging.INFO)
-        self.service = Service(OmegaConf.create(serve_cfg))
+        # Loaded before the replica takes traffic: Serve routes only to replicas whose constructor is done,
+        # so a scaled-up or restarted replica never answers 503 while loading.
+        self.service = Service(OmegaConf.create(serve_cfg), background=False)
         self.ranker = None if ranker is None else _RankerClient(ranker, self.service)
 
     def __serve_build_asgi_app__(self):

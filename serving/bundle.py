@@ -48,6 +48,10 @@ class ItemTable:
     popular_order: np.ndarray   # item ids by popularity, most popular first (available only)
 
     @property
+    def all_available(self) -> bool:
+        return bool(self.available.all())
+
+    @property
     def n(self) -> int:
         return len(self.keys)
 

@@ -224,7 +224,8 @@ class Recommender:
                               np.full(len(pop_ids), -1, np.int64), trend_ids, cold_start=True)
         user_emb = b.encode([history])[0]
         n_idx = max(s.n_candidates, q.k)
-        _, idx_ids = b.index.search(user_emb[None, :], n_idx, exclude=[blocked], allowed=allowed)
+        _, idx_ids = b.index.search(user_emb[None, :], n_idx, exclude=[blocked] if blocked else None,
+                                    allowed=None if allowed is b.items.available and b.items.all_available else allowed)
         idx_ids = idx_ids[0][idx_ids[0] >= 0]
         ids, sources, anchors = list(idx_ids.tolist()), ["similar"] * len(idx_ids), [-1] * len(idx_ids)
         seen = set(ids)

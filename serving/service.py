@@ -38,6 +38,7 @@ class Service:
         self.recommender: Recommender | None = None
         self.load_error: str | None = None
         self._swap_lock = threading.Lock()
+        self._loading = False
         self._stop = threading.Event()
         self._campaign_scorers: dict[tuple[str, str], Any] = {}
         if load:
@@ -45,6 +46,9 @@ class Service:
                 threading.Thread(target=self._initial_load, name="bundle-load", daemon=True).start()
             else:
                 self._initial_load(raise_errors=True)
+            if float(serve_cfg.watch_interval_s) > 0:
+                threading.Thread(target=self._watch, args=(float(serve_cfg.watch_interval_s),), name="bundle-watch",
+                                 daemon=True).start()
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -63,51 +67,57 @@ class Service:
     def _initial_load(self, raise_errors: bool = False) -> None:
         try:
             self.swap_to(None)
-        except Exception as e:  # noqa: BLE001 - report on /readyz, keep the watcher going
+        except Exception as e:  # noqa: BLE001 - report on /readyz; the watcher retries
             self.load_error = str(e)
             log.error("bundle not loaded: %s", e)
             if raise_errors:
                 raise
-        interval = float(self.cfg.watch_interval_s)
-        if interval > 0 and not raise_errors:
-            self._watch(interval)
 
     def swap_to(self, bundle_dir: str | Path | None) -> Bundle:
         """Load ``bundle_dir`` (None = the configured bundle, or LATEST), warm it up, swap it in."""
         with self._swap_lock:
-            path = resolve_bundle_dir(bundle_dir or self.cfg.bundle_path, self.cfg.bundles_dir)
-            cur = self.bundle
-            if cur is not None and cur.path.resolve() == path.resolve():
-                return cur
+            self._loading = True
             try:
-                bundle = load_bundle(path, verify_hashes=bool(self.cfg.verify_hashes),
-                                     onnx_threads=int(self.cfg.ingress.onnx_threads),
-                                     bought_together_per_item=self.settings.bought_together_per_item)
-                if str(self.cfg.ranker.mode) == "off":
-                    bundle.ranker = None
-                rec = Recommender(bundle, self.store, self.settings)
-                for cold in (False, True):  # warm-up: first calls of ONNX / torch are slow
-                    some_user = next(iter(bundle.users), "warm-up") if not cold else "warm-up-unknown-user"
-                    rec.recommend(RecQuery(user_key=some_user, k=10))
-            except Exception:
-                self.telemetry.swap_failures.inc()
-                raise
-            self.recommender = rec  # the swap: one reference assignment
-            self.load_error = None
-            self.telemetry.swaps.inc()
-            self.telemetry.ready.set(1)
-            log.info("serving bundle %s (%s)", bundle.name, path)
-            return bundle
+                return self._swap_locked(bundle_dir)
+            finally:
+                self._loading = False
+
+    def _swap_locked(self, bundle_dir: str | Path | None) -> Bundle:
+        path = resolve_bundle_dir(bundle_dir or self.cfg.bundle_path, self.cfg.bundles_dir)
+        cur = self.bundle
+        if cur is not None and cur.path.resolve() == path.resolve():
+            return cur
+        try:
+            bundle = load_bundle(path, verify_hashes=bool(self.cfg.verify_hashes),
+                                 onnx_threads=int(self.cfg.ingress.onnx_threads),
+                                 bought_together_per_item=self.settings.bought_together_per_item)
+            if str(self.cfg.ranker.mode) == "off":
+                bundle.ranker = None
+            rec = Recommender(bundle, self.store, self.settings)
+            for cold in (False, True):  # warm-up: first calls of ONNX / torch are slow
+                some_user = next(iter(bundle.users), "warm-up") if not cold else "warm-up-unknown-user"
+                rec.recommend(RecQuery(user_key=some_user, k=10))
+        except Exception:
+            self.telemetry.swap_failures.inc()
+            raise
+        self.recommender = rec  # the swap: one reference assignment
+        self.load_error = None
+        self.telemetry.swaps.inc()
+        self.telemetry.ready.set(1)
+        log.info("serving bundle %s (%s)", bundle.name, path)
+        return bundle
 
     def _watch(self, interval: float) -> None:
         """Poll LATEST; swap when it names another folder (or retry after a failed start)."""
         latest = Path(self.cfg.bundles_dir) / "LATEST"
         last_seen: str | None = None
         while not self._stop.wait(interval):
-            if self.cfg.bundle_path:  # an explicit bundle is pinned: nothing to watch
+            if self.cfg.bundle_path:  # an explicit bundle is pinned: nothing to watch once it is in
                 if self.ready:
                     return
                 name = None
+                if self._loading:
+                    continue
             else:
                 try:
                     name = latest.read_text().strip()

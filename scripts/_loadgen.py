@@ -1,0 +1,99 @@
+"""Loopback HTTP load for scripts/bench_serve.py and scripts/check_serve_reliability.py.
+
+``closed_loop``: ``concurrency`` workers send requests back to back (latency and throughput).
+``open_loop``: requests start on a fixed schedule (``rps``) whatever the answers do, so failures
+during a bundle swap or a replica kill are counted, not hidden by back-pressure.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+    exceptions: collections.Counter = field(default_factory=collections.Counter)
+    bodies: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return sum(self.statuses.values()) + sum(self.exceptions.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(v for k, v in self.statuses.items() if k >= 400) + sum(self.exceptions.values())
+
+    def summary(self) -> dict[str, float]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        return {"n": self.n, "failed": self.failed, "p50_ms": float(np.median(lat)),
+                "p99_ms": float(np.percentile(lat, 99)), "rps": self.n / self.seconds if self.seconds else 0.0}
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: Any, res: LoadResult, keep_body: bool) -> None:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post(url, json=body)
+        res.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        res.statuses[r.status_code] += 1
+        if keep_body and r.status_code == 200:
+            res.bodies.append(r.json())
+    except httpx.HTTPError as e:
+        res.exceptions[type(e).__name__] += 1
+
+
+def _client(concurrency: int, headers: dict[str, str], timeout: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=False)
+
+
+async def closed_loop(url: str, make_body: Callable[[int], Any], *, concurrency: int, n_requests: int,
+                      max_seconds: float, headers: dict[str, str], warmup: int = 20,
+                      timeout: float = 10.0) -> LoadResult:
+    res = LoadResult()
+    async with _client(concurrency, headers, timeout) as client:
+        for i in range(warmup):
+            await _one(client, url, make_body(i), LoadResult(), False)
+        counter = iter(range(n_requests))
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker() -> None:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                await _one(client, url, make_body(i), res, False)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+async def open_loop(url: str, make_body: Callable[[int], Any], *, rps: float, seconds: float,
+                    headers: dict[str, str], keep_bodies: bool = False, timeout: float = 10.0,
+                    during: Callable[[], Any] | None = None) -> LoadResult:
+    """Requests at ``rps`` for ``seconds``; ``during`` (a coroutine function) runs alongside."""
+    res = LoadResult()
+    async with _client(int(rps) + 8, headers, timeout) as client:
+        side = asyncio.create_task(during()) if during else None
+        tasks = []
+        t0 = time.perf_counter()
+        n = int(rps * seconds)
+        for i in range(n):
+            delay = t0 + i / rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_one(client, url, make_body(i), res, keep_bodies)))
+        await asyncio.gather(*tasks)
+        res.seconds = time.perf_counter() - t0
+        if side:
+            await side
+    return res

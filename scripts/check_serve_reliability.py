@@ -1,0 +1,165 @@
+"""Reliability checks of the running service (loopback; bounded in requests and time):
+
+1. fuzzing: schemathesis generates valid and invalid requests for every operation of /openapi.json
+   (``serve.reliability.fuzz_examples`` per operation and mode); no answer may be >= 500;
+2. hot swap: an open-loop load (``rps`` for ``seconds``) on /v1/recommendations while ``LATEST`` flips
+   between two bundles every ``swap_every_s``; no request may fail, and both bundles must answer;
+3. replica kill: the same load on an app with ``replicas`` ingress replicas; one is killed
+   (``ray.kill``) after ``kill_after_s``; at most 0.1 % of requests may fail.
+
+    python scripts/check_serve_reliability.py [hydra overrides, e.g. serve.reliability.seconds=10]
+
+Prints a table, then (last line) one JSON object with the counts; exit code 1 when a goal is missed.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+KEY, ADMIN = "reliability-key", "reliability-admin"
+os.environ["SHOPREC_API_KEYS"] = KEY
+os.environ["SHOPREC_ADMIN_KEYS"] = ADMIN
+os.environ.setdefault("SHOPREC_PSEUDO_KEY", "reliability-pseudonymisation-key")
+
+from _loadgen import open_loop  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fuzz(url: str, examples: int) -> dict:
+    """schemathesis against the live /openapi.json: status counts; every answer < 500."""
+    import hypothesis
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    codes: collections.Counter = collections.Counter()
+    server_errors = []
+    for result in schema.get_all_operations():
+        op = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(case=op.as_strategy(generation_mode=mode))
+            @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                      derandomize=True)
+            def one(case):
+                headers = {"X-API-Key": KEY if case.operation.path != "/admin/reload" else ADMIN}
+                r = case.call(base_url=url, headers=headers, timeout=30)
+                codes[r.status_code] += 1
+                if r.status_code >= 500:
+                    server_errors.append(f"{op.label} -> {r.status_code}: {r.text[:200]}")
+
+            try:
+                one()
+            except hypothesis.errors.Unsatisfiable:  # e.g. no invalid input exists for GET /healthz
+                pass
+    return {"fuzz_requests": sum(codes.values()), "fuzz_5xx": sum(v for k, v in codes.items() if k >= 500),
+            "fuzz_status_counts": {str(k): v for k, v in sorted(codes.items())}, "fuzz_5xx_examples": server_errors[:5]}
+
+
+def body(i: int) -> dict:
+    from serving.testing import raw_user_id
+
+    return {"user_id": raw_user_id(i % 500) if i % 10 else f"new-{i}", "k": 10}
+
+
+def swap_check(url: str, bundles: Path, r) -> dict:
+    flips = []
+
+    async def flipper():
+        names = ["b2", "b1"]
+        t_end = time.monotonic() + float(r.seconds) - 1
+        i = 0
+        while time.monotonic() + float(r.swap_every_s) < t_end:
+            await asyncio.sleep(float(r.swap_every_s))
+            (bundles / ".LATEST.tmp").write_text(names[i % 2] + "\n")
+            os.replace(bundles / ".LATEST.tmp", bundles / "LATEST")  # atomic, as training.export does
+            flips.append(names[i % 2])
+            i += 1
+
+    res = asyncio.run(open_loop(url + "/v1/recommendations", body, rps=float(r.rps), seconds=float(r.seconds),
+                                headers={"X-API-Key": KEY}, keep_bodies=True, during=flipper))
+    seen = collections.Counter(b["bundle"] for b in res.bodies)
+    return {"swap_requests": res.n, "swap_failed": res.failed, "swap_flips": len(flips),
+            "swap_bundles_answering": dict(seen), "swap_status": dict(res.statuses),
+            "swap_exceptions": dict(res.exceptions), "swap_p99_ms": res.summary()["p99_ms"]}
+
+
+def kill_check(url: str, r, app_name: str) -> dict:
+    import ray
+
+    killed = []
+
+    async def killer():
+        await asyncio.sleep(float(r.kill_after_s))
+        names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith(f"SERVE_REPLICA::{app_name}#ingress")]
+        if names:
+            ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+            killed.append(names[0]["name"])
+
+    res = asyncio.run(open_loop(url + "/v1/recommendations", body, rps=float(r.rps), seconds=float(r.seconds),
+                                headers={"X-API-Key": KEY}, during=killer))
+    return {"kill_requests": res.n, "kill_failed": res.failed, "kill_failed_pct": 100.0 * res.failed / max(res.n, 1),
+            "kill_replicas_killed": len(killed), "kill_status": dict(res.statuses),
+            "kill_exceptions": dict(res.exceptions), "kill_p99_ms": res.summary()["p99_ms"]}
+
+
+def main(argv: list[str]) -> dict:
+    from serving.app import compose_config
+    from serving.run import start, stop
+    from serving.testing import SyntheticBundleSpec, build_synthetic_bundle
+
+    r = compose_config(argv).serve.reliability
+    artifacts = Path(tempfile.mkdtemp(prefix="serve_reliability_"))
+    bundles = artifacts / "bundles"
+    build_synthetic_bundle(bundles / "b2", SyntheticBundleSpec(n_items=int(r.n_items), seed=1), write_latest=False)
+    build_synthetic_bundle(bundles / "b1", SyntheticBundleSpec(n_items=int(r.n_items), seed=0))
+    cfg = compose_config([*argv, f"paths.artifacts={artifacts}", f"serve.port={free_port()}",
+                          "serve.watch_interval_s=0.5", f"serve.ingress.num_replicas={int(r.replicas)}",
+                          f"serve.ingress.num_cpus={0.9 / int(r.replicas):.3f}",
+                          f"serve.auth.rate_limit_per_s={10 * float(r.rps)}", f"serve.auth.burst={10 * float(r.rps)}"])
+    started = start(cfg)
+    out: dict = {"n_items": int(r.n_items), "rps": float(r.rps), "seconds": float(r.seconds),
+                 "ingress_replicas": int(r.replicas)}
+    try:
+        out.update(fuzz(started.url, int(r.fuzz_examples)))
+        (bundles / "LATEST").write_text("b1\n")
+        time.sleep(2)
+        out.update(swap_check(started.url, bundles, r))
+        out.update(kill_check(started.url, r, str(cfg.serve.app_name)))
+    finally:
+        stop()
+    out["ok"] = bool(out["fuzz_5xx"] == 0 and out["fuzz_requests"] >= 1000 and out["swap_failed"] == 0
+                     and len(out["swap_bundles_answering"]) == 2 and out["kill_failed_pct"] <= 0.1
+                     and out["kill_replicas_killed"] == 1)
+    print(f"\ncheck_serve_reliability: {int(r.n_items)} items, {int(r.replicas)} ingress replicas")
+    print(f"fuzz      {out['fuzz_requests']:>6} requests  {out['fuzz_5xx']} answers >= 500  {out['fuzz_status_counts']}")
+    print(f"hot swap  {out['swap_requests']:>6} requests  {out['swap_failed']} failed  {out['swap_flips']} flips  "
+          f"answered by {out['swap_bundles_answering']}")
+    print(f"kill      {out['kill_requests']:>6} requests  {out['kill_failed']} failed "
+          f"({out['kill_failed_pct']:.3f} %)  replicas killed {out['kill_replicas_killed']}")
+    print("all goals met" if out["ok"] else "GOAL MISSED")
+    return out
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1:])
+    print(json.dumps(result))
+    sys.exit(0 if result["ok"] else 1)
