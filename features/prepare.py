@@ -70,20 +70,43 @@ def key_text(uniq: pd.Index) -> pd.Series:
     return pd.Series([_canonical(u) for u in uniq], dtype="str")
 
 
-def build_events(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
+def build_events(df: pd.DataFrame) -> tuple[pa.Table, pd.DataFrame, np.ndarray, pd.Index, pd.Index]:
+    """Dense ids and the sorted events.
+
+    Returns (events as an Arrow table of ``EVENT_SCHEMA``, a light pandas view of it with the columns
+    later steps need, the row order applied to ``df``, user keys, item keys by dense id).
+    """
     user_id, users = dense_ids(df["user"])
     item_id, items = dense_ids(df["item"])
-    cols: dict[str, Any] = {"user_id": user_id, "item_id": item_id}
-    for name in ("event", "ts", "price", "quantity", "session_id", "order_id"):
-        cols[name] = df[name].array if name in df.columns else None
-    cols["src_row"] = df["src_row"].to_numpy(np.int64)
-    cols["rating"] = df["rating"].array if "rating" in df.columns else None
-    ts_int = ts_micros(df["ts"])
-    order = np.lexsort((cols["src_row"], ts_int, user_id))
-    out = pd.DataFrame({k: (v[order] if v is not None else None) for k, v in cols.items()})
-    if "quantity" in df.columns:
-        out["quantity"] = out["quantity"].astype("Int64")
-    return out, users, items
+    src_row = df["src_row"].to_numpy(np.int64)
+    order = np.lexsort((src_row, ts_micros(df["ts"]), user_id))
+    take = pa.array(order)
+    arrays = []
+    for f in EVENT_SCHEMA:
+        if f.name == "user_id":
+            arr = pa.array(user_id[order])
+        elif f.name == "item_id":
+            arr = pa.array(item_id[order])
+        elif f.name == "src_row":
+            arr = pa.array(src_row[order])
+        elif f.name not in df.columns:
+            arr = pa.nulls(len(df), f.type)
+        else:
+            col = df[f.name]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                arr = pa.array(col.array).take(take).cast(f.type)
+            else:
+                arr = pa.array(col.array, from_pandas=True).take(take).cast(f.type)
+        arrays.append(arr)
+    table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+    light = pd.DataFrame({
+        "user_id": user_id[order], "item_id": item_id[order],
+        "event": pd.Categorical(df["event"].array).take(order) if not isinstance(df["event"].dtype, pd.CategoricalDtype)
+        else df["event"].array.take(order),
+        "ts": df["ts"].array.take(order),
+        "price": df["price"].to_numpy(np.float64)[order] if "price" in df.columns else np.full(len(df), np.nan),
+    })
+    return table, light, order, users, items
 
 
 def ts_micros(ts: pd.Series) -> np.ndarray:
@@ -167,19 +190,13 @@ def _write(table: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema | None 
     pq.write_table(table, path, compression="zstd", use_dictionary=dict_cols or False, write_statistics=True)
 
 
-def events_table(events: pd.DataFrame) -> pa.Table:
-    """The events frame as an Arrow table of ``EVENT_SCHEMA`` (text columns decoded from categories)."""
-    arrays = []
-    for f in EVENT_SCHEMA:
-        col = events[f.name]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            arr = pa.array(col.array).cast(f.type)
-        elif col.isna().all() and f.name in ("price", "quantity", "session_id", "order_id", "rating"):
-            arr = pa.nulls(len(col), f.type)
-        else:
-            arr = pa.array(col.array if not isinstance(col.dtype, np.dtype) else col.to_numpy(), from_pandas=True).cast(f.type)
-        arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+def write_all(jobs: list[tuple[pa.Table | pd.DataFrame, Path, pa.Schema | None]], threads: int = 2) -> None:
+    """Write several tables at once (Arrow releases the GIL while encoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for fut in [pool.submit(_write, t, p, s) for t, p, s in jobs]:
+            fut.result()
 
 
 def input_files(data_cfg: Any) -> list[Path]:
@@ -252,8 +269,8 @@ def run(cfg: Any) -> PrepareResult:
     ledger = Ledger(raw.files)
     df = clean(raw, data_cfg, ledger)
     key, key_source = pseudo_key()
-    events, users_idx, items_idx = build_events(df)
-    order_attrs = _sorted_like(df, events)
+    ev_table, events, order, users_idx, items_idx = build_events(df)
+    order_attrs = _sorted_like(df, order)
     item_attrs = {c: order_attrs[c] for c in raw.item_attributes if c in order_attrs}
     user_attrs = {c: order_attrs[c] for c in raw.user_attributes if c in order_attrs}
     items = build_items(events, item_attrs, items_idx, raw.items)
@@ -268,20 +285,19 @@ def run(cfg: Any) -> PrepareResult:
                            f"{len(events)} events + {len(quarantine)} quarantined + {sum(n_dropped.values())} dropped")
 
     with atomic_dir(out_dir) as tmp:
-        ev_table = events_table(events)
-        _write(ev_table, tmp / "events.parquet")
-        _write(items, tmp / "items.parquet")
-        _write(users, tmp / "users.parquet")
-        _write(quarantine, tmp / "quarantine.parquet", QUARANTINE_SCHEMA)
+        jobs: list = [(ev_table, tmp / "events.parquet", None), (items, tmp / "items.parquet", None),
+                      (users, tmp / "users.parquet", None), (quarantine, tmp / "quarantine.parquet", QUARANTINE_SCHEMA)]
         for sp in splits:
             (tmp / "splits" / sp.kind).mkdir(parents=True)
             for part, rows in sp.rows.items():
-                _write(ev_table.take(pa.array(rows)), tmp / "splits" / sp.kind / f"{part}.parquet")
+                jobs.append((ev_table.take(pa.array(rows)), tmp / "splits" / sp.kind / f"{part}.parquet", None))
+        if raw.tables:
+            (tmp / "tables").mkdir()
         for name, table in raw.tables.items():
-            (tmp / "tables").mkdir(exist_ok=True)
-            _write(table, tmp / "tables" / f"{name}.parquet")
+            jobs.append((table, tmp / "tables" / f"{name}.parquet", None))
         if raw.tables_rejected is not None:
-            _write(raw.tables_rejected, tmp / "tables" / "quarantine.parquet", QUARANTINE_SCHEMA)
+            jobs.append((raw.tables_rejected, tmp / "tables" / "quarantine.parquet", QUARANTINE_SCHEMA))
+        write_all(jobs, int(cfg.data.get("write_threads", 2)))
         outputs = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.parquet"))}
         ts = events["ts"]
         manifest = {
@@ -296,7 +312,7 @@ def run(cfg: Any) -> PrepareResult:
             "n_dropped": n_dropped,
             "n_users": int(len(users)),
             "n_items": int(len(items)),
-            "n_orders": int(events["order_id"].nunique()) if events["order_id"].notna().any() else None,
+            "n_orders": int(df["order_id"].nunique()) if "order_id" in df.columns and df["order_id"].notna().any() else None,
             "event_counts": {k: int(v) for k, v in events["event"].value_counts().sort_index().items()},
             "time_range": [ts.min().isoformat(), ts.max().isoformat()] if len(ts) else None,
             "quarantine_by_reason": {k: int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
@@ -318,15 +334,13 @@ def run(cfg: Any) -> PrepareResult:
     return PrepareResult(out_dir, manifest, False)
 
 
-def _sorted_like(df: pd.DataFrame, events: pd.DataFrame) -> dict[str, pd.Series]:
-    """Attribute columns of the cleaned frame, reordered like ``events`` (via src_row)."""
+def _sorted_like(df: pd.DataFrame, order: np.ndarray) -> dict[str, pd.Series]:
+    """Attribute columns of the cleaned frame, reordered like the events (``order``)."""
     extra = [c for c in df.columns if c not in ("user", "item", "event", "ts", "price", "quantity", "rating", "total",
                                                   "session_id", "order_id", "src_file", "src_row", "file_row")]
     if not extra:
         return {}
-    pos = pd.Series(np.arange(len(df)), index=df["src_row"].to_numpy())
-    idx = pos.reindex(events["src_row"].to_numpy()).to_numpy()
-    return {c: df[c].iloc[idx].reset_index(drop=True) for c in extra}
+    return {c: df[c].iloc[order].reset_index(drop=True) for c in extra}
 
 
 def check_data_name(argv: list[str], conf_dir: Path) -> None:
