@@ -161,6 +161,10 @@ def write_report(folder: Path, profiles: pd.DataFrame, segments: pd.DataFrame, f
         sections.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{b64}' style='max-width:100%'>")
     seg_cols = ["kind", "segment", "name", "size", "share", "rule", "description"]
     lc = profiles["lifecycle"].value_counts().rename_axis("lifecycle").reset_index(name="users")
+    rfm = (profiles.groupby("rfm_group")
+           .agg(users=("user_id", "size"), median_recency_days=("recency_days", "median"),
+                median_frequency=("frequency", "median"), median_monetary=("monetary", "median"))
+           .sort_values("users", ascending=False).reset_index())
     body = [
         f"<h1>User profiles: {html.escape(str(meta['data']))}</h1>",
         f"<p>Snapshot {html.escape(str(meta['snapshot_date']))}; {meta['counts']['users']:,} users; "
@@ -169,6 +173,7 @@ def write_report(folder: Path, profiles: pd.DataFrame, segments: pd.DataFrame, f
         f"{html.escape(meta['notes']['preferred_channel'])}.</p>",
         "<h2>Segments</h2>", _table_html(segments[seg_cols]),
         "<h2>Lifecycle stages at the snapshot</h2>", _table_html(lc),
+        "<h2>RFM groups</h2>", _table_html(rfm),
         *sections,
     ]
     page = "<!doctype html><html><head><meta charset='utf-8'><title>Profiles</title><style>body{font-family:sans-serif;max-width:1400px;margin:auto} td,th{padding:2px 8px;font-size:13px;text-align:left} tr:nth-child(even){background:#f4f4f4}</style></head><body>"
