@@ -10,8 +10,8 @@ basket x item matrix, and keeps the rules ``a -> b`` that pass the thresholds of
 
 It writes ``${paths.artifacts}/assoc/<data>/bought_together.parquet`` (``item_id``, ``other_item_id``,
 ``support``, ``confidence``, ``lift``, ``pair_count``; at most ``top_k`` rules per item, best
-``rank_by`` first) with a ``manifest.json``. With ``bundle=<folder>`` it also copies the table into
-that bundle and records it in the bundle's manifest. The service uses the table for "often bought
+``rank_by`` first) with a ``manifest.json``. With ``assoc.into_bundle`` (default) it also copies the
+table into ``bundle=<folder>`` or else the LATEST bundle, and records it in that bundle's manifest. The service uses the table for "often bought
 with" and as a candidate source for users with little history.
 
 By default the rules come from the temporal train split only (``assoc.source: temporal_train``), so
@@ -55,6 +55,7 @@ class AssocSettings:
     min_lift: float
     top_k: int  # rules kept per antecedent item
     rank_by: str  # confidence | lift | support
+    into_bundle: bool = True  # copy into bundle=<folder> or the LATEST bundle
 
     @classmethod
     def from_cfg(cls, cfg) -> "AssocSettings":
@@ -168,10 +169,24 @@ def run(cfg: DictConfig) -> Path:
         })
     log.info("%d rules over %d items from %d baskets -> %s", len(res.rules), res.rules["item_id"].nunique(),
              res.n_baskets, out)
-    if cfg.get("bundle"):
-        dest = copy_into_bundle(out / RULES_FILE, Path(str(cfg.bundle)))
+    bundle = target_bundle(cfg)
+    if bundle is not None:
+        dest = copy_into_bundle(out / RULES_FILE, bundle)
         log.info("copied into %s", dest)
     return out
+
+
+def target_bundle(cfg: DictConfig) -> Path | None:
+    """Where to copy the table: ``bundle=<folder>``, else the LATEST bundle (if any) when ``assoc.into_bundle``."""
+    if not bool(cfg.assoc.get("into_bundle", False)):
+        return None
+    if cfg.get("bundle"):
+        return Path(str(cfg.bundle))
+    latest = Path(str(cfg.paths.bundles)) / "LATEST"
+    if not latest.exists():
+        log.info("no bundle yet (%s missing): the rules stay in the assoc folder", latest)
+        return None
+    return Path(str(cfg.paths.bundles)) / latest.read_text().strip()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)

@@ -79,3 +79,32 @@ def test_copy_into_bundle_records_hash(tmp_path):
     dest = copy_into_bundle(src, bundle)
     assert pd.read_parquet(dest).equals(pd.read_parquet(src))
     assert "bought_together.parquet" in json.loads((bundle / "manifest.json").read_text())["files"]
+
+
+def test_entry_point_on_real_online_retail(data_root, tmp_path):
+    """End to end on the real invoices: prepare (A's entry point), mine, copy into the latest bundle."""
+    from hydra import compose, initialize_config_dir
+
+    from features import prepare
+    from features.baskets import run
+
+    repo = Path(__file__).resolve().parents[2]
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base=None):
+        cfg = compose("config", overrides=["data=online_retail", f"paths.artifacts={tmp_path}", f"paths.data_root={data_root}"])
+    processed = repo / "artifacts" / "processed" / "online_retail"
+    if (processed / "splits" / "temporal" / "train.parquet").exists():  # reuse the prepared data when present
+        cfg.paths.processed = str(processed.parent)
+    else:
+        prepare.run(cfg)
+    bundle = tmp_path / "bundles" / "b1"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text(json.dumps({"files": {}}))
+    (tmp_path / "bundles" / "LATEST").write_text("b1\n")
+    out = run(cfg)
+    rules = pd.read_parquet(out / "bought_together.parquet")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["n_baskets"] > 10_000 and man["n_rules"] == len(rules) > 1_000
+    assert (rules["confidence"] >= cfg.assoc.min_confidence).all() and (rules["lift"] >= cfg.assoc.min_lift).all()
+    assert (rules["item_id"] != rules["other_item_id"]).all()
+    assert rules.groupby("item_id").size().max() <= cfg.assoc.top_k
+    assert (bundle / "bought_together.parquet").exists()
