@@ -72,7 +72,9 @@ def consent_matrix(profiles: pd.DataFrame, channels: tuple[str, ...]) -> np.ndar
     """(n, len(channels)) bool: may we contact the user on that channel? Unknown consent = no."""
     cols = []
     for ch in channels:
-        opted_out = profiles[f"opted_out_{ch}"].astype("boolean").fillna(True).to_numpy(dtype=bool)
+        col = profiles[f"opted_out_{ch}"]
+        opted_out = (col.to_numpy(dtype=bool) if col.dtype == bool
+                     else col.astype("boolean").fillna(True).to_numpy(dtype=bool))
         cols.append(~opted_out)
     return np.column_stack(cols) if cols else np.zeros((len(profiles), 0), dtype=bool)
 
@@ -83,9 +85,9 @@ def choose_channel(profiles: pd.DataFrame, campaign: CampaignConfig) -> np.ndarr
     allowed = consent_matrix(profiles, order)
     first = np.where(allowed.any(1), allowed.argmax(1), -1)
     if campaign.channels.use_preference:
-        pref = profiles["preferred_channel"].astype("string")
+        pref = profiles["preferred_channel"]
         for j, ch in enumerate(order):
-            use = (pref == ch).to_numpy(dtype=bool, na_value=False) & allowed[:, j]
+            use = _isin(pref, [ch]) & allowed[:, j]
             first = np.where(use, j, first)
     return first
 
