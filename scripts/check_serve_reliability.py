@@ -94,7 +94,8 @@ def swap_check(url: str, bundles: Path, r) -> dict:
             i += 1
 
     res = asyncio.run(open_loop(url + "/v1/recommendations", body, rps=float(r.rps), seconds=float(r.seconds),
-                                headers={"X-API-Key": KEY}, keep_bodies=True, during=flipper))
+                                headers={"X-API-Key": KEY}, keep_bodies=True, during=flipper,
+                                timeout=float(r.timeout_s)))
     seen = collections.Counter(b["bundle"] for b in res.bodies)
     return {"swap_requests": res.n, "swap_failed": res.failed, "swap_flips": len(flips),
             "swap_bundles_answering": dict(seen), "swap_status": dict(res.statuses),
@@ -115,7 +116,7 @@ def kill_check(url: str, r, app_name: str) -> dict:
             killed.append(names[0]["name"])
 
     res = asyncio.run(open_loop(url + "/v1/recommendations", body, rps=float(r.rps), seconds=float(r.seconds),
-                                headers={"X-API-Key": KEY}, during=killer))
+                                headers={"X-API-Key": KEY}, during=killer, timeout=float(r.timeout_s)))
     return {"kill_requests": res.n, "kill_failed": res.failed, "kill_failed_pct": 100.0 * res.failed / max(res.n, 1),
             "kill_replicas_killed": len(killed), "kill_status": dict(res.statuses),
             "kill_exceptions": dict(res.exceptions), "kill_p99_ms": res.summary()["p99_ms"]}

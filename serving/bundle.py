@@ -173,29 +173,47 @@ def load_items(path: Path, n_items: int) -> ItemTable:
                      available=available, popular_order=order[available[order]].astype(np.int64))
 
 
-def _epoch_seconds(values: Any) -> np.ndarray:
-    if values is None or len(values) == 0:
-        return np.zeros(0)
-    return pd.DatetimeIndex(pd.to_datetime(list(values), utc=True)).as_unit("ns").asi8 / 1e9
+def _list_column(table, name: str, n: int, dtype) -> list[np.ndarray]:
+    """A list<...> column of an Arrow table as one numpy array per row (null lists -> empty)."""
+    import pyarrow as pa
+
+    if name not in table.column_names:
+        return [np.zeros(0, dtype)] * n
+    arr = table.column(name).combine_chunks()
+    values = arr.values
+    if pa.types.is_timestamp(values.type):  # -> float epoch seconds
+        values = values.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        flat = values.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    else:
+        flat = values.to_numpy(zero_copy_only=False).astype(dtype)
+    offsets = arr.offsets.to_numpy()
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    return [flat[offsets[i]:offsets[i + 1]] if valid[i] else np.zeros(0, dtype) for i in range(n)]
 
 
 def load_users(path: Path, n_items: int) -> dict[str, UserState]:
-    df = pd.read_parquet(path)
-    missing = [c for c in USER_COLUMNS if c not in df.columns]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [c for c in USER_COLUMNS if c not in table.column_names]
     if missing:
         raise BundleError(f"{path}: column(s) {missing} missing")
+    n = table.num_rows
+    user_ids = table.column("user_id").to_numpy()
+    keys = table.column("user_key").to_pylist()
+    hist = _list_column(table, "history", n, np.int64)
+    purch = _list_column(table, "purchases", n, np.int64)
+    pts = _list_column(table, "purchase_ts", n, np.float64) if "purchase_ts" in table.column_names else \
+        [np.zeros(len(p)) for p in purch]
+    for name, lists in (("history", hist), ("purchases", purch)):
+        flat = np.concatenate(lists) if n else np.zeros(0, np.int64)
+        if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
+            raise BundleError(f"{path}: column {name!r} has item ids out of range 0..{n_items - 1}")
     users: dict[str, UserState] = {}
-    has_p = "purchases" in df.columns
-    has_ts = "purchase_ts" in df.columns
-    for row in df.itertuples(index=False):
-        hist = np.asarray(row.history if row.history is not None else [], np.int64)
-        purch = np.asarray(row.purchases if has_p and row.purchases is not None else [], np.int64)
-        ts = _epoch_seconds(row.purchase_ts) if has_ts and row.purchase_ts is not None else np.zeros(len(purch))
-        if len(ts) != len(purch):
-            raise BundleError(f"{path}: user_id={row.user_id}: purchases and purchase_ts differ in length")
-        if (len(hist) and (hist.min() < 0 or hist.max() >= n_items)) or (len(purch) and (purch.min() < 0 or purch.max() >= n_items)):
-            raise BundleError(f"{path}: user_id={row.user_id}: item id out of range 0..{n_items - 1}")
-        users[str(row.user_key)] = UserState(int(row.user_id), hist, purch, ts)
+    for i in range(n):
+        if len(pts[i]) != len(purch[i]):
+            raise BundleError(f"{path}: user_id={user_ids[i]}: purchases and purchase_ts differ in length")
+        users[str(keys[i])] = UserState(int(user_ids[i]), hist[i], purch[i], pts[i])
     return users
 
 

@@ -50,9 +50,10 @@ def start(cfg: DictConfig, *, wait_ready_s: float = 120.0) -> Started:
         ray.init(num_cpus=s.ray.num_cpus, include_dashboard=bool(s.ray.include_dashboard),
                  object_store_memory=int(s.ray.object_store_memory), logging_level="WARNING",
                  configure_logging=True)
-    serve.start(http_options={"host": str(s.host), "port": int(s.port)},
-                logging_config={"enable_access_log": bool(s.http.access_log), "log_level": "WARNING"})
-    serve.run(build_app(cfg), name=str(s.app_name), route_prefix=str(s.route_prefix), blocking=False)
+    logging_config = {"enable_access_log": bool(s.http.access_log), "log_level": "WARNING"}
+    serve.start(http_options={"host": str(s.host), "port": int(s.port)}, logging_config=logging_config)
+    serve.run(build_app(cfg), name=str(s.app_name), route_prefix=str(s.route_prefix), blocking=False,
+              logging_config=logging_config)
     url = f"http://{s.host}:{s.port}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
     deadline = time.monotonic() + wait_ready_s

@@ -194,6 +194,71 @@ def export_random_ranker(items: pd.DataFrame, dim: int, out_dir: Path, seed: int
     write_json(out_dir / "ranker.json", spec.to_json())
 
 
+def build_bundle_from_events(out_dir: str | Path, events: pd.DataFrame, *, dim: int = 32, max_len: int = 20,
+                             name: str = "events", seed: int = 0, write_latest: bool = True) -> Path:
+    """A bundle from real interactions, without a trained model: item embeddings are the truncated SVD of
+    the user x item matrix, the encoder the recency-weighted mean of ``export_mean_encoder``.
+
+    ``events`` columns: ``user`` (raw id), ``item_key`` (str), ``ts`` (UTC), ``event`` (``purchase`` counts
+    as a purchase), optional ``price`` and ``category``.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import svds
+
+    out_dir = Path(out_dir)
+    ev = events.sort_values("ts", kind="stable").reset_index(drop=True)
+    item_keys, item_ids = np.unique(ev["item_key"].astype(str).to_numpy(), return_inverse=True)
+    user_raw, user_ids = np.unique(ev["user"].astype(str).to_numpy(), return_inverse=True)
+    n_items = len(item_keys)
+    if n_items <= dim + 1:
+        raise ValueError(f"events: {n_items} distinct items, need more than dim+1={dim + 1}")
+    m = csr_matrix((np.ones(len(ev), np.float32), (user_ids, item_ids)), shape=(len(user_raw), n_items))
+    m.data = np.log1p(m.data)  # repeated interactions count, sub-linearly
+    u, sv, vt = svds(m, k=dim, random_state=seed)
+    emb = (vt.T * np.sqrt(sv)).astype(np.float32)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-6)
+    ev["item_id"], ev["user_id"] = item_ids, user_ids
+    agg = {"popularity": ("item_id", "size")}
+    if "price" in ev:
+        agg["price"] = ("price", "median")
+    if "category" in ev:
+        agg["category"] = ("category", "first")
+    items = ev.groupby("item_id").agg(**agg).reindex(np.arange(n_items))
+    items = pd.DataFrame({
+        "item_id": np.arange(n_items, dtype=np.int64), "item_key": item_keys.astype(str),
+        "category": items["category"].astype(object) if "category" in items else None,
+        "price": items["price"].astype(float) if "price" in items else np.nan,
+        "popularity": items["popularity"].fillna(0).astype(np.int64), "available": True})
+    key, _ = pseudo_key()
+    ev = ev.sort_values(["user_id", "ts"], kind="stable")
+    uid, iid = ev["user_id"].to_numpy(), ev["item_id"].to_numpy(np.int64)
+    is_buy = (ev["event"] == "purchase").to_numpy()
+    ts = pd.DatetimeIndex(pd.to_datetime(ev["ts"], utc=True)).to_numpy()
+    bounds = np.searchsorted(uid, np.arange(len(user_raw) + 1))
+    rows = []
+    for u in range(len(user_raw)):
+        a, b = bounds[u], bounds[u + 1]
+        buy = is_buy[a:b]
+        rows.append((u, pseudonymise_one(user_raw[u], key), iid[a:b][-max_len:].tolist(), iid[a:b][buy].tolist(),
+                     ts[a:b][buy]))
+    users = pd.DataFrame(rows, columns=["user_id", "user_key", "history", "purchases", "purchase_ts"])
+    now = dt.datetime.now(dt.timezone.utc)
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "item_embeddings.npy", emb)
+        items.to_parquet(tmp / "items.parquet", index=False)
+        users.to_parquet(tmp / "users.parquet", index=False)
+        export_mean_encoder(emb, max_len, tmp / "encoder.onnx")
+        files = ["item_embeddings.npy", "items.parquet", "users.parquet", "encoder.onnx"]
+        write_json(tmp / "manifest.json", {
+            "schema_version": 1, "name": out_dir.name, "data": name, "model": "svd_mean_encoder", "dim": dim,
+            "n_items": n_items, "max_len": max_len, "encoder_inputs": ["item_seq"], "created_at": now.isoformat(),
+            "code_version": code_version(), "device": "cpu", "metrics": {},
+            "files": {f: file_sha256(tmp / f) for f in files}})
+    if write_latest:
+        (out_dir.parent / "LATEST").write_text(out_dir.name + "\n")
+    return out_dir
+
+
 def run(cfg) -> Path:
     """Build the synthetic bundle that ``cfg.serve.synthetic`` describes under ``${paths.bundles}``."""
     syn = dict(cfg.serve.synthetic)

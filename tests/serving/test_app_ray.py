@@ -20,8 +20,9 @@ def apps(serve_http, make_session_cfg):
 
     cfg_in = make_session_cfg("serve.ingress.num_cpus=0.25")
     cfg_dep = make_session_cfg("serve.ranker.mode=deployment", "serve.ingress.num_cpus=0.25", "serve.ranker.num_cpus=0.25")
-    serve.run(build_app(cfg_in), name="inproc", route_prefix="/inproc", blocking=False)
-    serve.run(build_app(cfg_dep), name="split", route_prefix="/split", blocking=False)
+    quiet = {"enable_access_log": False, "log_level": "WARNING"}
+    serve.run(build_app(cfg_in), name="inproc", route_prefix="/inproc", blocking=False, logging_config=quiet)
+    serve.run(build_app(cfg_dep), name="split", route_prefix="/split", blocking=False, logging_config=quiet)
     urls = {"inproc": f"{serve_http}/inproc", "split": f"{serve_http}/split"}
     with httpx.Client(timeout=30, trust_env=False) as c:
         for url in urls.values():

@@ -131,3 +131,17 @@ def test_pipeline_is_fast(rec, bundle):
         rec.recommend(RecQuery(key, 10))
         t.append(time.perf_counter() - t0)
     assert np.median(t) < 0.02  # 500 items: ~1 ms here; generous for a loaded CI machine
+
+
+def test_bought_together_candidates_explain_themselves(rec, bundle):
+    """Partners of the last history items join the pool and say "often bought with <that item>"."""
+    found = []
+    for u in range(40):
+        key = pseudonymise_one(raw_user_id(u))
+        last = {str(bundle.items.keys[i]) for i in bundle.users[key].history[-3:]}
+        for item in rec.recommend(RecQuery(key, 10)).items:
+            if item.source == "bought_together":
+                anchor = item.reason.removeprefix("often bought with ")
+                assert anchor in last and item.reason.startswith("often bought with ")
+                found.append(item)
+    assert found
