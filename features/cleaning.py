@@ -245,24 +245,31 @@ def filter_rows(df: pd.DataFrame, cfg: Any, ledger: Ledger, time_kind: str) -> p
 def exact_duplicates(df: pd.DataFrame) -> np.ndarray:
     """Rows identical to an earlier row in every source field (bookkeeping columns aside).
 
-    Only rows that share (user, ts) with another row can be duplicates: the full comparison runs on
-    those candidates alone, which keeps this fast on 10M-row clickstreams.
+    Only rows that share (user, item, ts) with another row can be duplicates: a 64-bit hash of those
+    three finds the candidates in one pass (collisions only add candidates), and the exact
+    comparison runs on the candidates alone, which keeps this fast on 10M-row clickstreams.
     """
     out = np.zeros(len(df), dtype=bool)
     if len(df) < 2:
         return out
-    u = _group_codes(df, ["user"])
-    t = df["ts"].astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
-    order = np.lexsort((t, u))
-    su, st = u[order], t[order]
-    same = (su[1:] == su[:-1]) & (st[1:] == st[:-1])
-    in_run = np.r_[same, False] | np.r_[False, same]
-    cand = np.sort(order[in_run])
+    h = _hash_columns(df, ["user", "item"])
+    h ^= df["ts"].astype("datetime64[us, UTC]").astype(np.int64).to_numpy().view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    cand = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
     if len(cand) == 0:
         return out
     cols = [x for x in df.columns if x not in ROW_FIELDS]
     out[cand] = df.iloc[cand].duplicated(cols, keep="first").to_numpy()
     return out
+
+
+def _hash_columns(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """A uint64 per row mixing the factorized codes of ``cols`` (equal rows give equal hashes)."""
+    h = np.zeros(len(df), dtype=np.uint64)
+    for i, c in enumerate(cols):
+        codes = _group_codes(df, [c]).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            h = (h * np.uint64(0x100000001B3)) ^ (codes + np.uint64(i + 1)) * np.uint64(0xBF58476D1CE4E5B9)
+    return h
 
 
 def overlap_duplicates(df: pd.DataFrame, key: list[str]) -> np.ndarray:
@@ -318,13 +325,16 @@ def bot_rows(df: pd.DataFrame, max_per_minute: int, unit: str) -> np.ndarray:
     minute = df["ts"].astype("datetime64[us, UTC]").astype(np.int64).to_numpy() // 60_000_000
     minute = minute - minute.min()
     users = _group_codes(df, ["user"])
-    key = users * (int(minute.max()) + 1) + minute  # one int per (user, minute)
+    span = int(minute.max()) + 1
+    key_codes, keys = pd.factorize(users * span + minute)  # one code per (user, minute); hashing, no sort
     if unit == "orders" and "order_id" in df.columns:
         orders = _group_codes(df, ["order_id"])
-        pairs = np.unique(np.stack([key, orders], axis=1), axis=0)
-        key = pairs[:, 0]
-    uniq, counts = np.unique(key, return_counts=True)
-    bad_users = np.unique(uniq[counts > max_per_minute] // (int(minute.max()) + 1))
+        pair = key_codes.astype(np.int64) * (int(orders.max()) + 2) + orders
+        first = ~pd.Series(pair).duplicated().to_numpy()  # one row per distinct (user, minute, order)
+        counts = np.bincount(key_codes[first], minlength=len(keys))
+    else:
+        counts = np.bincount(key_codes, minlength=len(keys))
+    bad_users = np.unique(np.asarray(keys)[counts > max_per_minute] // span)
     return np.isin(users, bad_users)
 
 

@@ -122,7 +122,9 @@ def _mode_per_id(ids: np.ndarray, values: pd.Series) -> pd.Series:
         return pd.Series(dtype="object")
     ids, codes = ids[ok].astype(np.int64), codes[ok].astype(np.int64)
     pair = ids * (len(uniques) + 1) + codes
-    upair, counts = np.unique(pair, return_counts=True)
+    pair_codes, upair = pd.factorize(pair)  # hashing, no sort of all rows
+    counts = np.bincount(pair_codes, minlength=len(upair))
+    upair = np.asarray(upair)
     pid, pcode = upair // (len(uniques) + 1), upair % (len(uniques) + 1)
     order = np.lexsort((pcode, -counts, pid))  # per id: highest count, then smallest value
     first = np.r_[True, pid[order][1:] != pid[order][:-1]]

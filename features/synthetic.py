@@ -159,18 +159,17 @@ def generate(spec: SyntheticSpec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     k = kind[sel]
     session = sess[sel]
     has_order = k >= 2
+    is_view = k == 0
     events = pd.DataFrame({
         "user": s_user[session].astype(np.int64),
         "item": v_item[src[sel]].astype(np.int64),
         "event": pd.Categorical.from_codes(k, categories=list(EVENTS)),
-        "ts": pd.to_datetime(ts[sel], unit="us", utc=True).astype("datetime64[us, UTC]"),
+        "ts": pd.DatetimeIndex(ts[sel].astype("datetime64[us]")).tz_localize("UTC"),
         "price": price[sel],
-        "quantity": pd.array(np.where(k == 0, 0, quantity[sel]), dtype="Int64").astype("Int64"),
+        "quantity": pd.arrays.IntegerArray(quantity[sel], is_view),
         "session_id": session.astype(np.int64),
-        "order_id": pd.array(np.where(has_order, session, -1), dtype="Int64"),
+        "order_id": pd.arrays.IntegerArray(session.astype(np.int64), ~has_order),
     })
-    events.loc[k == 0, "quantity"] = pd.NA
-    events.loc[~has_order, "order_id"] = pd.NA
     names = np.array([f"category_{c:03d}" for c in range(spec.n_categories)])
     item_side = pd.DataFrame({"key": items["item"].astype(str), "category": names[cat]})
     users = pd.DataFrame({"key": np.arange(spec.n_users).astype(str),
