@@ -96,11 +96,14 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (BundleError, ValueError, TimeoutError) as e:
+        import ray
+
+        if ray.is_initialized():  # it failed after Ray started: leave nothing running
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
         print(f"serving.run: {e}", file=sys.stderr)
-        try:
-            stop()
-        except Exception:  # noqa: BLE001
-            pass
         sys.exit(2)
 
 
