@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 from features.artifacts import atomic_dir, code_version, file_sha256, write_json
 from features.processed import ProcessedDataError, load_events, load_items, load_manifest, load_users, processed_dir
 from features.profiles.build import ProfileTables, build_profiles
-from features.profiles.report import write_report
 
 log = logging.getLogger(__name__)
 LIST_COLUMNS = ("top_categories", "top_attributes")
@@ -105,6 +104,8 @@ def run(cfg: DictConfig) -> ProfileResult:
         _write_parquet(tables.consent.table, tmp / "consent.parquet")
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_json(tmp / "manifest.json", manifest)
+    from features.profiles.report import write_report   # matplotlib: only once there is something to plot
+
     with atomic_dir(report_dir) as tmp:
         written = write_report(tmp, tables.profiles, tables.segments, tables.flows, manifest, pcfg)
         write_json(tmp / "manifest.json", {"kind": "profile_report", "data": manifest["data"], "files": written,

@@ -10,6 +10,7 @@ import pytest
 
 from features.artifacts import read_json
 from features.profile import run
+from features.profiles.build import build_profiles
 from tests.features.profiles.toydata import compose_cfg, make_toy, write_processed
 
 CONTRACT = {
@@ -26,7 +27,7 @@ CONTRACT = {
 def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("profile")
     write_processed(root, "toy", make_toy())
-    cfg = compose_cfg(["data.name=toy", f"paths.artifacts={root}"])
+    cfg = compose_cfg(["data.name=toy", f"paths.artifacts={root}", "profile.report.dpi=40"])
     return run(cfg), root
 
 
@@ -79,15 +80,17 @@ def test_segments_consent_flows_and_manifest(toy_run):
     assert m["notes"]["segments"]["k"] == clusters.shape[0]
 
 
-def test_opted_out_users_keep_their_profile(tmp_path):
+def test_opted_out_users_keep_their_profile(tmp_path, pcfg):
     data = make_toy(n_users=80, seed=3)
-    write_processed(tmp_path, "toy", data)
     consent = tmp_path / "consent.csv"
     pd.DataFrame({"user_key": data["users"]["user_key"], "channel": "email", "opted_in": False}).to_csv(consent, index=False)
-    result = run(compose_cfg(["data.name=toy", f"paths.artifacts={tmp_path}", f"profile.consent.path={consent}"]))
-    p = pd.read_parquet(result.out_dir / "profiles.parquet")
+    pcfg["consent"]["path"] = str(consent)
+    pcfg["segments"]["k_max"] = 3
+    tables = build_profiles(data["events"], data["items"], data["users"], pcfg, seed=0)
+    p = tables.profiles
     assert len(p) == 80 and p["opted_out_email"].all() and p["opted_out_sms"].all()   # sms: default not opted in
-    assert result.manifest["consent"]["source"] == "input"
+    assert p["rfm_group"].notna().all() and p["clv"].notna().sum() > 30              # ... and keep their profile
+    assert tables.consent.source == "input"
 
 
 def test_bad_config_fails_before_writing(tmp_path):
