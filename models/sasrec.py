@@ -132,8 +132,9 @@ class SASRec(nn.Module):
         pos = self.pos_emb.weight[self.cfg.max_len - l:]                    # right-aligned positions
         keep = item_seq > 0
         x = self.emb_drop(x + pos.unsqueeze(0)) * keep.unsqueeze(-1).to(x.dtype)
-        causal = torch.ones(l, l, dtype=torch.bool, device=item_seq.device).tril()
-        eye = torch.eye(l, dtype=torch.bool, device=item_seq.device)
+        idx = torch.arange(l, device=item_seq.device)
+        causal = idx.unsqueeze(0) <= idx.unsqueeze(1)                       # [query, key]: key <= query
+        eye = idx.unsqueeze(0) == idx.unsqueeze(1)
         # query i may see key j <= i when j is a real item; every query sees itself (no empty rows)
         mask = ((causal & keep.unsqueeze(1)) | eye).unsqueeze(1)            # [B, 1, L, L]
         for block in self.blocks:

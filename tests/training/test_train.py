@@ -1,0 +1,125 @@
+"""training.train end to end on a tiny dataset: run folder, baselines, resume, NaN guard, bad configs."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training.modules import NonFiniteLossError, SASRecModule
+from training.train import run
+
+FAST = ["model.hidden=16", "model.blocks=1", "model.batch_size=64", "model.lr=0.005", "trainer.max_epochs=3"]
+KEYS = ["test/ndcg@10", "test/hr@10", "test/ndcg@20", "test/hr@20", "test/mrr", "test/coverage@10",
+        "test/hr@50", "test/hr@100", "test/pop@10", "valid/ndcg@10", "test/sampled_hr@10"]
+
+
+@pytest.fixture(scope="module")
+def pop_metrics(tiny_artifacts, tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from tests.training.conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose("config", overrides=[f"paths.artifacts={tiny_artifacts}", "data.name=tiny", "model=pop",
+                                           f"paths.runs={tmp_path_factory.mktemp('pop')}"])
+    return run(cfg).metrics
+
+
+def test_sasrec_run_folder_and_beats_popularity(make_cfg, pop_metrics):
+    res = run(make_cfg("model=sasrec", "model.use_attributes=true", *FAST))
+    d = res.run_dir
+    assert d.parent.name == "sasrec" and d.parent.parent.name == "tiny"
+    for f in ("config.yaml", "metrics.json", "manifest.json", "checkpoints/last.ckpt", "logs/csv/metrics.csv"):
+        assert (d / f).exists(), f
+    assert list((d / "checkpoints").glob("best-*.ckpt"))
+    assert list((d / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    m = json.loads((d / "metrics.json").read_text())
+    for k in KEYS:
+        assert k in m, k
+    assert m["protocol"]["exclude_history"] is True
+    assert m["device"] == "cpu" and len(m["history"]) == 3
+    assert m["test/ndcg@10"] > 2 * pop_metrics["test/ndcg@10"]
+
+
+@pytest.mark.parametrize("model", ["pop", "ease"])
+def test_baselines(make_cfg, model):
+    m = run(make_cfg(f"model={model}")).metrics
+    assert 0 <= m["test/ndcg@10"] <= m["test/hr@10"] <= 1
+    assert m["algorithm"] in ("popularity", "ease")
+
+
+def test_ease_falls_back_to_itemknn_when_too_big(make_cfg):
+    m = run(make_cfg("model=ease", "model.max_dense_gib=0.00001")).metrics
+    assert m["algorithm"] == "itemknn" and m["test/hr@10"] > 0
+
+
+def test_two_tower_trains(make_cfg, pop_metrics):
+    m = run(make_cfg("model=two_tower", "model.hidden=16", "model.mlp_hidden=32", "model.batch_size=64",
+                     "model.random_negatives=16", "trainer.max_epochs=3")).metrics
+    assert m["test/ndcg@10"] > pop_metrics["test/ndcg@10"]
+
+
+def test_sampled_softmax_loss_trains(make_cfg, pop_metrics):
+    m = run(make_cfg("model=sasrec", "model.loss=sampled_softmax", "model.num_negatives=20", *FAST)).metrics
+    assert m["test/ndcg@10"] > pop_metrics["test/ndcg@10"]
+
+
+def test_resume_continues_the_run_and_matches_an_uninterrupted_one(make_cfg):
+    common = ["model=sasrec", *FAST[:-1], "model.dropout=0.0", "model.emb_dropout=0.0"]
+    full = run(make_cfg(*common, "trainer.max_epochs=2")).metrics
+    first = run(make_cfg(*common, "trainer.max_epochs=1"))
+    resumed = run(make_cfg(*common, "trainer.max_epochs=2", "trainer.resume=true"))
+    assert resumed.run_dir == first.run_dir                      # newest run of this data/model continued
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2]
+    assert resumed.metrics["valid/ndcg@10"] == pytest.approx(full["valid/ndcg@10"], abs=0.02)
+    by_path = run(make_cfg(*common, "trainer.max_epochs=3", f"trainer.resume={first.run_dir}/checkpoints/last.ckpt"))
+    assert by_path.run_dir == first.run_dir and len(by_path.metrics["history"]) == 3
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(make_cfg, monkeypatch):
+    original = SASRecModule.training_loss
+
+    def nan_after_first_epoch(self, batch):
+        loss = original(self, batch)
+        return loss * float("nan") if self.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(SASRecModule, "training_loss", nan_after_first_epoch)
+    cfg = make_cfg("model=sasrec", *FAST)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        run(cfg)
+    runs = sorted((cfg.paths.runs and __import__("pathlib").Path(cfg.paths.runs) / "tiny" / "sasrec").iterdir())
+    last = runs[-1] / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0                                    # saved after the good first epoch
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=sasrec", "model.max_len=0"], "model.max_len"),
+    (["model=sasrec", "model.use_attributes=true"], "model.use_attributes"),
+    (["model=sasrec", "trainer.max_epochs=0"], "trainer.max_epochs"),
+])
+def test_bad_config_fails_at_start_naming_the_setting(make_cfg, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run(make_cfg(*overrides, data="tiny_noattr"))
+
+
+def test_data_not_prepared_names_the_folder(make_cfg):
+    with pytest.raises((ValueError, FileNotFoundError), match="not_there"):
+        run(make_cfg("model=pop", data="not_there"))
+
+
+def test_cli_multirun_and_one_line_error(tiny_artifacts, tmp_path, repo_root):
+    base = [sys.executable, "-m", "training.train"]
+    args = [f"paths.artifacts={tiny_artifacts}", f"paths.runs={tmp_path}",
+            "data.name=tiny"]
+    out = subprocess.run(base + ["-m"] + args + ["model=pop,ease", f"hydra.sweep.dir={tmp_path}/hydra"], cwd=repo_root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(list((tmp_path / "tiny" / "pop").glob("*/metrics.json"))) == 1
+    assert len(list((tmp_path / "tiny" / "ease").glob("*/metrics.json"))) == 1
+    bad = subprocess.run(base + args + ["model=sasrec", "model.max_len=0", f"hydra.run.dir={tmp_path}/h2"], cwd=repo_root,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "model.max_len must be > 0" in bad.stderr.strip().splitlines()[-1]

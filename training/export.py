@@ -1,0 +1,160 @@
+"""Write the serving bundle of a trained run: ``python -m training.export run=<run folder>``.
+
+The bundle (``serving/bundle_layout.md``) is written atomically to ``${paths.bundles}/<data>-<model>-<time>/``
+and named in ``${paths.bundles}/LATEST``: item embeddings (row i = item_id i), the user/sequence encoder as
+ONNX (``item_seq [B, max_len] int64 -> user_emb [B, dim] float32``; score = inner product), the items and
+users tables (the online store's initial state: pseudonymised keys only), the run's config and a manifest.
+The ONNX encoder is checked against PyTorch with ONNX Runtime on a batch of real sequences before the
+bundle is published (``export.parity_tolerance``; the measured difference goes into the manifest).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.processed import load_events, load_items, load_users, processed_dir
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+class ExportParityError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree beyond the tolerance."""
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    parity_max_abs_diff: float
+
+
+def export_encoder_onnx(encoder: torch.nn.Module, max_len: int, path: Path, example: torch.Tensor) -> None:
+    """Export ``item_seq [B, max_len] -> user_emb [B, d]`` with a dynamic batch axis."""
+    encoder = encoder.eval().float()
+    with torch.no_grad():
+        torch.onnx.export(
+            encoder, (example,), str(path), input_names=["item_seq"], output_names=["user_emb"],
+            dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}}, opset_version=18, dynamo=False,
+        )
+
+
+def onnx_parity(encoder: torch.nn.Module, path: Path, batch: torch.Tensor) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch on ``batch``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["user_emb"], {"item_seq": batch.numpy().astype(np.int64)})[0]
+    with torch.no_grad():
+        want = encoder(batch).float().numpy()
+    return float(np.abs(got - want).max())
+
+
+def _users_table(pdir: Path, max_len: int) -> pd.DataFrame:
+    users = load_users(pdir)[["user_id", "user_key"]]
+    ev = load_events(pdir, columns=["user_id", "item_id", "event", "ts", "src_row"])
+    ev = ev.sort_values(["user_id", "ts", "src_row"], kind="stable")
+    hist = ev.groupby("user_id")["item_id"].agg(lambda s: s.to_numpy(np.int64)[-max_len:].tolist())
+    buys = ev[ev["event"] == "purchase"]
+    purchases = buys.groupby("user_id")["item_id"].agg(lambda s: s.to_numpy(np.int64).tolist())
+    purchase_ts = buys.groupby("user_id")["ts"].agg(list)
+    out = users.set_index("user_id")
+    out["history"] = hist.reindex(out.index)
+    out["purchases"] = purchases.reindex(out.index)
+    out["purchase_ts"] = purchase_ts.reindex(out.index)
+    for col in ("history", "purchases", "purchase_ts"):
+        out[col] = out[col].map(lambda v: v if isinstance(v, list) else [])
+    return out.reset_index()
+
+
+def _items_table(pdir: Path, popularity: np.ndarray) -> pd.DataFrame:
+    items = load_items(pdir).sort_values("item_id")
+    out = pd.DataFrame({
+        "item_id": items["item_id"].astype("int64"),
+        "item_key": items["item_key"].astype(str),
+        "category": items["category"],
+        "price": items["price_median"].astype("float64"),
+        "popularity": popularity[items["item_id"].to_numpy()].astype("int64"),
+        "available": items["available"].astype(bool) if "available" in items else True,
+    })
+    return out
+
+
+def run(cfg: DictConfig) -> ExportResult:
+    from models.sasrec import SASRecEncoder
+    from models.two_tower import TwoTowerEncoder
+    from training.runs import load_data, load_module, open_run
+
+    if not cfg.get("run"):
+        raise ValueError("run=<run folder> is required (a folder under ${paths.runs})")
+    info = open_run(cfg.run)
+    rcfg = info.cfg
+    family = str(rcfg.model.family)
+    if family not in ("sequence", "two_tower"):
+        raise ValueError(f"run={info.run_dir}: model.family={family} has no encoder to export (sequence, two_tower)")
+    rcfg.paths = cfg.paths                              # read data / write bundles where this invocation says
+    pdir = processed_dir(rcfg)
+    module = load_module(info, "cpu")
+    data, _ = load_data(rcfg, pdir)
+    max_len = int(rcfg.model.max_len)
+    encoder = (SASRecEncoder if family == "sequence" else TwoTowerEncoder)(module.net).eval()
+    with torch.no_grad():
+        item_emb = module.item_embeddings().float().numpy().astype(np.float32)
+    name = f"{rcfg.data.name}-{rcfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    bundles = Path(str(cfg.paths.bundles))
+    tol = float(cfg.trainer.export.parity_tolerance)
+    check = data.test.inputs[: min(256, len(data.test))]
+    if len(check) == 0:
+        check = torch.zeros(2, max_len, dtype=torch.long)
+    with atomic_dir(bundles / name) as tmp:
+        np.save(tmp / "item_embeddings.npy", item_emb)
+        export_encoder_onnx(encoder, max_len, tmp / "encoder.onnx", check[:2])
+        diff = onnx_parity(encoder, tmp / "encoder.onnx", check)
+        if not diff <= tol:
+            raise ExportParityError(f"ONNX Runtime differs from PyTorch by {diff:.2e} > tolerance {tol:.0e}")
+        _items_table(pdir, data.popularity.numpy()[1:]).to_parquet(tmp / "items.parquet", index=False)
+        _users_table(pdir, max_len).to_parquet(tmp / "users.parquet", index=False)
+        OmegaConf.save(rcfg, tmp / "config.yaml", resolve=True)
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / "manifest.json", {
+            "schema_version": SCHEMA_VERSION, "name": name, "data": str(rcfg.data.name),
+            "model": str(rcfg.model.name), "family": family, "dim": int(item_emb.shape[1]),
+            "n_items": int(item_emb.shape[0]), "max_len": max_len, "score": "inner_product",
+            "encoder_inputs": [{"name": "item_seq", "dtype": "int64", "shape": ["batch", max_len],
+                                "meaning": "item_id + 1, 0 = padding, left-padded, most recent last"}],
+            "encoder_outputs": [{"name": "user_emb", "dtype": "float32", "shape": ["batch", int(item_emb.shape[1])]}],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": code_version(),
+            "device": "cpu", "metrics": {k: v for k, v in info.metrics.items() if k.startswith("test/")},
+            "run_dir": str(info.run_dir), "checkpoint": str(info.checkpoint), "onnx_parity_max_abs_diff": diff,
+            "counts": {"items": int(item_emb.shape[0]), "users": int(len(pd.read_parquet(tmp / "users.parquet")))},
+            "files": files,
+        })
+    latest_tmp = bundles / ".LATEST.tmp"
+    latest_tmp.write_text(name + "\n")
+    os.replace(latest_tmp, bundles / "LATEST")
+    log.info("bundle %s (ONNX parity %.2e)", bundles / name, diff)
+    return ExportResult(bundles / name, diff)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        res = run(cfg)
+    except (ValueError, FileNotFoundError, ExportParityError) as err:
+        print(f"training.export: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"bundle: {res.bundle_dir} (ONNX parity max abs diff {res.parity_max_abs_diff:.2e})")
+
+
+if __name__ == "__main__":
+    main()
