@@ -39,14 +39,17 @@ from omegaconf import OmegaConf  # noqa: E402
 from serving.index import IndexSettings, TorchExactIndex, build_index  # noqa: E402
 
 
-def catalogue_embeddings(n_items: int, dim: int, styles: int, seed: int):
+def catalogue_embeddings(n_items: int, dim: int, styles: int, seed: int, noise_decay: float = 1.0):
     """Item embeddings shaped by the synthetic generator's catalogue (``features.synthetic``).
 
     The generator gives each item a category (40 categories, power-law sizes), a popularity rank
     within its category and a price. Embedding = category centroid N(0, I) + one of ``styles``
-    style offsets of that category (0.6 N(0, I)) + item noise (0.4 N(0, I)) + 0.3 x standardised
+    style offsets of that category (0.6 N(0, I)) + item noise + 0.3 x standardised
     log price along a shared "price" direction, scaled by ``1 + 0.15 * log1p(popularity share x
     items per category)`` so best sellers score higher under inner product, as trained embeddings do.
+    Item noise has the total energy of 0.4 N(0, I) but a power-law spectrum (std of the j-th of
+    ``dim`` directions proportional to (j+1)^-``noise_decay``, in a random rotation), like the fast-decaying
+    singular values of trained embeddings; ``noise_decay`` 0 gives isotropic noise (far harder for ANN).
     """
     from features.synthetic import SyntheticSpec, _catalogue
 
@@ -64,7 +67,11 @@ def catalogue_embeddings(n_items: int, dim: int, styles: int, seed: int):
     log_price = np.log(cat_items["base_price"].to_numpy())
     price_dir = rng.normal(size=dim).astype(np.float32)
     price_dir /= np.linalg.norm(price_dir)
-    emb = centroids[cat] + style_off[cat, style] + 0.4 * rng.normal(size=(n_items, dim)).astype(np.float32)
+    spectrum = (np.arange(1, dim + 1) ** -noise_decay).astype(np.float32)
+    spectrum *= 0.4 * np.sqrt(dim / (spectrum ** 2).sum())
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)
+    noise = (rng.normal(size=(n_items, dim)).astype(np.float32) * spectrum) @ rotation
+    emb = centroids[cat] + style_off[cat, style] + noise
     emb += (0.3 * (log_price - log_price.mean()) / log_price.std())[:, None].astype(np.float32) * price_dir
     emb *= (1.0 + 0.15 * np.log1p(share))[:, None].astype(np.float32)
     return emb.astype(np.float32), cat, (centroids, style_off)
@@ -109,7 +116,7 @@ def bench_size(n: int, index_name: str, args) -> dict:
     import faiss
 
     proc = psutil.Process()
-    emb, cat_of, centres = catalogue_embeddings(n, args.dim, args.styles, args.seed)
+    emb, cat_of, centres = catalogue_embeddings(n, args.dim, args.styles, args.seed, args.noise_decay)
     q1 = user_queries(args.queries_b1, centres, args.seed)
     qb = user_queries(args.queries_b256, centres, args.seed + 7)
     k = 100
@@ -166,6 +173,7 @@ def main() -> None:
     p.add_argument("--index-1m", default="ivf_large", help="conf/index/<name> used for sizes >= 500k")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--styles", type=int, default=25, help="style sub-clusters per category")
+    p.add_argument("--noise-decay", type=float, default=1.0, help="item-noise spectrum exponent (0 = isotropic)")
     p.add_argument("--queries-b1", type=int, default=200)
     p.add_argument("--queries-b256", type=int, default=1024)
     p.add_argument("--recall-queries", type=int, default=500)
