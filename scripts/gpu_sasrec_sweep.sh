@@ -10,7 +10,7 @@
 #   SWEEP_SMOKE=1 OUT=/tmp/sw bash scripts/gpu_sasrec_sweep.sh # CPU dry run, tiny caps (~2 min here)
 #
 # Needs artifacts/processed/amazon_{toys,sports} (python -m features.prepare data=amazon_toys ...).
-# Env: PYTHON, SWEEP_PARALLEL (16), SWEEP_MAX_TIME (240 s), BENCH_MAX_TIME (75 s), SWEEP_ARTIFACTS.
+# Env: PYTHON, SWEEP_PARALLEL (16), SWEEP_MAX_TIME (225 s), BENCH_MAX_TIME (75 s), SWEEP_ARTIFACTS.
 set -e
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -30,7 +30,7 @@ if [ "$SMOKE" = "1" ]; then
   BENCH_ARGS="--trainer cpu trainer.max_epochs=2 trainer.max_users=150 trainer.num_threads=1"
 else
   PARALLEL=${SWEEP_PARALLEL:-16}
-  COMMON="trainer=gpu trainer.max_time=${SWEEP_MAX_TIME:-240} trainer.patience=20 trainer.eval.sampled_negatives=0 trainer.num_threads=1"
+  COMMON="trainer=gpu trainer.max_time=${SWEEP_MAX_TIME:-225} trainer.patience=15 trainer.eval.sampled_negatives=0 trainer.num_threads=1"
   BENCH_ARGS="--trainer gpu trainer.max_time=${BENCH_MAX_TIME:-75} trainer.patience=10 trainer.num_threads=4"
 fi
 
@@ -67,6 +67,7 @@ run_one() {   # one config: name|overrides ; never fails the sweep (the summary 
   if $PYTHON -m training.train model=sasrec $overrides $COMMON paths.artifacts="$ART" \
         trainer.run_dir="$OUT/runs/$name" hydra.run.dir="$OUT/hydra/$name" > "$OUT/logs/$name.log" 2>&1; then
     echo "[sweep] done  $name in $(( $(date +%s) - t0 )) s: $(tail -n 1 "$OUT/logs/$name.log")"
+    rm -rf "$OUT/runs/$name/checkpoints"   # keep what comes back small: metrics, config, logs
   else
     echo "[sweep] FAILED $name after $(( $(date +%s) - t0 )) s: $(tail -n 1 "$OUT/logs/$name.log")"
   fi
@@ -127,5 +128,6 @@ echo "[sweep] bench_train: plain vs best Toys config ($BEST)"
   --variant "plain=$PLAIN" --variant "best=$BEST" > "$OUT/bench_train.log" 2>&1 || echo "[sweep] bench_train FAILED"
 grep -v -e "^\[20" -e "Warning" -e "warn" "$OUT/bench_train.log" | tail -n 8 || true
 tail -n 1 "$OUT/bench_train.log" > "$OUT/bench_train.json" || true
+rm -rf "$OUT"/bench_runs/*/*/*/checkpoints
 echo "[sweep] summary in $OUT/sweep.json, speed in $OUT/bench_train.json"
 wait
