@@ -108,9 +108,10 @@ def _normalise_events(df: pd.DataFrame, cfg: Any, ledger: Ledger) -> pd.DataFram
     if prefix and "order_id" in df.columns:
         is_return = per_value(df["order_id"], lambda c: c.str.startswith(str(prefix))).fillna(False).to_numpy(bool)
         if is_return.any():
-            ev = df["event"].astype("object").to_numpy(copy=True)
-            ev[is_return] = "return"
-            df["event"] = pd.Categorical(ev)
+            ev = df["event"] if "return" in df["event"].cat.categories else df["event"].cat.add_categories(["return"])
+            codes = ev.cat.codes.to_numpy().copy()
+            codes[is_return] = list(ev.cat.categories).index("return")
+            df["event"] = pd.Categorical.from_codes(codes, categories=ev.cat.categories)
     return df
 
 

@@ -175,21 +175,31 @@ def read_event_files(cfg: Any) -> tuple[pd.DataFrame, list[str], int, pd.DataFra
 
 
 def concat_unified(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate tables with the same column names; a column whose types differ becomes text."""
+    """Concatenate tables with the same column names; a column typed differently by different files
+    becomes a timestamp when one file has timestamps and the others' text casts cleanly (ISO 8601),
+    else text (typed later, row by row, by ``features.cleaning``)."""
     if len(tables) == 1:
         return tables[0]
     names = list(dict.fromkeys(n for t in tables for n in t.column_names))
-    out = []
-    for t in tables:
-        cols = {}
-        for n in names:
-            types = {tt.schema.field(n).type for tt in tables if n in tt.column_names}
-            col = t.column(n) if n in t.column_names else pa.nulls(t.num_rows, next(iter(types)))
-            if len(types) > 1:
-                col = _as_text(col)
-            cols[n] = col
-        out.append(pa.table(cols))
-    return pa.concat_tables(out)
+    columns: dict[str, list] = {}
+    for n in names:
+        cols = [t.column(n) if n in t.column_names else None for t in tables]
+        types = {c.type for c in cols if c is not None}
+        cols = [c if c is not None else pa.nulls(t.num_rows, next(iter(types))) for c, t in zip(cols, tables)]
+        if len(types) > 1:
+            cols = _unify(cols, types)
+        columns[n] = cols
+    return pa.concat_tables([pa.table({n: columns[n][i] for n in names}) for i in range(len(tables))])
+
+
+def _unify(cols: list, types: set) -> list:
+    stamps = [t for t in types if pa.types.is_timestamp(t)]
+    if len(stamps) == 1:
+        try:
+            return [c if c.type == stamps[0] else _as_text(c).cast(stamps[0]) for c in cols]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return [_as_text(c) for c in cols]
 
 
 def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:

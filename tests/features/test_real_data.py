@@ -46,6 +46,12 @@ def test_online_retail(prepare_real, data_root):
     raw1 = pd.read_parquet(data_root / "online-retail/online_retail_2010_2011.parquet")
     raw2 = pd.read_parquet(data_root / "online-retail/online_retail_II_2009_2010.parquet")
     assert m["n_input_rows"] == len(raw1) + len(raw2) == 1_067_370
+    # published per-file figures (SOURCES.md): rows, invoices, stock codes, customers
+    st = m["input_stats"]
+    assert st["online_retail_2010_2011.parquet"] == {"rows": 541909, "distinct_orders": 25900,
+                                                     "distinct_items": 4070, "distinct_users": 4372}
+    assert st["online_retail_II_2009_2010.parquet"] == {"rows": 525461, "distinct_orders": 28816,
+                                                        "distinct_items": 4632, "distinct_users": 4383}
     # the 1-9 Dec 2010 overlap is removed once, never counted twice
     assert m["n_dropped"]["overlap_duplicate"] > 10_000
     users = load_users(res.out_dir)
@@ -57,8 +63,10 @@ def test_online_retail(prepare_real, data_root):
     assert set(ev["event"].unique()) == {"purchase", "return"}
     assert (ev["quantity"] > 0).all()
     assert str(ev["ts"].dt.tz) == "UTC"
-    # summer time: a 10:00 BST invoice is 09:00 UTC
+    # UK local time -> UTC: GMT in winter (first invoice 07:45 local = 07:45 UTC), BST in summer (-1 h)
     assert ev["ts"].min() == pd.Timestamp("2009-12-01 07:45", tz="UTC")
+    # invoice 558638: 2011-07-01 08:16 London summer time
+    assert set(ev.loc[ev["order_id"] == "558638", "ts"]) == {pd.Timestamp("2011-07-01 07:16", tz="UTC")}
     orders = ev.loc[ev["event"] == "purchase", "order_id"]
     assert not orders.str.startswith("C").any()
     assert ev.loc[ev["event"] == "return", "order_id"].str.startswith("C").all()
