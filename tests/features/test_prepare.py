@@ -81,3 +81,14 @@ def test_failed_rerun_keeps_previous_output(tmp_path):
         run(make_cfg(*args, "data.columns.event=zzz", "force=true"))
     assert (first.out_dir / "events.parquet").read_bytes() == before
     assert [p.name for p in first.out_dir.parent.iterdir()] == ["d"]   # no temporary folder left
+
+
+def test_summary_reads_the_manifest(tmp_path):
+    from features.summary import run as summary_run
+
+    csv = small_csv(tmp_path)
+    args = ["data=events_csv", f"data.path={csv}", "data.columns.user=u", "data.columns.item=i",
+            "data.columns.ts=t", "data.columns.event=e", "data.name=d", f"paths.artifacts={tmp_path}"]
+    run(make_cfg(*args))
+    text = summary_run(make_cfg(*args))
+    assert "events                       9" in text and "reconciliation  OK" in text
