@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import pathlib
 import time
 from typing import Annotated, Any, Literal, Union
@@ -124,8 +125,8 @@ class ReloadRequest(Strict):
 
 
 def _items(items: list[RecItem]) -> list[Item]:
-    return [Item(item_id=i.item_key, score=i.score if i.score == i.score else 0.0, source=i.source, reason=i.reason)
-            for i in items]
+    return [Item(item_id=i.item_key, score=i.score if math.isfinite(i.score) else 0.0, source=i.source,
+                 reason=i.reason) for i in items]
 
 
 def _epoch(ts: dt.datetime | None, default: float) -> float:

@@ -33,10 +33,10 @@ STAGES = ("retrieve", "rank", "rules")
 class RecommendSettings:
     """``serve.recommend`` + ``serve.rules`` + ``serve.budget_ms``."""
 
-    n_candidates: int = 200
+    n_candidates: int = 100
     bought_together_items: int = 3
     bought_together_per_item: int = 10
-    popular_candidates: int = 50
+    popular_candidates: int = 20
     trending_window_s: float = 3600.0
     trending_weight: float = 5.0
     exclude_seen: bool = True
@@ -224,9 +224,16 @@ class Recommender:
                               np.full(len(pop_ids), -1, np.int64), trend_ids, cold_start=True)
         user_emb = b.encode([history])[0]
         n_idx = max(s.n_candidates, q.k)
-        _, idx_ids = b.index.search(user_emb[None, :], n_idx, exclude=[blocked] if blocked else None,
-                                    allowed=None if allowed is b.items.available and b.items.all_available else allowed)
+        # Filters go into the index only when they could starve the pool (a narrowing context, or more blocked
+        # items than spare candidates); otherwise the rules drop the few unavailable / blocked ones afterwards,
+        # which keeps every index backend on its fastest path.
+        narrowing = allowed is not b.items.available
+        _, idx_ids = b.index.search(user_emb[None, :], n_idx,
+                                    exclude=[blocked] if len(blocked) > max(n_idx - 2 * q.k, 0) else None,
+                                    allowed=allowed if narrowing else None)
         idx_ids = idx_ids[0][idx_ids[0] >= 0]
+        if not narrowing:
+            idx_ids = idx_ids[allowed[idx_ids]]
         ids, sources, anchors = list(idx_ids.tolist()), ["similar"] * len(idx_ids), [-1] * len(idx_ids)
         seen = set(ids)
         pos_of = {i: p for p, i in enumerate(ids)}
