@@ -72,8 +72,12 @@ def decayed_affinity(user_ids: pd.Series, keys: pd.Series, weights: pd.Series, t
 
 def top_lists(top: pd.DataFrame, user_ids: pd.Index) -> pd.Series:
     """Per user the list of their top keys, best first (empty list when none)."""
-    keys = top.groupby("user_id", sort=False)["key"].agg(lambda s: [str(k) for k in s]).to_dict()
-    return pd.Series([list(keys.get(u, ())) for u in user_ids], index=user_ids, dtype="object")
+    top = top.sort_values(["user_id", "rank"], kind="stable")
+    users = top["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.array([], dtype=int)
+    chunks = np.split(top["key"].astype(str).to_numpy(dtype=object), starts[1:]) if len(users) else []
+    keys = dict(zip(users[starts].tolist(), (c.tolist() for c in chunks)))
+    return pd.Series([keys.get(u, []) for u in user_ids.tolist()], index=user_ids, dtype="object")
 
 
 def affinities(events: pd.DataFrame, items: pd.DataFrame, snapshot: pd.Timestamp, aff_cfg: dict[str, Any]) -> pd.DataFrame:

@@ -88,11 +88,13 @@ def gamma_gamma_log_likelihood(params: np.ndarray, x: np.ndarray, m: np.ndarray)
             + (p * x) * np.log(x) - (p * x + q) * np.log(x * m + v))
 
 
-def _fit_log_params(loglik, n_params: int, args: tuple, penalizer: float) -> np.ndarray:
-    """Maximise the mean log-likelihood minus ``penalizer * sum(params²)`` over log-parameters."""
+def _fit_log_params(loglik, n_params: int, args: tuple, penalizer: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Maximise the (weighted) mean log-likelihood minus ``penalizer * sum(params²)`` over log-parameters."""
+    w = np.ones(len(args[0])) if weights is None else np.asarray(weights, dtype="float64")
+
     def objective(log_params: np.ndarray) -> float:
         params = np.exp(log_params)
-        value = -np.mean(loglik(params, *args)) + penalizer * np.sum(params ** 2)
+        value = -np.sum(w * loglik(params, *args)) / w.sum() + penalizer * np.sum(params ** 2)
         return float(value) if np.isfinite(value) else 1e300
 
     result = minimize(objective, np.zeros(n_params), method="L-BFGS-B", bounds=[(-12.0, 12.0)] * n_params)
@@ -136,8 +138,11 @@ def fit(summary: pd.DataFrame, clv_cfg: dict[str, Any], seed: int) -> ClvModel |
     if len(summary) > int(clv_cfg["fit_sample"]):
         sample = summary.sample(int(clv_cfg["fit_sample"]), random_state=seed)
     pen = float(clv_cfg["penalizer"])
-    x, t_x, T = (sample[c].to_numpy(dtype="float64") for c in ("frequency", "recency", "T"))
-    bg = _fit_log_params(bgnbd_log_likelihood, 4, (x, t_x, T), pen)
+    # Users with the same (frequency, recency, T) have the same likelihood: fit on the distinct triples
+    # weighted by their counts (a few thousand rows instead of up to fit_sample users).
+    triples = sample.groupby(["frequency", "recency", "T"]).size().reset_index(name="n")
+    x, t_x, T = (triples[c].to_numpy(dtype="float64") for c in ("frequency", "recency", "T"))
+    bg = _fit_log_params(bgnbd_log_likelihood, 4, (x, t_x, T), pen, weights=triples["n"].to_numpy())
     rep = sample[(sample["frequency"] > 0) & (sample["monetary_value"] > 0)]
     gg = None
     if len(rep) >= int(clv_cfg["min_users"]):
@@ -157,7 +162,12 @@ def fit(summary: pd.DataFrame, clv_cfg: dict[str, Any], seed: int) -> ClvModel |
 def predict(model: ClvModel, summary: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
     """expected_purchases, p_alive, churn_prob, expected_value, clv per user of ``summary``."""
     t = horizon_days / model.time_unit_days
-    x, t_x, T = (summary[c].to_numpy(dtype="float64") for c in ("frequency", "recency", "T"))
+    triples = summary[["frequency", "recency", "T"]].to_numpy(dtype="float64")
+    # The BG/NBD quantities depend only on (frequency, recency, T): evaluate each distinct triple once
+    # (the hypergeometric function is slow; there are far fewer triples than users).
+    uniq, inverse = np.unique(triples, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    x, t_x, T = uniq[:, 0], uniq[:, 1], uniq[:, 2]
     r, alpha = model.bgnbd["r"], model.bgnbd["alpha"]
     with np.errstate(all="ignore"):
         p_alive = bgnbd_p_alive(model.bgnbd, x, t_x, T)
@@ -167,15 +177,16 @@ def predict(model: ClvModel, summary: pd.DataFrame, horizon_days: float) -> pd.D
         bad = ~np.isfinite(expected)
         expected[bad] = (p_alive * (r + x) / (alpha + T) * t)[bad]
         no_buy_if_alive = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
+    churn = np.clip((1 - p_alive) + p_alive * no_buy_if_alive, 0.0, 1.0)
     out = pd.DataFrame(index=summary.index)
-    out["expected_purchases"] = expected
-    out["p_alive"] = p_alive
-    out["churn_prob"] = np.clip((1 - p_alive) + p_alive * no_buy_if_alive, 0.0, 1.0)
+    out["expected_purchases"] = expected[inverse]
+    out["p_alive"] = p_alive[inverse]
+    out["churn_prob"] = churn[inverse]
     if model.gamma_gamma is not None:
         m = summary["monetary_value"].to_numpy(dtype="float64")
-        f = np.where(m > 0, x, 0.0)
+        f = np.where(m > 0, triples[:, 0], 0.0)
         out["expected_value"] = gamma_gamma_expected_value(model.gamma_gamma, f, np.where(m > 0, m, 0.0))
-        out["clv"] = expected * out["expected_value"].to_numpy()
+        out["clv"] = out["expected_purchases"].to_numpy() * out["expected_value"].to_numpy()
     else:
         out["expected_value"] = np.nan
         out["clv"] = np.nan
