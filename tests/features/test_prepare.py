@@ -91,4 +91,4 @@ def test_summary_reads_the_manifest(tmp_path):
             "data.columns.ts=t", "data.columns.event=e", "data.name=d", f"paths.artifacts={tmp_path}"]
     run(make_cfg(*args))
     text = summary_run(make_cfg(*args))
-    assert "events                       9" in text and "reconciliation  OK" in text
+    assert "input rows                 9" in text and "reconciliation  OK" in text and "split loo" in text
