@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One short run on a CUDA machine that exercises the GPU paths and prints their figures:
+#   1. exact retrieval with torch on the GPU (fp16/bf16 vs CPU fp32), ranker forward on CUDA, ORT provider
+#   2. audience scoring of 10M synthetic users on the GPU (goal <= 60 s)
+#   3. SASRec training with the shipped defaults (bf16-mixed), GPU full-ranking evaluation, Toys + Sports
+#
+#   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
+#   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
+#
+# The device machine has torch/lightning/pandas/onnxruntime(CPU) but no hydra: carry the wheels
+# (hydra-core, omegaconf, antlr4) as the device README says and put them on PYTHONPATH first.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-artifacts/gpu_check}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1
+if [ "${GPU_CHECK_SMOKE:-0}" = "1" ]; then
+  SIZES=20000; USERS=200000; TRAINER="trainer=cpu trainer.max_epochs=1 trainer.max_users=200"; DEV=cpu
+else
+  SIZES=100000,1000000; USERS=10000000; TRAINER="trainer=gpu trainer.max_time=${TRAIN_MAX_TIME:-200}"; DEV=cuda
+fi
+"$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
+echo "[gpu_check] 1/3 retrieval + ranker"
+"$PY" scripts/gpu_check_retrieval.py --sizes "$SIZES" > "$OUT/retrieval.log" 2>&1 || echo "[gpu_check] retrieval FAILED"
+grep -v -i warn "$OUT/retrieval.log" | tail -n 25
+
+echo "[gpu_check] 2/3 audience scoring, $USERS users on $DEV"
+"$PY" scripts/bench_audience.py --device "$DEV" --users "$USERS" --repeats 2 > "$OUT/audience.log" 2>&1 || echo "[gpu_check] audience FAILED"
+grep -v -i warn "$OUT/audience.log" | tail -n 15
+
+echo "[gpu_check] 3/3 SASRec defaults on Toys and Sports ($TRAINER)"
+for d in amazon_toys amazon_sports; do
+  # shellcheck disable=SC2086
+  "$PY" -m training.train model=sasrec data=$d $TRAINER trainer.eval.sampled_negatives=0 \
+      trainer.run_dir="$OUT/runs/$d" hydra.run.dir="$OUT/hydra/$d" > "$OUT/train_$d.log" 2>&1 \
+    || echo "[gpu_check] train $d FAILED: $(tail -n 2 "$OUT/train_$d.log")" &
+done
+wait
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+res = {}
+for d in ("amazon_toys", "amazon_sports"):
+    f = out / "runs" / d / "metrics.json"
+    if f.exists():
+        m = json.loads(f.read_text())
+        res[d] = {k: m.get(k) for k in ("valid/ndcg@10", "test/ndcg@10", "test/hr@10", "test/ndcg@20", "test/mrr",
+                                         "best_epoch", "epochs", "time_to_best_s", "train_time_s", "device")}
+for name in ("retrieval", "audience"):
+    lines = (out / f"{name}.log").read_text().strip().splitlines() if (out / f"{name}.log").exists() else []
+    try:
+        res[name] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        res[name] = {"error": lines[-3:]}
+print(json.dumps(res, default=str))
+(out / "gpu_check.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+PYEOF
+find "$OUT/runs" -name "*.ckpt" -delete 2>/dev/null || true
