@@ -363,7 +363,7 @@ def train_ranker(cfg: DictConfig) -> Path:
     """Train, evaluate and export the ranker; returns the run folder (see module docstring)."""
     m = cfg.model
     _check(m)
-    torch.set_num_threads(int(cfg.trainer.get("num_threads", 2)))
+    torch.set_num_threads(int(m.num_threads))  # tiny model: more threads only spin on a shared CPU
     pl.seed_everything(int(cfg.seed), workers=True)
     accel = str(cfg.trainer.get("accelerator", "cpu"))
     device = "cuda" if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
@@ -372,7 +372,7 @@ def train_ranker(cfg: DictConfig) -> Path:
     pdir = processed_dir(cfg)
     pman = load_manifest(pdir)
     n_items = int(pman["n_items"])
-    retriever = open_retriever(resolve_retriever_bundle(cfg), n_items, int(cfg.trainer.get("num_threads", 2)))
+    retriever = open_retriever(resolve_retriever_bundle(cfg), n_items, int(m.num_threads))
     kind = str(m.split)
     parts = {p: load_split(pdir, kind, p) for p in ("train", "valid", "test")}
     present = set(pd.concat([parts["valid"]["event"], parts["test"]["event"]]).unique())
