@@ -14,6 +14,7 @@ Settings live in ``conf/profile/`` (e.g. ``profile.snapshot_date=2011-09-01``,
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.artifacts import atomic_dir, code_version, file_sha256, read_json, write_json
 from features.processed import ProcessedDataError, load_events, load_items, load_manifest, load_users, processed_dir
 from features.profiles.build import ProfileTables, build_profiles
 
@@ -40,6 +41,7 @@ class ProfileResult:
     report_dir: Path
     n_users: int
     manifest: dict[str, Any]
+    skipped: bool = False      # true when inputs, config and code were unchanged (``force=true`` re-runs)
 
 
 def _write_parquet(df, path: Path) -> None:
@@ -67,19 +69,37 @@ def _counts(t: ProfileTables, n_events: int) -> dict[str, Any]:
     }
 
 
+def _unchanged(out_dir: Path, report_dir: Path, inputs: dict[str, str], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The previous manifest when the last run had the same inputs, config and code; else None."""
+    try:
+        old = read_json(out_dir / "manifest.json")
+    except (OSError, ValueError):
+        return None
+    same = old.get("inputs") == inputs and old.get("config") == config and old.get("code_version") == code_version()
+    return old if same and (report_dir / "report.html").exists() else None
+
+
 def run(cfg: DictConfig) -> ProfileResult:
     """Build and write the profiles of ``cfg.data``; returns where they went and the manifest."""
     started = time.perf_counter()
     src = processed_dir(cfg)
     data_manifest = load_manifest(src)
-    events, items, users = load_events(src), load_items(src), load_users(src)
     pcfg = OmegaConf.to_container(cfg.profile, resolve=True)
-    tables = build_profiles(events, items, users, pcfg, int(cfg.seed), time_kind=data_manifest.get("time_kind", "timestamp"))
-
     out_dir, report_dir = Path(pcfg["out_dir"]), Path(pcfg["report_dir"])
     inputs = {name: file_sha256(src / name) for name in ("events.parquet", "items.parquet", "users.parquet")}
-    if tables.consent.input_sha256:
-        inputs[tables.consent.input_path] = tables.consent.input_sha256
+    if pcfg["consent"]["path"]:
+        consent_path = Path(pcfg["consent"]["path"])
+        if not consent_path.exists():
+            raise FileNotFoundError(f"profile.consent.path: file not found: {consent_path}")
+        inputs[str(consent_path)] = file_sha256(consent_path)
+    config = json.loads(json.dumps({"profile": pcfg, "seed": int(cfg.seed)}, default=str))
+    previous = _unchanged(out_dir, report_dir, inputs, config)
+    if previous is not None and not cfg.force:
+        log.info("profiles of %s unchanged (inputs, config, code): kept %s; force=true re-runs", cfg.data.name, out_dir)
+        return ProfileResult(out_dir, report_dir, int(previous["counts"]["users"]), previous, skipped=True)
+
+    events, items, users = load_events(src), load_items(src), load_users(src)
+    tables = build_profiles(events, items, users, pcfg, int(cfg.seed), time_kind=data_manifest.get("time_kind", "timestamp"))
     manifest = {
         "kind": "profiles",
         "data": str(cfg.data.name),
@@ -90,7 +110,7 @@ def run(cfg: DictConfig) -> ProfileResult:
         "consent": {"source": tables.consent.source, "synthetic": tables.consent.source == "synthetic",
                     "input_path": tables.consent.input_path, "channels": pcfg["consent"]["channels"]},
         "notes": tables.info,
-        "config": {"profile": pcfg, "seed": int(cfg.seed)},
+        "config": config,
         "inputs": inputs,
         "code_version": code_version(),
         "device": "cpu",   # pandas / scikit-learn / lifetimes only: no accelerator path

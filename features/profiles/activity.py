@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
@@ -25,6 +26,10 @@ def _mode_per_user(users: pd.Series, values: pd.Series) -> pd.Series:
 
 
 def active_times(events: pd.DataFrame, user_ids: pd.Index, act_cfg: dict[str, Any], time_kind: str) -> pd.DataFrame:
+    try:
+        ZoneInfo(act_cfg["timezone"])
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"profile.activity.timezone: unknown time zone {act_cfg['timezone']!r}") from exc
     out = pd.DataFrame(index=user_ids)
     if time_kind == "order":
         out["active_hour"] = pd.Series(pd.NA, index=user_ids, dtype="Int64")

@@ -142,6 +142,7 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
     info = {
         "has_prices": has_prices,
         "category_source": category_source,
+        "activity_timezone": pcfg["activity"]["timezone"],
         "price_proxy": price.PROXY if has_prices else None,
         "monetary": "net revenue (purchases - returns, floored at 0)" if has_prices else "null: no prices; m_score ranks purchased units",
         "preferred_channel": "from the data" if prof["preferred_channel"].notna().any() else "null: the data has no channel",

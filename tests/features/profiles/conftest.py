@@ -22,6 +22,6 @@ def pcfg():
     from omegaconf import OmegaConf
 
     cfg = compose_cfg(["paths.artifacts=/tmp/unused"])
-    return OmegaConf.to_container(cfg.profile, resolve=False)
+    return OmegaConf.to_container(cfg.profile, resolve=True)
 
 

@@ -43,3 +43,10 @@ def test_browsing_counts():
     assert out.loc[0, ["n_events", "n_views", "n_purchase_lines", "n_items", "n_categories"]].tolist() == [3, 2, 1, 2, 2]
     assert out.loc[0, "view_to_purchase"] == 2.0 and out.loc[1, "view_to_purchase"] == 1.0
     assert out.loc[2, "n_events"] == 0
+
+
+def test_unknown_time_zone_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="profile.activity.timezone"):
+        active_times(EV, pd.Index([0]), {"timezone": "Mars/Olympus"}, "timestamp")

@@ -93,6 +93,16 @@ def test_opted_out_users_keep_their_profile(tmp_path, pcfg):
     assert tables.consent.source == "input"
 
 
+def test_unchanged_inputs_are_not_recomputed(toy_run):
+    result, root = toy_run
+    before = (result.out_dir / "manifest.json").stat().st_mtime_ns
+    again = run(compose_cfg(["data.name=toy", f"paths.artifacts={root}", "profile.report.dpi=40"]))
+    assert again.skipped and again.n_users == result.n_users
+    assert (result.out_dir / "manifest.json").stat().st_mtime_ns == before
+    changed = run(compose_cfg(["data.name=toy", f"paths.artifacts={root}", "profile.report.dpi=40", "profile.segments.k_max=4"]))
+    assert not changed.skipped and changed.manifest["notes"]["segments"]["k"] <= 4
+
+
 def test_bad_config_fails_before_writing(tmp_path):
     write_processed(tmp_path, "toy", make_toy(n_users=40))
     cfg = compose_cfg(["data.name=toy", f"paths.artifacts={tmp_path}", "profile.lifecycle.active_days=500"])
