@@ -16,10 +16,11 @@ import pathlib
 import time
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from features.schema import EVENT_TYPES
@@ -164,14 +165,17 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
                             time.perf_counter() - t0)
         return response
 
-    def require_key(request: Request) -> str:
+    api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False,
+                                  description="API key (or `Authorization: Bearer <key>`)")
+
+    def require_key(request: Request, _key: str | None = Security(api_key_scheme)) -> str:
         try:
             return service.auth.check(key_from_headers(request.headers))
         except AuthError as e:
             headers = {"Retry-After": str(max(1, round(e.retry_after)))} if e.retry_after else None
             raise HTTPException(e.status, e.message, headers=headers) from None
 
-    def require_admin(request: Request) -> str:
+    def require_admin(request: Request, _key: str | None = Security(api_key_scheme)) -> str:
         try:
             return service.auth.check(key_from_headers(request.headers), admin=True)
         except AuthError as e:
