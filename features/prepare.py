@@ -193,12 +193,19 @@ def _write(table: pd.DataFrame | pa.Table, path: Path, schema: pa.Schema | None 
                    write_statistics=True)
 
 
-def write_all(jobs: list[tuple[pa.Table | pd.DataFrame, Path, pa.Schema | None]], threads: int = 2) -> None:
-    """Write several tables at once (Arrow releases the GIL while encoding)."""
+def write_all(jobs: list[tuple[Any, Path, pa.Schema | None]], threads: int = 2) -> None:
+    """Write several tables at once (Arrow releases the GIL while encoding).
+
+    A job's table may be a callable that builds it, so that only ``threads`` large tables (e.g.
+    split parts) exist at a time.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
+    def one(t: Any, p: Path, s: pa.Schema | None) -> None:
+        _write(t() if callable(t) else t, p, s)
+
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for fut in [pool.submit(_write, t, p, s) for t, p, s in jobs]:
+        for fut in [pool.submit(one, t, p, s) for t, p, s in jobs]:
             fut.result()
 
 
@@ -272,6 +279,7 @@ def run(cfg: Any) -> PrepareResult:
     ledger = Ledger(raw.files)
     stats = input_stats(raw)
     df = clean(raw, data_cfg, ledger)
+    raw.frame = pd.DataFrame()  # the uncleaned rows are no longer needed (peak memory)
     key, key_source = pseudo_key()
     ev_table, events, order, users_idx, items_idx = build_events(df)
     order_attrs = _sorted_like(df, order)
@@ -279,6 +287,8 @@ def run(cfg: Any) -> PrepareResult:
     user_attrs = {c: order_attrs[c] for c in raw.user_attributes if c in order_attrs}
     items = build_items(events, item_attrs, items_idx, raw.items)
     users = build_users(events, user_attrs, users_idx, raw.users, key)
+    n_orders = int(df["order_id"].nunique()) if "order_id" in df.columns and df["order_id"].notna().any() else None
+    del df, order_attrs, item_attrs, user_attrs  # free the cleaned rows before writing (peak memory)
     quarantine = ledger.table()
     splits = make_splits(events, data_cfg.get("splits"), raw.time_kind)
 
@@ -294,7 +304,7 @@ def run(cfg: Any) -> PrepareResult:
         for sp in splits:
             (tmp / "splits" / sp.kind).mkdir(parents=True)
             for part, rows in sp.rows.items():
-                jobs.append((ev_table.take(pa.array(rows)), tmp / "splits" / sp.kind / f"{part}.parquet", None))
+                jobs.append((lambda r=rows: ev_table.take(pa.array(r)), tmp / "splits" / sp.kind / f"{part}.parquet", None))
         if raw.tables:
             (tmp / "tables").mkdir()
         for name, table in raw.tables.items():
@@ -317,7 +327,7 @@ def run(cfg: Any) -> PrepareResult:
             "n_dropped": n_dropped,
             "n_users": int(len(users)),
             "n_items": int(len(items)),
-            "n_orders": int(df["order_id"].nunique()) if "order_id" in df.columns and df["order_id"].notna().any() else None,
+            "n_orders": n_orders,
             "event_counts": {k: int(v) for k, v in events["event"].value_counts().sort_index().items()},
             "time_range": [ts.min().isoformat(), ts.max().isoformat()] if len(ts) else None,
             "quarantine_by_reason": {k: int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
