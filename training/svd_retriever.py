@@ -1,0 +1,93 @@
+"""A quick fallback retriever in bundle shape: ``python -m training.svd_retriever model=ranker data=online_retail``.
+
+Item embeddings = truncated SVD of the temporal-train user x item purchase matrix (log1p counts),
+``V * sqrt(S)``; the "encoder" (``encoder.onnx``, same contract as a real bundle's) mean-pools the
+embeddings of the user's history, so a user's score of item i is the mean co-occurrence-space
+similarity of i to what the user bought. It exists so the ranker can be trained and measured on real
+data without a trained neural retriever; a bundle from ``training.export`` is the real thing.
+
+Writes ``${paths.artifacts}/retrievers/<data>-svd/`` (``item_embeddings.npy``, ``items.parquet``,
+``encoder.onnx``, ``manifest.json``); it does not touch ``${paths.bundles}/LATEST``. Settings:
+``model.svd_retriever.{dim,max_len}`` in ``conf/model/ranker.yaml``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from scipy import sparse
+from scipy.sparse.linalg import svds
+
+from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.processed import load_items, load_split, processed_dir
+
+log = logging.getLogger(__name__)
+
+
+class MeanPoolEncoder(torch.nn.Module):
+    """``item_seq`` [B, L] (item_id + 1, 0 = padding) -> mean of the items' embeddings [B, dim]."""
+
+    def __init__(self, emb: np.ndarray):
+        super().__init__()
+        table = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
+        self.table = torch.nn.Parameter(torch.from_numpy(table), requires_grad=False)
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        e = self.table[item_seq]
+        mask = (item_seq > 0).float().unsqueeze(-1)
+        return (e * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def run(cfg: DictConfig) -> Path:
+    if "svd_retriever" not in cfg.model:
+        raise ValueError(f"model={cfg.model.get('name')}: has no svd_retriever settings; run with model=ranker")
+    dim, max_len = int(cfg.model.svd_retriever.dim), int(cfg.model.svd_retriever.max_len)
+    pdir = processed_dir(cfg)
+    train = load_split(pdir, "temporal", "train", columns=["user_id", "item_id", "event"])
+    items = load_items(pdir)
+    n_items, n_users = len(items), int(train["user_id"].max()) + 1
+    if dim >= min(n_items, n_users):
+        raise ValueError(f"model.svd_retriever.dim={dim}: must be smaller than the catalogue ({n_items}) and the user count ({n_users})")
+    p = train[train["event"] == "purchase"]
+    X = sparse.csr_matrix((np.ones(len(p)), (p["user_id"], p["item_id"])), shape=(n_users, n_items))
+    X.data = np.log1p(X.data)
+    _, S, Vt = svds(X.astype(np.float64), k=dim, random_state=int(cfg.seed))
+    emb = (Vt.T * np.sqrt(S)).astype(np.float32)
+    out = Path(str(cfg.paths.artifacts)) / "retrievers" / f"{cfg.data.name}-svd"
+    with atomic_dir(out) as tmp:
+        np.save(tmp / "item_embeddings.npy", emb)
+        pop = np.bincount(p["item_id"], minlength=n_items)
+        pd.DataFrame({"item_id": items["item_id"], "item_key": items["item_key"], "category": items["category"],
+                      "price": items["price_median"], "popularity": pop, "available": True}).to_parquet(tmp / "items.parquet")
+        torch.onnx.export(MeanPoolEncoder(emb).eval(), (torch.ones(2, max_len, dtype=torch.int64),), str(tmp / "encoder.onnx"),
+                          input_names=["item_seq"], output_names=["user_emb"], dynamo=False,
+                          dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
+        write_json(tmp / "manifest.json", {
+            "schema_version": 1, "name": out.name, "data": str(cfg.data.name), "model": "svd_meanpool", "dim": dim,
+            "n_items": n_items, "max_len": max_len, "encoder_inputs": [{"name": "item_seq", "dtype": "int64"}],
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "code_version": code_version(),
+            "device": "cpu", "input_hashes": {"processed_manifest": file_sha256(pdir / "manifest.json")},
+            "files": {f.name: file_sha256(f) for f in sorted(tmp.iterdir())},
+        })
+    log.info("SVD retriever (dim %d) over %d items -> %s", dim, n_items, out)
+    return out
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        print(run(cfg))
+    except ValueError as e:
+        print(f"svd_retriever: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
