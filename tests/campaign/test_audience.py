@@ -1,0 +1,165 @@
+"""The audience pipeline on synthetic profiles: consent, control group, budget, channel, time, offer."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.audience import (AUDIENCE_COLUMNS, budget_cut, build_audience, model_scorer, send_hours,
+                              stratified_control)
+from tests.campaign.conftest import tiny_model
+
+
+def _with(c, **sections):
+    """A copy of campaign ``c`` with some fields of some sections replaced."""
+    return dataclasses.replace(c, **{k: dataclasses.replace(getattr(c, k), **v) for k, v in sections.items()})
+
+
+def score_by_column(col):
+    return lambda frame: frame[col].to_numpy(dtype=np.float32)
+
+
+def test_opted_out_users_never_appear_even_with_top_scores(profiles, campaign):
+    p = profiles.copy()
+    p["hot"] = np.random.default_rng(0).random(len(p))
+    # the users who would score highest are opted out of every channel of the campaign
+    top = p["hot"].rank(ascending=False) <= 2000
+    for ch in campaign.channels.order:
+        p.loc[top, f"opted_out_{ch}"] = True
+    p.loc[top, "hot"] += 10.0
+    res = build_audience(p, _with(campaign, budget={"max_users": 5000}), score_by_column("hot"))
+    keys = set(res.audience["user_key"].astype(str))
+    assert keys and not keys & set(p.loc[top, "user_key"].astype(str))
+    # and a channel is only ever one the user consented to
+    merged = res.audience.merge(p[["user_key", *[f"opted_out_{c}" for c in ("email", "sms", "push")]]], on="user_key")
+    for ch in ("email", "sms", "push"):
+        assert not merged.loc[merged["channel"] == ch, f"opted_out_{ch}"].any()
+
+
+def test_unknown_consent_counts_as_opted_out(profiles, campaign):
+    p = profiles.copy()
+    p["opted_out_email"] = p["opted_out_email"].astype("boolean")
+    p["opted_out_push"] = p["opted_out_push"].astype("boolean")
+    p.loc[:99, ["opted_out_email", "opted_out_push"]] = pd.NA
+    p["hot"] = 0.0
+    p.loc[:99, "hot"] = 1.0
+    res = build_audience(p, campaign, score_by_column("hot"))
+    assert not set(res.audience["user_key"].astype(str)) & set(p.loc[:99, "user_key"].astype(str))
+
+
+def test_steps_columns_groups_and_order(profiles, campaign):
+    model = tiny_model(campaign.model.features)
+    res = build_audience(profiles, campaign, model_scorer(model, "cpu", 4096))
+    a = res.audience
+    assert tuple(a.columns) == AUDIENCE_COLUMNS
+    counts = [s["users"] for s in res.steps[: [s["step"] for s in res.steps].index("budget") + 1]]
+    assert counts[0] == len(profiles) and all(x >= y for x, y in zip(counts, counts[1:]))
+    assert res.counts["treatment"] == (a["group"] == "treatment").sum() <= campaign.budget.max_users
+    assert res.counts["treatment"] + res.counts["control"] == len(a)
+    assert (np.diff(a["score"].to_numpy()) <= 1e-7).all()                # best first
+    eligible = profiles.set_index("user_key").loc[a["user_key"].astype(str)]
+    assert eligible["lifecycle"].isin(campaign.eligibility.lifecycle).all()
+    assert (eligible["frequency"] >= campaign.eligibility.min_frequency).all()
+    assert a["user_key"].is_unique
+
+
+def test_control_group_is_stratified_and_seeded():
+    strata = np.repeat(np.arange(5), [1000, 500, 200, 37, 3])
+    m1 = stratified_control(strata, 0.2, seed=3)
+    m2 = stratified_control(strata, 0.2, seed=3)
+    m3 = stratified_control(strata, 0.2, seed=4)
+    assert (m1 == m2).all() and (m1 != m3).any()
+    for s, n in zip(range(5), [1000, 500, 200, 37, 3]):
+        assert m1[strata == s].sum() == int(np.floor(n * 0.2 + 0.5))
+
+
+def test_budget_counts_treated_users_and_cost():
+    score = np.linspace(1, 0, 100)
+    control = np.zeros(100, dtype=bool)
+    control[::5] = True                                  # 20 control users spread over the ranking
+    cost = np.full(100, 0.5)
+    idx = budget_cut(score, control, cost, max_users=40, max_cost=None)
+    assert (~control[idx]).sum() == 40 and (idx == np.arange(len(idx))).all()
+    idx = budget_cut(score, control, cost, max_users=None, max_cost=10.0)
+    assert (~control[idx]).sum() == 20 and cost[idx][~control[idx]].sum() <= 10.0
+    assert len(budget_cut(score, control, cost, 0, None)) <= 1   # a zero budget treats nobody
+
+
+def test_cost_budget_in_pipeline(profiles, campaign):
+    c = _with(campaign, budget={"max_users": None, "max_cost": 3.0})
+    res = build_audience(profiles, c, score_by_column("monetary"))
+    treated = res.audience[res.audience["group"] == "treatment"]
+    assert 0 < treated["cost"].sum() <= 3.0 + 1e-9
+    assert (res.audience.loc[res.audience["group"] == "control", "cost"] == 0).all()
+
+
+def test_channel_follows_consented_preference(profiles, campaign):
+    c = _with(campaign, channels={"order": ("email", "push", "sms"), "cost": {"email": 0.0, "push": 0.0, "sms": 0.0}},
+              budget={"max_users": None}, eligibility={"lifecycle": None, "min_recency_days": None,
+                                                       "max_recency_days": None, "min_frequency": None})
+    res = build_audience(profiles, c, score_by_column("monetary"))
+    m = res.audience.merge(profiles[["user_key", "preferred_channel", "opted_out_email", "opted_out_sms", "opted_out_push"]], on="user_key")
+    pref = m["preferred_channel"].astype("string")
+    consented_pref = np.zeros(len(m), dtype=bool)
+    for ch in ("email", "sms", "push"):
+        consented_pref |= (pref == ch).fillna(False).to_numpy(dtype=bool) & ~m[f"opted_out_{ch}"].to_numpy(dtype=bool)
+    assert (m.loc[consented_pref, "channel"].astype(str) == pref[consented_pref].astype(str)).all()
+    # without a consented preference: the first consented channel of the campaign's order
+    rest = m[~consented_pref]
+    expect = np.where(~rest["opted_out_email"], "email", np.where(~rest["opted_out_push"], "push", "sms"))
+    assert (rest["channel"].astype(str).to_numpy() == expect).all()
+
+
+def test_send_time_avoids_quiet_hours(campaign):
+    hours = pd.Series([0, 5, 7, 8, 12, 20, 21, 23, None], dtype="Int64")
+    out = send_hours(hours, campaign)                      # quiet 21 -> 8
+    assert out.tolist() == [8, 8, 8, 8, 12, 20, 8, 8, campaign.send_time.default_hour]
+    daytime_quiet = _with(campaign, send_time={"quiet_start": 12, "quiet_end": 14})
+    assert send_hours(pd.Series([11, 12, 13, 14]), daytime_quiet).tolist() == [11, 14, 14, 14]
+
+
+def test_send_at_and_offer_in_audience(profiles, campaign):
+    res = build_audience(profiles, campaign, score_by_column("monetary"))
+    a = res.audience.merge(profiles[["user_key", "price_sensitivity"]], on="user_key")
+    h = a["send_at"].dt.hour
+    assert not ((h >= 21) | (h < 8)).any()
+    assert (a["send_at"].dt.normalize() == pd.Timestamp(res.send_date, tz="UTC")).all()
+    ps = a["price_sensitivity"]
+    assert np.allclose(a.loc[ps <= 0.3, "offer"], 0.05)
+    assert np.allclose(a.loc[(ps > 0.3) & (ps <= 0.6), "offer"], 0.10)
+    assert np.allclose(a.loc[ps > 0.6, "offer"], 0.15)
+    assert np.allclose(a.loc[ps.isna(), "offer"], campaign.offer.default_discount)
+    assert ps.isna().any() and (ps <= 0.3).any() and (ps > 0.6).any()
+
+
+def test_frequency_cap_and_churn_exclusions(profiles, campaign):
+    capped = set(profiles["user_key"].astype(str)[:5000])
+    res = build_audience(profiles, campaign, score_by_column("monetary"), recent_contacts=capped)
+    assert "exclusions.frequency_cap" in res.counts
+    assert not set(res.audience["user_key"].astype(str)) & capped
+
+
+def test_missing_profile_column_is_named(profiles, campaign):
+    with pytest.raises(ValueError, match="opted_out_sms"):
+        build_audience(profiles.drop(columns=["opted_out_sms"]), campaign, score_by_column("monetary"))
+
+
+def test_no_clear_text_ids_in_audience(profiles, campaign):
+    res = build_audience(profiles, campaign, score_by_column("monetary"))
+    assert not {"user_id", "customer_id", "email", "name"} & set(res.audience.columns)
+
+
+def test_gpu_scoring_matches_cpu_when_present(profiles, campaign):
+    import torch
+
+    model = tiny_model(campaign.model.features)
+    x = model.feature_matrix(profiles.iloc[:5000])
+    cpu = model.score_matrix(x, device="cpu", batch_size=777)
+    assert cpu.shape == (5000,) and np.isfinite(cpu).all()
+    assert np.allclose(cpu, model.score_matrix(x, device="cpu", batch_size=100_000), atol=1e-6)
+    auto = model.score_matrix(x, device="auto", batch_size=1000)        # CUDA when present, else the CPU fallback
+    assert np.allclose(cpu, auto, atol=1e-4)
+    if not torch.cuda.is_available():
+        assert np.allclose(cpu, model.score_matrix(x, device="cuda"), atol=1e-6)  # falls back to the CPU

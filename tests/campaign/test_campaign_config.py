@@ -1,0 +1,93 @@
+"""Campaign YAML validation: every shipped campaign parses; bad input fails naming the field."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from serving.campaign_config import CampaignConfigError, parse_campaign
+from tests.campaign.conftest import REPO, make_cfg
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "campaign").glob("[!_]*.yaml")))
+def test_shipped_campaigns_parse(name):
+    from serving.campaign_config import from_hydra
+
+    c = from_hydra(make_cfg(f"campaign={name}").campaign)
+    assert c.id == name and c.model.features and c.channels.order
+    assert c.job.out_dir.endswith(f"campaigns/{name}")
+
+
+def _bad(raw, path, value):
+    raw = copy.deepcopy(raw)
+    node = raw
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path,value,field,words", [
+    ("budget.max_users", -5, "budget.max_users", "negative"),
+    ("budget.max_cost", -0.5, "budget.max_cost", "negative"),
+    ("eligibility.min_recency_days", 400, "eligibility.min_recency_days", "no user can match"),
+    ("eligibility.lifecycle", ["active", "zombie"], "eligibility.lifecycle", "zombie"),
+    ("eligibility.lifecycle", [], "eligibility.lifecycle", "nobody"),
+    ("control.fraction", 1.0, "control.fraction", "[0, 1)"),
+    ("channels.order", ["email", "fax"], "channels.order", "fax"),
+    ("channels.order", ["email", "sms"], "channels.cost", "sms"),
+    ("send_time.quiet_start", 24, "send_time.quiet_start", "0-23"),
+    ("offer.tiers", [{"max_price_sensitivity": 0.5, "discount": 0.1}], "offer.tiers", "1.0"),
+    ("budget.max_users", "many", "budget.max_users", "integer"),
+    ("exclusions.opted_out", False, "exclusions.opted_out", "never contacted"),
+    ("exclusions.bought_category_within_days", 30, "exclusions.bought_category_within_days", "objective.category"),
+    ("model.log_features", ["clv", "age"], "model.log_features", "age"),
+])
+def test_bad_values_name_the_field(campaign_raw, path, value, field, words):
+    with pytest.raises(CampaignConfigError) as e:
+        parse_campaign(_bad(campaign_raw, path, value))
+    assert e.value.field == field
+    assert f"campaign.{field}" in str(e.value) and words in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["", "eligibility.", "offer.tiers.0.", "channels."])
+def test_unknown_field_is_rejected(campaign_raw, where):
+    raw = copy.deepcopy(campaign_raw)
+    node = raw
+    for k in [k for k in where.split(".") if k]:
+        node = node[int(k)] if k.isdigit() else node[k]
+    if isinstance(node, dict) and "cost" in node and where == "channels.":
+        node["costs"] = {"email": 1}          # a typo of an existing field
+        expect = "channels.costs"
+    else:
+        node["max_user"] = 10
+        expect = ("offer.tiers[0]." if where == "offer.tiers.0." else where) + "max_user"
+    with pytest.raises(CampaignConfigError, match="unknown field") as e:
+        parse_campaign(raw)
+    assert e.value.field == expect
+
+
+def test_bad_campaign_fails_before_any_scoring(tmp_path, monkeypatch):
+    """build_audience.run validates first: a negative budget fails even though no profiles exist."""
+    from tests.campaign import scripts_loader
+
+    build = scripts_loader.load("build_audience")
+    called = []
+    monkeypatch.setattr(build, "load_profiles", lambda *a, **k: called.append(1))
+    cfg = make_cfg("campaign=winback", "campaign.budget.max_users=-1", f"paths.artifacts={tmp_path}")
+    with pytest.raises(CampaignConfigError, match="budget.max_users"):
+        build.run(cfg)
+    assert not called
+
+
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "build_audience.py"), "campaign=winback",
+                        "+campaign.eligibility.favourite_colour=blue", f"paths.artifacts={tmp_path}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert "campaign.eligibility.favourite_colour: unknown field" in r.stderr
+    assert not (tmp_path / "campaigns").exists()
