@@ -118,3 +118,22 @@ def test_bad_settings_fail_naming_them(tmp_path):
         train_ranker(ranker_cfg(tmp_path / "art", bundle))
     with pytest.raises(RankerSetupError, match="model.n_candidates"):
         train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.n_candidates=3"))
+
+
+def test_svd_retriever_writes_a_bundle_shaped_folder(tmp_path):
+    import onnxruntime as ort
+
+    from training.svd_retriever import run as svd_run
+
+    write_processed(tmp_path / "art")
+    pd.DataFrame({"item_id": np.arange(N_ITEMS), "item_key": [f"k{i}" for i in range(N_ITEMS)], "category": None,
+                  "price_median": 2.0}).to_parquet(tmp_path / "art" / "processed" / "toyshop" / "items.parquet")
+    cfg = ranker_cfg(tmp_path / "art", tmp_path, "model.svd_retriever.dim=8", "model.svd_retriever.max_len=10")
+    out = svd_run(cfg)
+    emb = np.load(out / "item_embeddings.npy")
+    assert emb.shape == (N_ITEMS, 8) and np.isfinite(emb).all()
+    sess = ort.InferenceSession(str(out / "encoder.onnx"))
+    seq = np.array([[0] * 8 + [3, 5]], np.int64)  # items 2 and 4
+    np.testing.assert_allclose(sess.run(None, {"item_seq": seq})[0][0], emb[[2, 4]].mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model.svd_retriever.dim"):
+        svd_run(ranker_cfg(tmp_path / "art", tmp_path, "model.svd_retriever.dim=500"))
