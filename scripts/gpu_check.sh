@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One short run on a CUDA machine that exercises the GPU paths and prints their figures:
-#   1. exact retrieval with torch on the GPU (fp16/bf16 vs CPU fp32), ranker forward on CUDA, ORT provider
+#   1. exact retrieval with torch on the GPU (fp16/bf16 vs CPU fp32), ranker forward on CUDA, ORT provider,
+#      and the serving path in-process on a 1M-item catalogue (scripts/bench_serve_gpu.py)
 #   2. audience scoring of 10M synthetic users on the GPU (goal <= 60 s)
 #   3. SASRec training with the shipped defaults (bf16-mixed), GPU full-ranking evaluation, Toys + Sports
 #
@@ -17,15 +18,19 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
 if [ "${GPU_CHECK_SMOKE:-0}" = "1" ]; then
-  SIZES=20000; USERS=200000; TRAINER="trainer=cpu trainer.max_epochs=1 trainer.max_users=200"; DEV=cpu
+  SIZES=20000; USERS=200000; SERVE_ITEMS=20000; TRAINER="trainer=cpu trainer.max_epochs=1 trainer.max_users=200"; DEV=cpu
 else
-  SIZES=100000,1000000; USERS=10000000; TRAINER="trainer=gpu trainer.max_time=${TRAIN_MAX_TIME:-200}"; DEV=cuda
+  SIZES=100000,1000000; USERS=10000000; SERVE_ITEMS=1000000; TRAINER="trainer=gpu trainer.max_time=${TRAIN_MAX_TIME:-200}"; DEV=cuda
 fi
 "$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
 echo "[gpu_check] 1/3 retrieval + ranker"
 "$PY" scripts/gpu_check_retrieval.py --sizes "$SIZES" > "$OUT/retrieval.log" 2>&1 || echo "[gpu_check] retrieval FAILED"
 grep -v -i warn "$OUT/retrieval.log" | tail -n 25
+
+echo "[gpu_check] 1b serving path in-process (encoder -> exact GPU retrieval -> ranker -> rules), $SERVE_ITEMS items"
+"$PY" scripts/bench_serve_gpu.py --n-items "$SERVE_ITEMS" --requests 2000 > "$OUT/serve_path.log" 2>&1 || echo "[gpu_check] serve path FAILED"
+grep -v -i warn "$OUT/serve_path.log" | tail -n 12
 
 echo "[gpu_check] 2/3 audience scoring, $USERS users on $DEV"
 "$PY" scripts/bench_audience.py --device "$DEV" --users "$USERS" --repeats 2 > "$OUT/audience.log" 2>&1 || echo "[gpu_check] audience FAILED"
@@ -50,7 +55,7 @@ for d in ("amazon_toys", "amazon_sports"):
         m = json.loads(f.read_text())
         res[d] = {k: m.get(k) for k in ("valid/ndcg@10", "test/ndcg@10", "test/hr@10", "test/ndcg@20", "test/mrr",
                                          "best_epoch", "epochs", "time_to_best_s", "train_time_s", "device")}
-for name in ("retrieval", "audience"):
+for name in ("retrieval", "serve_path", "audience"):
     lines = (out / f"{name}.log").read_text().strip().splitlines() if (out / f"{name}.log").exists() else []
     try:
         res[name] = json.loads(lines[-1])
