@@ -13,9 +13,11 @@ def days_between(earlier: pd.Series, later: pd.Timestamp) -> pd.Series:
 
 
 def quintile_score(values: pd.Series, higher_is_better: bool = True) -> pd.Series:
-    """Score 1-5 by percentile rank (ties share a score; 5 = best fifth). NaN values score 1."""
-    ranked = values.rank(method="average", pct=True, ascending=higher_is_better)
-    score = np.ceil(ranked.to_numpy(dtype=float) * 5)
+    """Score 1-5 from the share of users strictly worse (5 = best fifth). Ties share a score, and the
+    worst tie group always scores 1 (many one-order customers must not all land in 2). NaN scores 1."""
+    n = values.notna().sum()
+    below = values.rank(method="min", ascending=higher_is_better).to_numpy(dtype=float) - 1
+    score = np.floor(5 * below / max(n, 1)) + 1
     score = np.where(np.isnan(score), 1, np.clip(score, 1, 5))
     return pd.Series(score.astype("int64"), index=values.index)
 

@@ -43,6 +43,7 @@ def plot_segment_sizes(segments: pd.DataFrame, path: Path, dpi: int) -> None:
 
 
 def plot_segment_profiles(segments: pd.DataFrame, path: Path, dpi: int) -> None:
+    segments = segments[segments["size"] > 0]
     # Features that do not vary in this data (e.g. views in a purchase log) would only add blank columns.
     zcols = [c for c in segments.columns if c.startswith("z_") and segments[c].fillna(0).abs().max() > 1e-9]
     m = segments[zcols].to_numpy(dtype="float64")

@@ -93,8 +93,10 @@ def test_opted_out_users_keep_their_profile(tmp_path, pcfg):
     assert tables.consent.source == "input"
 
 
-def test_unchanged_inputs_are_not_recomputed(toy_run):
+def test_unchanged_inputs_are_not_recomputed(toy_run, monkeypatch):
     result, root = toy_run
+    # Other commits may land in this checkout meanwhile: pin the code version to the first run's.
+    monkeypatch.setattr("features.profile.code_version", lambda: result.manifest["code_version"])
     before = (result.out_dir / "manifest.json").stat().st_mtime_ns
     again = run(compose_cfg(["data.name=toy", f"paths.artifacts={root}", "profile.report.dpi=40"]))
     assert again.skipped and again.n_users == result.n_users
