@@ -54,7 +54,7 @@ class IndexSettings:
     backend: str  # faiss | torch_exact
     factory: str | None = None  # FAISS index_factory string, e.g. "HNSW32,Flat"
     search_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"nprobe": 32} or {"efSearch": 256}
-    filter: str = "overfetch"  # overfetch | selector
+    filter: str = "selector"  # selector | overfetch
     overfetch: int = 4  # fetch k * overfetch (+ the largest exclude set) before filtering
     train_size: int | None = None  # vectors used to train IVF/PQ (null = all)
     use_gpu: bool = True  # move FAISS to the GPU when faiss.get_num_gpus() > 0 / torch CUDA for exact
@@ -359,32 +359,40 @@ class FaissIndex(CandidateIndex):
                 keep.append(notsel)
         return sel, keep
 
-    def _params(self, sel):
+    def _params(self, sel, allowed_fraction: float = 1.0):
+        """Search parameters carrying the selector. With a restrictive ``allowed`` mask the search
+        widens (nprobe / efSearch divided by the allowed fraction, capped): otherwise the probed
+        neighbourhood of the query may hold few allowed items and recall against filtered exact
+        search drops."""
         import faiss
 
+        boost = 1.0 / max(allowed_fraction, 1e-3)
         base = faiss.downcast_index(self.index)
         if isinstance(base, faiss.IndexPreTransform):
             base = faiss.downcast_index(base.index)
-        if "nprobe" in self.search_params or isinstance(base, faiss.IndexIVF):
-            return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.search_params.get("nprobe", getattr(base, "nprobe", 1))))
+        if isinstance(base, faiss.IndexIVF):
+            nprobe = int(self.search_params.get("nprobe", base.nprobe))
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(min(base.nlist, np.ceil(nprobe * boost))))
         if isinstance(base, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.search_params.get("efSearch", base.hnsw.efSearch)))
+            ef = int(self.search_params.get("efSearch", base.hnsw.efSearch))
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(min(self.n_items, np.ceil(ef * boost))))
         return faiss.SearchParameters(sel=sel)
 
     def _search_selector(self, q, k, exclude, allowed, rows):
         rows = list(rows)
         kk = min(k, self.n_items)
         allowed_bits = None if allowed is None else np.packbits(allowed, bitorder="little")
+        frac = 1.0 if allowed is None else float(allowed.mean())
         out_s = np.full((len(rows), kk), -np.inf, np.float32)
         out_r = np.full((len(rows), kk), -1, np.int64)
         if exclude is None:  # one selector for the whole batch
             sel, _keep = self._selector(None, allowed_bits)
-            s, r = self.index.search(q[rows], kk, params=self._params(sel))
+            s, r = self.index.search(q[rows], kk, params=self._params(sel, frac))
             out_s[:], out_r[:] = s, r
         else:
             for n, j in enumerate(rows):
                 sel, _keep = self._selector(self._excluded_rows(exclude[j]), allowed_bits)
-                s, r = self.index.search(q[j:j + 1], kk, params=self._params(sel))
+                s, r = self.index.search(q[j:j + 1], kk, params=self._params(sel, frac))
                 out_s[n], out_r[n] = s[0], r[0]
         return _pad(out_s, self._rows_to_ids(out_r), k)
 
