@@ -152,6 +152,8 @@ class SASRecEncoder(nn.Module):
     def __init__(self, model: SASRec) -> None:
         super().__init__()
         self.model = model
+        with torch.no_grad():   # the item table is a constant at inference: computed once, not per call
+            self.register_buffer("table", model.item_table().detach().clone())
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(item_seq)
+        return self.model(item_seq, self.table)[:, -1, :]

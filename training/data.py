@@ -97,10 +97,13 @@ def _eval_set(history: pd.DataFrame, held_out: pd.DataFrame, max_len: int) -> Ev
     )
 
 
-def item_attribute_matrix(items: pd.DataFrame, n_items: int) -> tuple[torch.Tensor, int]:
-    """``[n_items + 1, A]`` attribute ids + 1 per item index (0 = none) and the attribute vocabulary size."""
+def item_attribute_matrix(items: pd.DataFrame, n_items: int, max_attributes: int = 8) -> tuple[torch.Tensor, int]:
+    """``[n_items + 1, A]`` attribute ids + 1 per item index (0 = none) and the attribute vocabulary size.
+
+    At most ``max_attributes`` per item (the first ones listed) so that the padded matrix stays small.
+    """
     attrs = items.set_index("item_id")["attributes"].reindex(range(n_items))
-    lists = [list(a) if a is not None and not (isinstance(a, float)) else [] for a in attrs]
+    lists = [list(a)[:max_attributes] if a is not None and not (isinstance(a, float)) else [] for a in attrs]
     width = max((len(a) for a in lists), default=0)
     mat = np.zeros((n_items + 1, max(width, 1)), dtype=np.int64)
     for i, a in enumerate(lists):
@@ -135,7 +138,7 @@ class SequenceData:
 
 
 def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attributes: bool = False,
-                       max_users: int | None = None) -> SequenceData:
+                       max_users: int | None = None, max_attributes: int = 8) -> SequenceData:
     """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs)."""
     if max_len <= 0:
         raise ValueError(f"model.max_len must be > 0, got {max_len}")
@@ -157,7 +160,7 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     pop = np.bincount(ti + 1, minlength=n_items + 1).astype(np.float32)
     attrs, n_attr = None, 0
     if use_attributes:
-        attrs, n_attr = item_attribute_matrix(items, n_items)
+        attrs, n_attr = item_attribute_matrix(items, n_items, max_attributes)
         if n_attr == 0:
             raise ValueError(
                 f"model.use_attributes=true but the items of {pdir.name} have no attributes "

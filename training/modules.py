@@ -55,13 +55,35 @@ class RetrievalModule(pl.LightningModule):
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch, self.global_rank, self.trainer.world_size)
 
+    # NaN guard. Checking a GPU value stalls the CPU until the GPU has caught up, so on the GPU the flag
+    # is accumulated on the device and read every `nan_check_every` steps and always before validation,
+    # i.e. before any checkpoint of the epoch is written: a NaN never reaches a saved checkpoint.
+    nan_check_every: int = 1
+
+    def _check_finite(self) -> None:
+        flag = getattr(self, "_nonfinite", None)
+        if flag is not None and bool(flag):
+            raise NonFiniteLossError(
+                f"training loss became NaN/inf in epoch {self.current_epoch} (by step {self.global_step}); "
+                f"try a lower model.lr or trainer.precision=32-true; the last good checkpoint is kept"
+            )
+
+    def on_validation_epoch_start(self) -> None:
+        self._check_finite()
+        self._acc = self._new_acc(sampled=False)
+        with torch.no_grad():
+            self._items = self.item_embeddings()
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
-                f"(try a lower model.lr or trainer.precision=32-true); the last good checkpoint is kept"
-            )
+        bad = ~torch.isfinite(loss.detach())
+        flag = getattr(self, "_nonfinite", None)
+        self._nonfinite = bad if flag is None else flag | bad
+        if (batch_idx + 1) % max(1, int(self.nan_check_every)) == 0:
+            self._check_finite()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(next(iter(batch.values()))))
         return loss
 
@@ -74,10 +96,11 @@ class RetrievalModule(pl.LightningModule):
             (no_decay if p.ndim < 2 or "norm" in name or name.endswith("bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
         betas = tuple(float(b) for b in o.get("betas", (0.9, 0.999)))
+        fused = self.device.type == "cuda"          # one kernel per step for all parameters
         if o["optimizer"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=betas)
+            opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=betas, fused=fused)
         elif o["optimizer"] == "adam":
-            opt = torch.optim.Adam(groups, lr=float(o["lr"]), betas=betas)
+            opt = torch.optim.Adam(groups, lr=float(o["lr"]), betas=betas, fused=fused)
         else:
             raise ValueError(f"model.optimizer must be 'adam' or 'adamw', got {o['optimizer']!r}")
         warmup = int(o.get("warmup_steps", 0))
@@ -119,11 +142,6 @@ class RetrievalModule(pl.LightningModule):
             rows, cols = split.history_mask_coords(batch["start"], batch["stop"])
             mask_history(scores, rows, cols - 1, targets)
         self._acc.update(scores, targets)
-
-    def on_validation_epoch_start(self) -> None:
-        self._acc = self._new_acc(sampled=False)
-        with torch.no_grad():
-            self._items = self.item_embeddings()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.trainer.datamodule.data.valid)
@@ -180,11 +198,15 @@ class SASRecModule(RetrievalModule):
         inputs, targets = seqs[:, :-1], seqs[:, 1:]
         table = self.net.item_table()
         hidden = self.net(inputs, table)
-        keep = targets > 0
-        h, t = hidden[keep], targets[keep]
         out_table = table if self.net.out_emb is None else self.net.output_table()
         kind = self.loss_cfg["type"]
         smoothing = float(self.loss_cfg.get("label_smoothing", 0.0))
+        if kind == "full_ce" and seqs.is_cuda:
+            # every position, padding ignored: no data-dependent shapes, so no GPU->CPU sync per step
+            return full_softmax_ce(hidden.reshape(-1, hidden.shape[-1]), out_table, targets.reshape(-1), smoothing,
+                                   ignore_padding=True)
+        keep = targets > 0
+        h, t = hidden[keep], targets[keep]
         if kind == "full_ce":
             return full_softmax_ce(h, out_table, t, smoothing)
         if kind == "sampled_softmax":

@@ -106,7 +106,7 @@ def load_data(cfg: DictConfig, pdir: Path) -> tuple[SequenceData, dict]:
     items = load_items(pdir)
     attrs = use_attributes(cfg, items)
     data = load_sequence_data(pdir, int(cfg.model.max_len), str(cfg.trainer.eval.split), attrs,
-                              cfg.trainer.get("max_users"))
+                              cfg.trainer.get("max_users"), int(cfg.model.get("max_attributes", 8)))
     extra = {}
     if cfg.model.family == "two_tower":
         extra["price_bucket"], extra["n_price_buckets"] = price_buckets(items, data.n_items, int(cfg.model.price_buckets))

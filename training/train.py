@@ -149,12 +149,14 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
 
     data, extra = load_data(cfg, pdir)
     module = build_module(cfg, data, extra)
+    module.nan_check_every = int(cfg.trainer.nan_check_every_n_steps)
     dm = SequenceDataModule(data, int(cfg.model.batch_size), int(cfg.trainer.eval.batch_size), int(cfg.seed))
     t = cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-{epoch:03d}",
                            monitor="valid/ndcg@10", mode="max", save_top_k=1, save_last=True)
     history = EpochHistory()
-    callbacks = [ckpt, history, EarlyStopping(monitor="valid/ndcg@10", mode="max", patience=int(t.patience))]
+    early = EarlyStopping(monitor="valid/ndcg@10", mode="max", patience=int(t.patience))
+    callbacks = [ckpt, history, early]
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=t.devices if device == "cuda" else 1,
         strategy=t.strategy if device == "cuda" else "auto", precision=t.precision if device == "cuda" else "32-true",
@@ -196,7 +198,8 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         "epoch_time_s": train_time / max(epochs_run, 1),
         "sequences_per_s": data.info["train_sequences"] * epochs_run / max(train_time, 1e-9),
         "history": hist, "n_parameters": sum(p.numel() for p in module.parameters()),
-        "stopped_early": bool(trainer.should_stop and epochs_run < int(t.max_epochs)),
+        "stop_reason": ("early_stopping" if early.stopped_epoch > 0 else
+                        "max_epochs" if epochs_run >= int(t.max_epochs) else "max_time"),
     })
     return metrics
 

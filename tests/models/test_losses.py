@@ -76,3 +76,15 @@ def test_in_batch_softmax_with_random_negatives_adds_columns():
     loss = in_batch_softmax(u, i, torch.tensor([1]), None, rnd, uniform_log_q(1, 1))
     assert abs(loss.item() - math.log(2)) < 1e-5
     assert F.cross_entropy(torch.tensor([[1.0, 1.0]]), torch.tensor([0])).item() == loss.item()
+
+
+def test_full_ce_over_all_positions_ignoring_padding_equals_dropping_padding():
+    torch.manual_seed(0)
+    table = torch.randn(9, 4)
+    hidden = torch.randn(6, 4)
+    targets = torch.tensor([0, 3, 0, 8, 1, 0])
+    keep = targets > 0
+    for smoothing in (0.0, 0.1):
+        a = full_softmax_ce(hidden, table, targets, smoothing, ignore_padding=True)
+        b = full_softmax_ce(hidden[keep], table, targets[keep], smoothing)
+        assert torch.allclose(a, b, atol=1e-6)
