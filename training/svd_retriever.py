@@ -7,7 +7,7 @@ similarity of i to what the user bought. It exists so the ranker can be trained 
 data without a trained neural retriever; a bundle from ``training.export`` is the real thing.
 
 Writes ``${paths.artifacts}/retrievers/<data>-svd/`` (``item_embeddings.npy``, ``items.parquet``,
-``encoder.onnx``, ``manifest.json``); it does not touch ``${paths.bundles}/LATEST``. Settings:
+``users.parquet`` (pseudonymised keys, train-period history and purchases), ``encoder.onnx``, ``manifest.json``); it does not touch ``${paths.bundles}/LATEST``. Settings:
 ``model.svd_retriever.{dim,max_len}`` in ``conf/model/ranker.yaml``.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from scipy import sparse
 from scipy.sparse.linalg import svds
 
 from features.artifacts import atomic_dir, code_version, file_sha256, write_json
-from features.processed import load_items, load_split, processed_dir
+from features.processed import load_items, load_split, load_users, processed_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,21 @@ class MeanPoolEncoder(torch.nn.Module):
         return (e * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def _users_table(train: pd.DataFrame, users: pd.DataFrame, max_len: int) -> pd.DataFrame:
+    """The online store's initial state, as in a real bundle: history and purchases before the cut-off."""
+    p = train[train["event"] == "purchase"].sort_values(["user_id", "ts", "src_row"], kind="stable")
+    g = p.groupby("user_id", sort=True)
+    out = pd.DataFrame({"history": g["item_id"].agg(lambda s: s.to_numpy()[-max_len:].tolist()),
+                        "purchases": g["item_id"].agg(list), "purchase_ts": g["ts"].agg(list)}).reset_index()
+    return users[["user_id", "user_key"]].merge(out, on="user_id", how="inner")
+
+
 def run(cfg: DictConfig) -> Path:
     if "svd_retriever" not in cfg.model:
         raise ValueError(f"model={cfg.model.get('name')}: has no svd_retriever settings; run with model=ranker")
     dim, max_len = int(cfg.model.svd_retriever.dim), int(cfg.model.svd_retriever.max_len)
     pdir = processed_dir(cfg)
-    train = load_split(pdir, "temporal", "train", columns=["user_id", "item_id", "event"])
+    train = load_split(pdir, "temporal", "train", columns=["user_id", "item_id", "event", "ts", "src_row"])
     items = load_items(pdir)
     n_items, n_users = len(items), int(train["user_id"].max()) + 1
     if dim >= min(n_items, n_users):
@@ -66,6 +75,7 @@ def run(cfg: DictConfig) -> Path:
         pop = np.bincount(p["item_id"], minlength=n_items)
         pd.DataFrame({"item_id": items["item_id"], "item_key": items["item_key"], "category": items["category"],
                       "price": items["price_median"], "popularity": pop, "available": True}).to_parquet(tmp / "items.parquet")
+        _users_table(train, load_users(pdir), max_len).to_parquet(tmp / "users.parquet", index=False)
         torch.onnx.export(MeanPoolEncoder(emb).eval(), (torch.ones(2, max_len, dtype=torch.int64),), str(tmp / "encoder.onnx"),
                           input_names=["item_seq"], output_names=["user_emb"], dynamo=False,
                           dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
