@@ -277,6 +277,8 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             b = service.swap_to(target)
         except BundleError as e:
             raise HTTPException(409, f"bundle not swapped in: {e}") from None
+        if target is not None:  # the other replicas follow through their LATEST watcher
+            service.publish_latest(b)
         return {"bundle": b.name}
 
     if bool(cfg.http.debug_routes):

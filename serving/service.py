@@ -2,13 +2,16 @@
 
 ``Service`` loads the bundle in a background thread (``/readyz`` answers 503 until it is in), watches
 ``<bundles>/LATEST`` and hot-swaps a new bundle: the new one is loaded and warmed up completely on
-the side, then one reference assignment swaps it in. A request in flight keeps the recommender it
+the side, then one reference assignment swaps it in. ``POST /admin/reload {"bundle": NAME}`` swaps the
+replica that receives it at once and rewrites LATEST, so the other replicas follow within
+``serve.watch_interval_s``. A request in flight keeps the recommender it
 started with, so a swap never drops or fails a request; a bundle that fails to load is logged and
 counted, and the old one stays.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -132,6 +135,15 @@ class Service:
             except Exception as e:  # noqa: BLE001 - keep serving the old bundle
                 self.load_error = str(e)
                 log.error("new bundle %s not swapped in: %s", name, e)
+
+    def publish_latest(self, bundle: Bundle) -> None:
+        """Point ``<bundles>/LATEST`` at ``bundle`` (atomic rename), when it lives in the bundles folder."""
+        bundles = Path(self.cfg.bundles_dir)
+        if bundle.path.parent.resolve() != bundles.resolve():
+            return
+        tmp = bundles / f".LATEST.tmp-{os.getpid()}"
+        tmp.write_text(bundle.path.name + "\n")
+        os.replace(tmp, bundles / "LATEST")
 
     def stop(self) -> None:
         self._stop.set()

@@ -186,6 +186,7 @@ def test_admin_reload_and_hot_swap_without_failed_requests(make_client, artifact
     for t in threads:
         t.join()
     assert statuses and set(statuses) == {200} and bundles == {"b1", "b2"}
+    assert (artifacts / "bundles" / "LATEST").read_text().strip() == "b2"  # the other replicas follow
     r = c.post("/admin/reload", json={"bundle": "missing"}, headers={"X-API-Key": ADMIN_KEY})
     assert r.status_code == 409 and "missing" in r.json()["detail"]
     assert c.get("/readyz").json()["bundle"] == "b2"  # the old bundle stays after a failed swap
