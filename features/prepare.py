@@ -253,8 +253,10 @@ def fingerprint(data_cfg: Any) -> tuple[str, dict[str, str], dict]:
         if not p.exists():
             raise DataConfigError(f"input file not found: {p}")
         hashes[str(p)] = file_sha256(p)
-    blob = json.dumps({"config": resolved, "inputs": hashes, "pipeline": PIPELINE_VERSION, "code": pipeline_code_hash()},
-                      sort_keys=True, default=str)
+    # A different pseudonymisation key changes user_key: it must re-run too (only a hash of it enters).
+    key_id = hashlib.sha256(b"shoprec-key-id:" + pseudo_key()[0]).hexdigest()
+    blob = json.dumps({"config": resolved, "inputs": hashes, "pipeline": PIPELINE_VERSION, "code": pipeline_code_hash(),
+                       "key": key_id}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest(), hashes, resolved
 
 

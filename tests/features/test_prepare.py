@@ -66,6 +66,12 @@ def test_deterministic_and_skipped(tmp_path):
     assert again.skipped
     forced = run(make_cfg(*args, f"paths.artifacts={tmp_path / 'a'}", "force=true"))
     assert not forced.skipped
+    monkey_key = os.environ.get("SHOPREC_PSEUDO_KEY")
+    os.environ["SHOPREC_PSEUDO_KEY"] = "another-key"   # another pseudonymisation key: re-run
+    try:
+        assert not run(make_cfg(*args, f"paths.artifacts={tmp_path / 'a'}")).skipped
+    finally:
+        os.environ["SHOPREC_PSEUDO_KEY"] = monkey_key or "test-key"
     csv.write_text(csv.read_text() + "9,9,2024-01-09T00:00:00,view\n")   # changed input: re-run
     changed = run(make_cfg(*args, f"paths.artifacts={tmp_path / 'a'}"))
     assert not changed.skipped and changed.manifest["n_events"] == 10
