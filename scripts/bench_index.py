@@ -106,13 +106,13 @@ def recall(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean([len(set(g) & set(r)) / len(r) for g, r in zip(got, ref)]))
 
 
-def index_settings(name: str, **over) -> IndexSettings:
+def index_settings(name: str, overrides: list[str]) -> IndexSettings:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"index={name}", *[f"index.{k}={v}" for k, v in over.items()]])
+        cfg = compose("config", overrides=[f"index={name}", *[f"index.{o}" for o in overrides]])
     return IndexSettings.from_cfg(OmegaConf.to_container(cfg.index, resolve=True))
 
 
-def bench_size(n: int, index_name: str, args) -> dict:
+def bench_size(n: int, index_name: str, overrides: list[str], args) -> dict:
     import faiss
 
     proc = psutil.Process()
@@ -122,7 +122,7 @@ def bench_size(n: int, index_name: str, args) -> dict:
     k = 100
     exact = TorchExactIndex(emb)  # fp32 on CPU, fp16 on CUDA
     ref = TorchExactIndex(emb, device="cpu", dtype="float32")
-    settings = index_settings(index_name)
+    settings = index_settings(index_name, overrides)
     rss0 = proc.memory_info().rss
     t0 = time.perf_counter()
     idx = build_index(emb, settings, seed=args.seed)
@@ -171,6 +171,8 @@ def main() -> None:
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--index-100k", default="ivf", help="conf/index/<name> used for sizes < 500k")
     p.add_argument("--index-1m", default="ivf_large", help="conf/index/<name> used for sizes >= 500k")
+    p.add_argument("--set-100k", nargs="*", default=[], help="index overrides, e.g. search_params.nprobe=48")
+    p.add_argument("--set-1m", nargs="*", default=[], help="index overrides for the 1M size")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--styles", type=int, default=25, help="style sub-clusters per category")
     p.add_argument("--noise-decay", type=float, default=1.0, help="item-noise spectrum exponent (0 = isotropic)")
@@ -190,11 +192,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {}
     for n in [int(s) for s in args.sizes.split(",")]:
-        name = args.index_100k if n < 500_000 else args.index_1m
+        name, over = (args.index_100k, args.set_100k) if n < 500_000 else (args.index_1m, args.set_1m)
         t0 = time.perf_counter()
-        results[str(n)] = r = bench_size(n, name, args)
+        results[str(n)] = r = bench_size(n, name, over, args)
         r["bench_s"] = round(time.perf_counter() - t0, 1)
-        print(f"[{n} items done in {r['bench_s']} s]", file=sys.stderr, flush=True)
+        print(f"[{n} items done in {r['bench_s']} s] {json.dumps(r)}", file=sys.stderr, flush=True)
 
     cols = ["items", "index", "factory", "build_s", "index_mb", "recall_at_100", "exact_qps_b1", "index_qps_b1",
             "speedup_vs_exact", "exact_qps_b256", "index_qps_b256", "speedup_vs_exact_b256"]
