@@ -4,6 +4,8 @@
 #      and the serving path in-process on a 1M-item catalogue (scripts/bench_serve_gpu.py)
 #   2. audience scoring of 10M synthetic users on the GPU (goal <= 60 s)
 #   3. SASRec training with the shipped defaults (bf16-mixed), GPU full-ranking evaluation, Toys + Sports
+#      (in the background while 1, 2 and 4 run: their timings share the GPU with it)
+#   4. training speed (scripts/bench_train.py): time to the plain SASRec's best validation NDCG@10
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
@@ -17,32 +19,41 @@ OUT=${OUT:-artifacts/gpu_check}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
+PLAIN="model.hidden=64 model.blocks=2 model.heads=1 model.dropout=0.2 model.emb_dropout=0.2 model.optimizer=adam model.lr=0.001 model.weight_decay=0.0 model.batch_size=256 model.use_attributes=false model.label_smoothing=0.0 model.scheduler=constant model.warmup_steps=0"
 if [ "${GPU_CHECK_SMOKE:-0}" = "1" ]; then
-  SIZES=20000; USERS=200000; SERVE_ITEMS=20000; TRAINER="trainer=cpu trainer.max_epochs=1 trainer.max_users=200"; DEV=cpu
+  SIZES=20000; USERS=200000; SERVE_ITEMS=20000; BENCH_TRAINER=cpu; BENCH_ARGS="trainer.max_epochs=1 trainer.max_users=200"; TRAINER="trainer=cpu trainer.max_epochs=1 trainer.max_users=200"; DEV=cpu
 else
-  SIZES=100000,1000000; USERS=10000000; SERVE_ITEMS=1000000; TRAINER="trainer=gpu trainer.max_time=${TRAIN_MAX_TIME:-200}"; DEV=cuda
+  SIZES=100000,1000000; USERS=10000000; SERVE_ITEMS=1000000; BENCH_TRAINER=gpu; BENCH_ARGS="trainer.max_time=${BENCH_MAX_TIME:-45} trainer.patience=8"; TRAINER="trainer=gpu trainer.max_time=${TRAIN_MAX_TIME:-200}"; DEV=cuda
 fi
 "$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
-echo "[gpu_check] 1/3 retrieval + ranker"
-"$PY" scripts/gpu_check_retrieval.py --sizes "$SIZES" > "$OUT/retrieval.log" 2>&1 || echo "[gpu_check] retrieval FAILED"
-grep -v -i warn "$OUT/retrieval.log" | tail -n 25
-
-echo "[gpu_check] 1b serving path in-process (encoder -> exact GPU retrieval -> ranker -> rules), $SERVE_ITEMS items"
-"$PY" scripts/bench_serve_gpu.py --n-items "$SERVE_ITEMS" --requests 2000 > "$OUT/serve_path.log" 2>&1 || echo "[gpu_check] serve path FAILED"
-grep -v -i warn "$OUT/serve_path.log" | tail -n 12
-
-echo "[gpu_check] 2/3 audience scoring, $USERS users on $DEV"
-"$PY" scripts/bench_audience.py --device "$DEV" --users "$USERS" --repeats 2 > "$OUT/audience.log" 2>&1 || echo "[gpu_check] audience FAILED"
-grep -v -i warn "$OUT/audience.log" | tail -n 15
-
-echo "[gpu_check] 3/3 SASRec defaults on Toys and Sports ($TRAINER)"
+echo "[gpu_check] 3/4 (background) SASRec defaults on Toys and Sports ($TRAINER)"
 for d in amazon_toys amazon_sports; do
   # shellcheck disable=SC2086
   "$PY" -m training.train model=sasrec data=$d $TRAINER trainer.eval.sampled_negatives=0 \
       trainer.run_dir="$OUT/runs/$d" hydra.run.dir="$OUT/hydra/$d" > "$OUT/train_$d.log" 2>&1 \
     || echo "[gpu_check] train $d FAILED: $(tail -n 2 "$OUT/train_$d.log")" &
 done
+
+echo "[gpu_check] 1/4 retrieval + ranker"
+"$PY" scripts/gpu_check_retrieval.py --sizes "$SIZES" > "$OUT/retrieval.log" 2>&1 || echo "[gpu_check] retrieval FAILED"
+grep -v -i warn "$OUT/retrieval.log" | tail -n 25
+
+echo "[gpu_check] 1b serving path in-process (encoder -> exact GPU retrieval -> ranker -> rules), $SERVE_ITEMS items"
+"$PY" scripts/bench_serve_gpu.py --n-items "$SERVE_ITEMS" --requests 1000 > "$OUT/serve_path.log" 2>&1 || echo "[gpu_check] serve path FAILED"
+grep -v -i warn "$OUT/serve_path.log" | tail -n 12
+
+echo "[gpu_check] 2/4 audience scoring, $USERS users on $DEV"
+"$PY" scripts/bench_audience.py --device "$DEV" --users "$USERS" --repeats 1 > "$OUT/audience.log" 2>&1 || echo "[gpu_check] audience FAILED"
+grep -v -i warn "$OUT/audience.log" | tail -n 15
+
+echo "[gpu_check] 4/4 training speed: plain SASRec vs shipped defaults vs plain with batch 1024"
+# shellcheck disable=SC2086
+"$PY" scripts/bench_train.py --data amazon_toys --trainer "$BENCH_TRAINER" $BENCH_ARGS paths.runs="$OUT/bench_runs" \
+  --variant "plain=$PLAIN" --variant "defaults=" --variant "plain_b1024=$PLAIN model.batch_size=1024 model.lr=0.002" \
+  > "$OUT/bench_train.log" 2>&1 || echo "[gpu_check] bench_train FAILED"
+grep -v -i warn "$OUT/bench_train.log" | tail -n 8
+echo "[gpu_check] waiting for the SASRec default runs"
 wait
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys
@@ -55,7 +66,7 @@ for d in ("amazon_toys", "amazon_sports"):
         m = json.loads(f.read_text())
         res[d] = {k: m.get(k) for k in ("valid/ndcg@10", "test/ndcg@10", "test/hr@10", "test/ndcg@20", "test/mrr",
                                          "best_epoch", "epochs", "time_to_best_s", "train_time_s", "device")}
-for name in ("retrieval", "serve_path", "audience"):
+for name in ("retrieval", "serve_path", "audience", "bench_train"):
     lines = (out / f"{name}.log").read_text().strip().splitlines() if (out / f"{name}.log").exists() else []
     try:
         res[name] = json.loads(lines[-1])
