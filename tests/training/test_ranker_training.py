@@ -128,6 +128,8 @@ def test_svd_retriever_writes_a_bundle_shaped_folder(tmp_path):
     write_processed(tmp_path / "art")
     pd.DataFrame({"item_id": np.arange(N_ITEMS), "item_key": [f"k{i}" for i in range(N_ITEMS)], "category": None,
                   "price_median": 2.0}).to_parquet(tmp_path / "art" / "processed" / "toyshop" / "items.parquet")
+    pd.DataFrame({"user_id": np.arange(N_USERS), "user_key": [f"u{i:04x}" for i in range(N_USERS)]}).to_parquet(
+        tmp_path / "art" / "processed" / "toyshop" / "users.parquet")
     cfg = ranker_cfg(tmp_path / "art", tmp_path, "model.svd_retriever.dim=8", "model.svd_retriever.max_len=10")
     out = svd_run(cfg)
     emb = np.load(out / "item_embeddings.npy")
@@ -135,5 +137,7 @@ def test_svd_retriever_writes_a_bundle_shaped_folder(tmp_path):
     sess = ort.InferenceSession(str(out / "encoder.onnx"))
     seq = np.array([[0] * 8 + [3, 5]], np.int64)  # items 2 and 4
     np.testing.assert_allclose(sess.run(None, {"item_seq": seq})[0][0], emb[[2, 4]].mean(0), rtol=1e-5, atol=1e-6)
+    users = pd.read_parquet(out / "users.parquet")
+    assert len(users) > 0 and users["history"].map(len).max() <= 10 and set(users.columns) >= {"user_key", "purchases"}
     with pytest.raises(ValueError, match="model.svd_retriever.dim"):
         svd_run(ranker_cfg(tmp_path / "art", tmp_path, "model.svd_retriever.dim=500"))
