@@ -96,7 +96,10 @@ class RetrievalModule(pl.LightningModule):
             (no_decay if p.ndim < 2 or "norm" in name or name.endswith("bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
         betas = tuple(float(b) for b in o.get("betas", (0.9, 0.999)))
-        fused = self.device.type == "cuda"          # one kernel per step for all parameters
+        # Fused Adam (one kernel per step) unscales gradients itself, so Lightning refuses to clip them under
+        # bf16/16-mixed precision (seen on an H200): fuse only when no gradient clipping is configured.
+        clip = getattr(self.trainer, "gradient_clip_val", None) if self._trainer is not None else None
+        fused = self.device.type == "cuda" and not clip
         if o["optimizer"] == "adamw":
             opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=betas, fused=fused)
         elif o["optimizer"] == "adam":
