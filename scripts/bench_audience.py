@@ -77,7 +77,8 @@ def per_user_loop(profiles, campaign: CampaignConfig, model: CampaignModel, n: i
             continue
         x = np.array([[float(r[f]) if r[f] is not None else np.nan for f in model.features]], dtype=np.float32)
         with torch.inference_mode():
-            s = float(model.ensemble.score(torch.from_numpy(x))[0])
+            dev = next(model.ensemble.parameters()).device   # the model may sit on the GPU
+            s = float(model.ensemble.score(torch.from_numpy(x).to(dev))[0])
         kept.append((s, r["user_key"], chans[0]))
     kept.sort(reverse=True)
     kept = kept[: campaign.budget.max_users or len(kept)]
