@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from models.uplift import qini_auc_score, uplift_at_k  # noqa: E402
-from training.campaign import (Blend, ClassTransformation, NetSettings, RandomLearner, SLearner,  # noqa: E402
+from training.campaign import (ClassTransformation, NetSettings, RandomLearner, SLearner,  # noqa: E402
                                TLearner, TwoHeadNet, load_hillstrom)
 
 BASELINES = ("S-GBT", "T-GBT", "T-LR")
@@ -57,21 +57,36 @@ def make_methods(ucfg, feature_names: list[str]) -> dict:
         "T-LR": lambda: TLearner(lr),
         "two-head-net": net,
         "CT-GBT-bagged": ct,
-        "project": lambda: Blend([net(), ct()], [m.weights.net, m.weights.ct]),
     }
 
 
-def run_cv(data, methods: dict, names: list[str], folds: int, repeats: int, seed: int, k: float) -> dict:
+def run_cv(data, methods: dict, names: list[str], folds: int, repeats: int, seed: int, k: float,
+           blend: dict[str, float]) -> dict:
+    """Every method on the same folds. "project" = the fixed-weight blend (mean of standardised scores,
+    ``training.campaign.Blend``) of its members' predictions on the same fold (computed once)."""
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     res = {n: {"uplift_at_k": [], "qini": [], "seconds": 0.0} for n in names}
+    base = [n for n in names if n != "project"]
+    need = list(dict.fromkeys(base + (list(blend) if "project" in names else [])))
     for tr, te in cv.split(data.x, data.y * 2 + data.t):
-        for n in names:
+        preds = {}
+        for n in need:
             t0 = time.perf_counter()
-            u = methods[n]().fit(data.x[tr], data.y[tr], data.t[tr]).predict(data.x[te])
-            res[n]["seconds"] += time.perf_counter() - t0
-            res[n]["uplift_at_k"].append(uplift_at_k(data.y[te], u, data.t[te], k))
-            res[n]["qini"].append(qini_auc_score(data.y[te], u, data.t[te]))
+            preds[n] = methods[n]().fit(data.x[tr], data.y[tr], data.t[tr]).predict(data.x[te])
+            if n in res:
+                res[n]["seconds"] += time.perf_counter() - t0
+        if "project" in names:
+            preds["project"] = sum(w * _z(preds[n]) for n, w in blend.items()) / sum(blend.values())
+        for n in names:
+            res[n]["uplift_at_k"].append(uplift_at_k(data.y[te], preds[n], data.t[te], k))
+            res[n]["qini"].append(qini_auc_score(data.y[te], preds[n], data.t[te]))
+    if "project" in names:
+        res["project"]["seconds"] = sum(res[n]["seconds"] for n in blend if n in res)
     return res
+
+
+def _z(u: np.ndarray) -> np.ndarray:
+    return (u - u.mean()) / (u.std() + 1e-12)
 
 
 def table(res: dict, title: str, avg_effect: float) -> str:
@@ -95,16 +110,21 @@ def main(argv: list[str]) -> dict:
         cfg = compose("config", overrides=["+uplift=hillstrom", *argv])
     u = cfg.uplift
     import torch
+    from threadpoolctl import threadpool_limits
     torch.set_num_threads(int(u.threads))
+    threadpool_limits(int(u.threads))
     t_all = time.perf_counter()
     data = load_hillstrom(u.data, u.treatment_arm, u.outcome)
     methods = make_methods(u, data.feature_names)
-    names = list(u.methods) if u.methods else list(methods)
-    for n in names:
+    names = list(u.methods) if u.methods else [*methods, "project"]
+    blend = dict(u.model.blend)
+    for n in [*names, *blend]:
+        if n == "project":
+            continue
         if n not in methods:
             raise SystemExit(f"uplift.methods: unknown method {n!r} (known: {', '.join(methods)})")
     avg = data.y[data.t == 1].mean() - data.y[data.t == 0].mean()
-    res = run_cv(data, methods, names, u.cv.folds, u.cv.repeats, u.cv.seed, u.k)
+    res = run_cv(data, methods, names, u.cv.folds, u.cv.repeats, u.cv.seed, u.k, blend)
     print(table(res, f"Hillstrom {u.treatment_arm} vs No E-Mail, outcome {u.outcome}: {u.cv.repeats}x{u.cv.folds}-fold CV, "
                      f"n={len(data.y)}, average effect {avg:.4f}", avg))
     out = {"dataset": "hillstrom", "arm": u.treatment_arm, "outcome": u.outcome, "folds": u.cv.folds,
@@ -126,7 +146,7 @@ def main(argv: list[str]) -> dict:
         arm, outcome = spec.split(":")
         d = load_hillstrom(u.data, arm, outcome)
         sub = [n for n in ("random", *BASELINES, "project") if n in names]
-        r = run_cv(d, make_methods(u, d.feature_names), sub, u.cv.folds, u.also_repeats, u.cv.seed, u.k)
+        r = run_cv(d, make_methods(u, d.feature_names), sub, u.cv.folds, u.also_repeats, u.cv.seed, u.k, blend)
         eff = d.y[d.t == 1].mean() - d.y[d.t == 0].mean()
         print()
         print(table(r, f"Hillstrom {arm} vs No E-Mail, outcome {outcome}: {u.also_repeats}x{u.cv.folds}-fold CV, average effect {eff:.4f}", eff))

