@@ -282,36 +282,33 @@ def score_with_ray(profiles: pd.DataFrame, campaign: CampaignConfig, model_dir: 
     def work(batch: pd.DataFrame) -> pd.DataFrame:
         from serving.campaign_scoring import CampaignModel
 
-        keep, steps, channel = eligibility_steps(batch, campaign, recent_contacts, recent_buyers)
-        kept = batch[keep]
+        keep, _, channel = eligibility_steps(batch, campaign, recent_contacts, recent_buyers)
+        out = batch[keep].copy()
         model = CampaignModel.load(model_dir)
-        score = model.score_matrix(model.feature_matrix(kept), device=campaign.job.device) if len(kept) else np.zeros(0)
-        out = kept.copy()
-        out["_score"] = score.astype(np.float32)
-        out["_channel"] = channel[keep]
-        out["_steps"] = [list(steps)] * len(out) if len(out) else []
-        # the step counts of the batch ride along on a one-row side frame
-        counts = pd.DataFrame([{"_step": s["step"], "_users": s["users"]} for s in steps])
-        counts["_is_count"] = True
-        out["_is_count"] = False
-        return pd.concat([out.drop(columns="_steps"), counts], ignore_index=True)
+        score = model.score_matrix(model.feature_matrix(out), device=campaign.job.device) if len(out) else np.zeros(0)
+        out["_score"] = np.asarray(score, dtype=np.float32)
+        out["_channel"] = channel[keep].astype(np.int64)
+        return out
+
+    def counts(batch: pd.DataFrame) -> pd.DataFrame:
+        _, steps, _ = eligibility_steps(batch, campaign, recent_contacts, recent_buyers)
+        return pd.DataFrame([{s["step"]: s["users"] for s in steps}])
 
     frame = profiles.copy()
+    frame["_row"] = np.arange(len(frame))   # to restore the local order (same control draw as build_audience)
     for col in frame.columns:       # Arrow-friendly types for the trip through the object store
         if isinstance(frame[col].dtype, pd.CategoricalDtype):
             frame[col] = frame[col].astype("string")
-    ds = ray.data.from_pandas(frame).map_batches(work, batch_format="pandas", batch_size=batch_size)
-    res = ds.to_pandas()
-    counts = res[res["_is_count"] == True]  # noqa: E712
-    steps = (counts.groupby("_step", sort=False)["_users"].sum().astype(int)
-             .reset_index().rename(columns={"_step": "step", "_users": "users"}).to_dict("records"))
-    rows = res[res["_is_count"] == False].reset_index(drop=True)  # noqa: E712
-    score = rows["_score"].to_numpy(dtype=np.float32)
-    channel = rows["_channel"].to_numpy(dtype=np.int64)
+    ds = ray.data.from_pandas(frame)
+    rows = ds.map_batches(work, batch_format="pandas", batch_size=batch_size).to_pandas()
+    per_batch = ds.map_batches(counts, batch_format="pandas", batch_size=batch_size).to_pandas()
+    steps = [{"step": str(k), "users": int(per_batch[k].sum())} for k in per_batch.columns]
+    rows = rows.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
+    score = rows.pop("_score").to_numpy(dtype=np.float32)
+    channel = rows.pop("_channel").to_numpy(dtype=np.int64)
     t1 = time.perf_counter()
     send_date = _send_date(profiles, campaign)
-    audience = select_and_assign(rows.drop(columns=["_score", "_channel", "_step", "_users", "_is_count"], errors="ignore"),
-                                 score, channel, campaign, steps, send_date)
+    audience = select_and_assign(rows, score, channel, campaign, steps, send_date)
     return AudienceResult(audience, steps, {"ray_filters_scoring": t1 - t0, "total": time.perf_counter() - t0},
                           str(send_date.date()))
 
