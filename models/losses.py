@@ -56,10 +56,16 @@ def sampled_softmax(
         logq = torch.log(proposal.clamp(min=1e-12) * num_negatives)
         pos_logit = pos_logit - logq[targets].unsqueeze(-1)
         neg_logit = neg_logit - logq[negs].unsqueeze(0)
-    neg_logit = neg_logit.masked_fill(negs.unsqueeze(0) == targets.unsqueeze(-1), float("-inf"))
-    logits = torch.cat([pos_logit, neg_logit], dim=1).float()
-    zeros = torch.zeros(len(targets), dtype=torch.long, device=targets.device)
-    return F.cross_entropy(logits, zeros, label_smoothing=label_smoothing)
+    hit = negs.unsqueeze(0) == targets.unsqueeze(-1)
+    neg_logit = neg_logit.masked_fill(hit, float("-inf"))
+    logp = torch.log_softmax(torch.cat([pos_logit, neg_logit], dim=1).float(), dim=1)
+    nll = -logp[:, 0]
+    if label_smoothing <= 0:
+        return nll.mean()
+    # smoothing spreads over the candidates that are really there (masked hits have log p = -inf)
+    valid = torch.cat([torch.ones_like(hit[:, :1]), ~hit], dim=1)
+    smooth = -torch.where(valid, logp, torch.zeros_like(logp)).sum(1) / valid.sum(1)
+    return ((1 - label_smoothing) * nll + label_smoothing * smooth).mean()
 
 
 def in_batch_softmax(

@@ -24,6 +24,7 @@ from features.processed import load_items
 log = logging.getLogger(__name__)
 
 NEURAL_FAMILIES = ("sequence", "two_tower")
+RUN_DIR_ENV = "SHOPREC_RUN_DIR"    # rank 0 tells DDP worker processes (re-launched scripts) its run folder
 
 
 def pick_device(accelerator: str) -> str:
@@ -41,6 +42,8 @@ def new_run_dir(cfg: DictConfig) -> Path:
         path = Path(str(cfg.trainer.run_dir))
         path.mkdir(parents=True, exist_ok=True)
         return path
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])          # a DDP worker joins the run folder of rank 0
     base = Path(str(cfg.paths.runs)) / str(cfg.data.name) / str(cfg.model.name)
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -30,7 +30,7 @@ from features.artifacts import code_version, file_sha256, read_json, write_json
 from features.processed import load_manifest, processed_dir
 from training.evaluate import evaluate_split, protocol
 from training.modules import NonFiniteLossError
-from training.runs import (NEURAL_FAMILIES, build_module, find_resume_checkpoint, load_data, new_run_dir,
+from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
                            pick_device, validate_config)
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ def run(cfg: DictConfig) -> TrainResult:
     device = pick_device(str(cfg.trainer.accelerator))
     resume = find_resume_checkpoint(cfg)
     run_dir = resume.parent.parent if resume else new_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info("run folder %s (device %s%s)", run_dir, device, f", resuming {resume}" if resume else "")
     if cfg.model.family == "baseline":

@@ -88,3 +88,18 @@ def test_full_ce_over_all_positions_ignoring_padding_equals_dropping_padding():
         a = full_softmax_ce(hidden, table, targets, smoothing, ignore_padding=True)
         b = full_softmax_ce(hidden[keep], table, targets[keep], smoothing)
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sampled_softmax_with_label_smoothing_and_accidental_hits_is_finite():
+    torch.manual_seed(0)
+    table = torch.randn(4, 3)
+    h = torch.randn(6, 3)
+    t = torch.tensor([1, 2, 3, 1, 2, 3])
+    q = torch.tensor([0.0, 0.4, 0.3, 0.3])
+    loss = sampled_softmax(h, table, t, 16, q, True, label_smoothing=0.1)   # hits are certain here
+    assert torch.isfinite(loss)
+    # no smoothing and no hits: equals plain cross-entropy over [positive, negatives]
+    q1 = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    got = sampled_softmax(h[:1], table, torch.tensor([1]), 2, q1, False)
+    logits = torch.stack([h[0] @ table[1], h[0] @ table[3], h[0] @ table[3]]).unsqueeze(0)
+    assert torch.allclose(got, F.cross_entropy(logits, torch.tensor([0])), atol=1e-5)
