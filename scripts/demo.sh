@@ -42,7 +42,7 @@ python -m training.train model=pop data=$SEQ $SMALL trainer.run_dir="$ART/runs/$
 
 step "3. train + export the retriever for the shop: two-tower on $RETAIL (temporal split)"
 python -m training.train model=two_tower data=$RETAIL trainer=cpu trainer.eval.split=temporal \
-  trainer.max_epochs=5 trainer.run_dir="$ART/runs/$RETAIL/two_tower/demo"
+  trainer.max_epochs=2 model.batch_size=64 trainer.run_dir="$ART/runs/$RETAIL/two_tower/demo"
 python -m training.export run="$ART/runs/$RETAIL/two_tower/demo"
 BUNDLE="$ART/bundles/$(cat "$ART/bundles/LATEST")"
 echo "bundle: $BUNDLE"
