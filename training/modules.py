@@ -259,6 +259,10 @@ class TwoTowerModule(RetrievalModule):
         users = self.net.user_states(inputs)                    # [B, L, d]: state after each prefix
         keep = targets > 0
         u, t = users[keep], targets[keep]
+        cap = int(self.loss_cfg.get("max_positives", 0))
+        if cap and len(t) > cap:                               # the in-batch logits are P x P: bound P
+            pick = torch.randperm(len(t), device=t.device)[:cap]
+            u, t = u[pick], t[pick]
         items = self.net.item_tower()                          # [N+1, d]
         q = self.popularity / self.popularity.sum().clamp(min=1)
         log_q = torch.log(q[t].clamp(min=1e-9) * len(t)) if self.loss_cfg.get("logq_correction", True) else None

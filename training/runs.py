@@ -149,7 +149,7 @@ def build_module(cfg: DictConfig, data: SequenceData, extra: dict):
             n_price_buckets=int(extra.get("n_price_buckets", 0)), recency_decay=float(m.recency_decay),
         )
         loss = {"temperature": float(m.temperature), "logq_correction": bool(m.logq_correction),
-                "random_negatives": int(m.random_negatives)}
+                "random_negatives": int(m.random_negatives), "max_positives": int(m.max_positives)}
         return TwoTowerModule.build(net, optim_settings(m), eval_settings(cfg), loss, data.item_attributes,
                                     data.popularity, extra.get("price_bucket"))
     raise ValueError(f"model.family={m.family!r} has no neural module")
