@@ -21,6 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from ray import serve
 
+from serving.auth import keys_from_driver_env
+
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -111,6 +113,7 @@ def build_app(cfg: DictConfig):
     if mode not in ("inprocess", "deployment", "off"):
         raise ValueError(f"serve.ranker.mode={mode!r}: expected inprocess, deployment or off")
     serve_cfg = OmegaConf.to_container(s, resolve=True)
+    serve_cfg["auth"] = keys_from_driver_env(serve_cfg["auth"])   # replicas do not see this environment
     ranker = None
     if mode == "deployment":
         ranker = RankerDeployment.options(

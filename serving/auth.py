@@ -124,6 +124,20 @@ def _env_digests(text: str) -> set[str]:
     return {sha256_hex(k.strip()) for k in text.split(",") if k.strip()}
 
 
+def keys_from_driver_env(auth_cfg: dict, environ: dict[str, str] | None = None) -> dict:
+    """``serve.auth`` with the keys named by its env variables folded in as sha256 digests.
+
+    Called where the app is built: Serve replicas are Ray workers whose environment is the Ray
+    instance's, not the caller's, so clear keys set in the caller's environment would never reach
+    them. Only digests travel.
+    """
+    env = os.environ if environ is None else environ
+    out = dict(auth_cfg)
+    out["api_keys_sha256"] = sorted(set(out.get("api_keys_sha256") or []) | _env_digests(env.get(out["api_keys_env"], "")))
+    out["admin_keys_sha256"] = sorted(set(out.get("admin_keys_sha256") or []) | _env_digests(env.get(out["admin_keys_env"], "")))
+    return out
+
+
 class BodyLimitMiddleware:
     """Pure ASGI middleware: 413 for request bodies over ``max_bytes`` (declared or streamed)."""
 
