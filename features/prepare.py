@@ -392,7 +392,7 @@ def main() -> None:
     conf_dir = Path(__file__).resolve().parent.parent / "conf"
     check_data_name(sys.argv[1:], conf_dir)
 
-    @hydra.main(config_path="../conf", config_name="config", version_base=None)
+    @hydra.main(config_path="../conf", config_name="prepare", version_base=None)
     def _main(cfg: Any) -> None:
         try:
             res = run(cfg)
