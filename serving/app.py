@@ -121,9 +121,11 @@ def build_app(cfg: DictConfig):
             ray_actor_options={"num_cpus": float(s.ranker.num_cpus), "num_gpus": float(s.ranker.num_gpus)},
             max_ongoing_requests=max(2 * int(s.ranker.max_batch_size), 8),
         ).bind(serve_cfg)
+    threads = str(int(s.ingress.compute_threads))
     return Ingress.options(
         num_replicas=int(s.ingress.num_replicas),
-        ray_actor_options={"num_cpus": float(s.ingress.num_cpus)},
+        ray_actor_options={"num_cpus": float(s.ingress.num_cpus),
+                           "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}},
         max_ongoing_requests=int(s.ingress.max_ongoing_requests),
     ).bind(serve_cfg, ranker)
 
