@@ -27,6 +27,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from features.adapters.hillstrom import load_hillstrom as load_valid_hillstrom
 from features.artifacts import code_version, write_json
 from models.uplift import CampaignEnsemble, CampaignNet, ensemble_meta
 
@@ -205,9 +206,6 @@ def fit_response_model(table: pd.DataFrame, spec: Any, seed: int) -> tuple[Campa
 # Uplift learners on a randomised experiment (Hillstrom) and the benchmark's baselines.
 # Every learner: fit(x, y, t) -> self, predict(x) -> uplift scores (higher = more persuadable).
 
-HILLSTROM_COLUMNS = {"recency": "int64", "history_segment": "string", "history": "float64", "mens": "int64",
-                     "womens": "int64", "zip_code": "string", "newbie": "int64", "channel": "string",
-                     "segment": "string", "visit": "int64", "conversion": "int64", "spend": "float64"}
 HILLSTROM_ARMS = ("Womens E-Mail", "Mens E-Mail", "No E-Mail")
 
 
@@ -225,16 +223,7 @@ def load_hillstrom(path: str | Path, treatment_arm: str = "Womens E-Mail", outco
         raise ValueError(f"treatment_arm must be one of {HILLSTROM_ARMS[:2]}, got {treatment_arm!r}")
     if outcome not in ("visit", "conversion"):
         raise ValueError(f"outcome must be visit or conversion, got {outcome!r}")
-    df = pd.read_csv(path, dtype=HILLSTROM_COLUMNS)
-    missing = set(HILLSTROM_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    bad = ~df["segment"].isin(HILLSTROM_ARMS)
-    if bad.any():
-        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2} has unknown segment {df['segment'][bad].iloc[0]!r}")
-    for col in ("visit", "conversion", "mens", "womens", "newbie"):
-        if not df[col].isin([0, 1]).all():
-            raise ValueError(f"{path}: column {col} must be 0/1")
+    df = load_valid_hillstrom(path)   # reading and validation belong to the data layer
     df = df[df["segment"].isin([treatment_arm, "No E-Mail"])].reset_index(drop=True)
     x = pd.DataFrame({
         "recency": df["recency"].astype(float), "history": df["history"], "log_history": np.log1p(df["history"]),
