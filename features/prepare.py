@@ -167,9 +167,16 @@ def build_items(events: pd.DataFrame, df_sorted_attrs: dict[str, pd.Series], ite
 
 
 def build_users(events: pd.DataFrame, attrs: dict[str, pd.Series], users: pd.Index, side: pd.DataFrame | None,
-                key: bytes) -> pd.DataFrame:
+                key: bytes, already_pseudonymised: bool = False) -> pd.DataFrame:
+    """One row per dense user id. ``already_pseudonymised`` (``data.user_key_pseudonymised``): the source
+    user keys are pseudonyms already (the service's event log) and are kept as they are, not hashed again."""
     keys = key_text(users)
-    out = pd.DataFrame({"user_id": np.arange(len(users), dtype=np.int64), "user_key": pseudonymise(keys, key)})
+    if already_pseudonymised:
+        check_pseudonyms(keys)
+        user_key = keys.astype("string")
+    else:
+        user_key = pseudonymise(keys, key)
+    out = pd.DataFrame({"user_id": np.arange(len(users), dtype=np.int64), "user_key": user_key})
     ids = events["user_id"].to_numpy()
     for name, values in attrs.items():  # the latest non-null value (events are sorted by user, time)
         s = pd.Series(values.to_numpy(), index=ids).dropna()
@@ -180,6 +187,17 @@ def build_users(events: pd.DataFrame, attrs: dict[str, pd.Series], users: pd.Ind
             out[col] = side[col].reindex(keys.to_numpy()).to_numpy()
     out["n_events"] = np.bincount(ids, minlength=len(users)).astype(np.int64)
     return out
+
+
+def check_pseudonyms(keys: pd.Series) -> None:
+    """With ``data.user_key_pseudonymised=true`` every user key must look like ``pseudonymise_one``'s output
+    (16 lower-case hex characters): a clear-text id must never pass through unhashed."""
+    ok = keys.str.fullmatch(r"[0-9a-f]{16}").fillna(False).to_numpy(bool)
+    if not ok.all():
+        bad = keys[~ok].iloc[0]
+        raise DataConfigError(f"data.user_key_pseudonymised=true but user key {bad!r} is not a pseudonym "
+                              f"(16 hex characters, features.privacy.pseudonymise_one); "
+                              f"{int((~ok).sum())} such key(s). Set data.user_key_pseudonymised=false for raw ids.")
 
 
 # ---------------------------------------------------------------- writing
@@ -288,7 +306,8 @@ def run(cfg: Any) -> PrepareResult:
     item_attrs = {c: order_attrs[c] for c in raw.item_attributes if c in order_attrs}
     user_attrs = {c: order_attrs[c] for c in raw.user_attributes if c in order_attrs}
     items = build_items(events, item_attrs, items_idx, raw.items)
-    users = build_users(events, user_attrs, users_idx, raw.users, key)
+    users = build_users(events, user_attrs, users_idx, raw.users, key,
+                        already_pseudonymised=bool(data_cfg.user_key_pseudonymised))
     n_orders = int(df["order_id"].nunique()) if "order_id" in df.columns and df["order_id"].notna().any() else None
     del df, order_attrs, item_attrs, user_attrs  # free the cleaned rows before writing (peak memory)
     quarantine = ledger.table()

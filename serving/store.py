@@ -6,9 +6,9 @@ Every accepted event is appended as one CSV line to ``serve.store.event_log`` (u
     user_key,item_key,event,ts,received_at,event_id
 
 ``user_key`` is the pseudonymised user id (never the raw one) and ``item_key`` the original item key,
-so the log survives bundle swaps and the data layer can ingest it with its ``events_csv`` adapter
-(``data=events_csv data.path=<log> data.columns.user=user_key data.columns.item=item_key
-data.columns.ts=ts data.columns.event=event``).
+so the log survives bundle swaps and the data layer can ingest it: ``python -m features.prepare
+data=serve_events [data.path=<log>]`` (``conf/data/serve_events.yaml``: the table adapter with
+``data.user_key_pseudonymised=true``, so the keys are not hashed a second time).
 
 The in-memory store is rebuilt from the log: on start it replays the whole file, and before every
 read it "catches up" by reading lines appended since its last offset (one ``os.stat`` when nothing
