@@ -13,8 +13,10 @@
 5. budget: users by score, best first, while the treated users stay within ``budget.max_users`` and
    ``budget.max_cost`` (channel cost); control users above the cut-off are kept (they cost nothing);
 6. channel (preferred when consented, else the first consented in ``channels.order``), send time
-   (active hour on the send date, moved out of the quiet hours) and offer (discount by price
-   sensitivity) for every selected user.
+   and offer (discount by price sensitivity) for every selected user. Send times are local: the
+   user's active hour (computed in their own zone by ``features.profiles.activity``) on the send
+   date, moved out of the quiet hours, both in the user's zone (profiles column ``timezone``, else
+   ``send_time.default_timezone``); ``send_at`` is that moment in UTC and ``timezone`` the zone used.
 
 Everything is vectorised over numpy arrays (string columns become categorical codes once), so a
 million users take a few seconds on one core. ``score_with_ray`` runs steps 1-3 through Ray Data.
@@ -25,13 +27,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
 from serving.campaign_config import CampaignConfig
 
-AUDIENCE_COLUMNS = ("user_key", "score", "group", "channel", "send_at", "offer", "segment", "cost")
+AUDIENCE_COLUMNS = ("user_key", "score", "group", "channel", "send_at", "timezone", "offer", "segment", "cost")
 REQUIRED_COLUMNS = ("user_key", "lifecycle", "named_segment", "segment", "recency_days", "frequency",
                     "monetary", "price_sensitivity", "active_hour", "preferred_channel", "country",
                     "opted_out_email", "opted_out_sms", "opted_out_push", "snapshot_date")
@@ -93,7 +96,8 @@ def choose_channel(profiles: pd.DataFrame, campaign: CampaignConfig) -> np.ndarr
 
 
 def send_hours(active_hour: pd.Series, campaign: CampaignConfig) -> np.ndarray:
-    """Each user's active hour (default where unknown) moved to the end of the quiet hours if inside them."""
+    """Each user's local active hour (default where unknown) moved to the end of the quiet hours if
+    inside them (quiet hours are local hours too)."""
     st = campaign.send_time
     h = _num(active_hour)
     h = np.where(np.isnan(h), st.default_hour, h).astype(np.int64)
@@ -105,6 +109,39 @@ def send_hours(active_hour: pd.Series, campaign: CampaignConfig) -> np.ndarray:
     else:
         quiet = (h >= qs) & (h < qe)
     return np.where(quiet, qe, h)
+
+
+def user_zones(frame: pd.DataFrame, campaign: CampaignConfig) -> np.ndarray:
+    """IANA zone per user: the profiles' ``timezone`` column where set, else ``send_time.default_timezone``.
+    An unknown zone fails naming the column and the value."""
+    default = campaign.send_time.default_timezone
+    if "timezone" not in frame.columns:
+        return np.full(len(frame), default, dtype=object)
+    zones = frame["timezone"].astype("string").fillna(default).to_numpy(dtype=object)
+    for z in pd.unique(zones):
+        try:
+            ZoneInfo(z)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"profiles column 'timezone': unknown time zone {z!r}") from exc
+    return zones
+
+
+def send_times_utc(send_date: pd.Timestamp, hours: np.ndarray, zones: np.ndarray) -> pd.DatetimeIndex:
+    """UTC instants of local ``hours`` on the local calendar day ``send_date`` in each user's zone.
+
+    One conversion per distinct zone. A local hour that does not exist (spring-forward gap) moves
+    forward to the first valid time; an ambiguous one (fall-back) takes the first occurrence.
+    """
+    day = pd.Timestamp(send_date.date())                      # naive local calendar day
+    local = day + pd.to_timedelta(np.asarray(hours, dtype=np.int64), unit="h")
+    out = np.empty(len(local), dtype="datetime64[ns]")
+    codes, uniq = pd.factorize(pd.Series(zones, dtype=object))
+    for j, zone in enumerate(uniq):
+        idx = np.flatnonzero(codes == j)
+        ts = pd.DatetimeIndex(local[idx]).tz_localize(zone, ambiguous=np.ones(len(idx), dtype=bool),
+                                                      nonexistent="shift_forward")
+        out[idx] = ts.tz_convert("UTC").tz_localize(None).to_numpy()
+    return pd.DatetimeIndex(out).tz_localize("UTC")
 
 
 def offer_discounts(price_sensitivity: pd.Series, campaign: CampaignConfig) -> np.ndarray:
@@ -157,6 +194,7 @@ def budget_cut(score: np.ndarray, control: np.ndarray, cost: np.ndarray, max_use
 
 
 def _send_date(profiles: pd.DataFrame, campaign: CampaignConfig) -> pd.Timestamp:
+    """The send day (midnight UTC; its calendar date is each user's local send date)."""
     if campaign.send_time.send_date is not None:
         return pd.Timestamp(campaign.send_time.send_date, tz="UTC")
     snap = pd.to_datetime(profiles["snapshot_date"], utc=True).max() if len(profiles) else pd.Timestamp.now(tz="UTC")
@@ -219,6 +257,7 @@ def select_and_assign(kept: pd.DataFrame, score: np.ndarray, channel: np.ndarray
     steps.append({"step": "budget", "users": int(len(idx))})
     sel = kept.iloc[idx]
     hours = send_hours(sel["active_hour"], campaign)
+    zones = user_zones(sel, campaign)
     is_ctrl = control[idx]
     channels = np.asarray(campaign.channels.order, dtype=object)[channel[idx]]
     out = pd.DataFrame({
@@ -226,7 +265,8 @@ def select_and_assign(kept: pd.DataFrame, score: np.ndarray, channel: np.ndarray
         "score": score[idx].astype(np.float32),
         "group": np.where(is_ctrl, "control", "treatment"),
         "channel": channels,
-        "send_at": send_date + pd.to_timedelta(hours, unit="h"),
+        "send_at": send_times_utc(send_date, hours, zones),
+        "timezone": pd.Series(zones, dtype="string").to_numpy(),
         "offer": offer_discounts(sel["price_sensitivity"], campaign).astype(np.float32),
         "segment": sel[c.stratify_by].astype("string").to_numpy() if c.stratify_by != "none" else pd.NA,
         "cost": np.where(is_ctrl, 0.0, cost[idx]),
@@ -319,6 +359,8 @@ def score_with_ray(profiles: pd.DataFrame, campaign: CampaignConfig, model_dir: 
 LIFECYCLES = np.array(["new", "active", "at_risk", "dormant", "churned"])
 NAMED = np.array(["high_value", "price_sensitive", "potential", "rational_researcher", "casual_browser", "regular"])
 COUNTRIES = np.array(["United Kingdom", "Germany", "France", "EIRE", "Spain", "Netherlands"])
+COUNTRY_ZONES = {"United Kingdom": "Europe/London", "Germany": "Europe/Berlin", "France": "Europe/Paris",
+                 "EIRE": "Europe/Dublin", "Spain": "Europe/Madrid", "Netherlands": "Europe/Amsterdam"}
 
 
 def synthetic_profiles(n: int, seed: int = 0, snapshot: str = "2011-12-10") -> pd.DataFrame:
@@ -335,6 +377,8 @@ def synthetic_profiles(n: int, seed: int = 0, snapshot: str = "2011-12-10") -> p
     hour = rng.integers(0, 24, n).astype(np.float64)
     pref = pd.Categorical.from_codes(rng.choice(4, n, p=[0.4, 0.1, 0.2, 0.3]).astype(np.int16) - 1,
                                      categories=["email", "sms", "push"])   # -1 = null
+    country = cat(COUNTRIES, [0.8, 0.05, 0.05, 0.04, 0.03, 0.03])
+    zone = pd.Categorical.from_codes(country.codes, categories=[COUNTRY_ZONES[c] for c in COUNTRIES])
     return pd.DataFrame({
         "user_id": np.arange(n, dtype=np.int64),
         "user_key": pd.Categorical(np.char.add("u", np.arange(n).astype(str))) if n <= 2_000_000
@@ -353,7 +397,8 @@ def synthetic_profiles(n: int, seed: int = 0, snapshot: str = "2011-12-10") -> p
         "segment": rng.integers(0, 6, n).astype(np.int64),
         "active_hour": hour,
         "preferred_channel": pref,
-        "country": cat(COUNTRIES, [0.8, 0.05, 0.05, 0.04, 0.03, 0.03]),
+        "country": country,
+        "timezone": zone,
         "opted_out_email": rng.random(n) < 0.3,
         "opted_out_sms": rng.random(n) < 0.65,
         "opted_out_push": rng.random(n) < 0.5,

@@ -16,6 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 LIFECYCLE_STAGES = ("new", "active", "at_risk", "dormant", "churned")
 CHANNELS = ("email", "sms", "push")
@@ -107,12 +108,14 @@ class Channels:
 
 @dataclass(frozen=True)
 class SendTime:
-    """Send at each user's active hour on ``send_date`` (UTC), moved out of the quiet hours."""
+    """Send at each user's active hour on ``send_date``, moved out of the quiet hours, all in the
+    user's local time (profiles column ``timezone``, else ``default_timezone``); ``send_at`` is UTC."""
 
-    send_date: str | None = None     # YYYY-MM-DD; null = the day after the profile snapshot
-    quiet_start: int = 21            # quiet from this hour ...
-    quiet_end: int = 8               # ... until this hour (may wrap midnight)
-    default_hour: int = 10
+    send_date: str | None = None     # YYYY-MM-DD, a local calendar date; null = the day after the profile snapshot
+    quiet_start: int = 21            # quiet from this local hour ...
+    quiet_end: int = 8               # ... until this local hour (may wrap midnight)
+    default_hour: int = 10           # local hour for users without an active hour
+    default_timezone: str = "UTC"    # IANA zone for users whose profile has no time zone
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,10 @@ def _check(c: CampaignConfig) -> None:
     for name in ("quiet_start", "quiet_end", "default_hour"):
         if not 0 <= getattr(s, name) <= 23:
             err(f"send_time.{name}", f"must be an hour 0-23, got {getattr(s, name)}")
+    try:
+        ZoneInfo(s.default_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        err("send_time.default_timezone", f"unknown IANA time zone {s.default_timezone!r}")
     if s.send_date is not None:
         try:
             dt.date.fromisoformat(s.send_date)

@@ -94,7 +94,8 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
     prof["top_categories"] = affinity.top_lists(aff[aff["kind"] == "category"], user_ids)
     prof["top_attributes"] = affinity.top_lists(aff[aff["kind"] == "attribute"], user_ids)
     watch.lap("affinity")
-    prof = prof.join(activity.active_times(ev, user_ids, pcfg["activity"], time_kind))
+    prof["timezone"] = activity.user_timezones(users, user_ids, pcfg["activity"])
+    prof = prof.join(activity.active_times(ev, user_ids, pcfg["activity"], time_kind, prof["timezone"]))
     prof["preferred_channel"] = activity.preferred_channel(ev, users, user_ids)
     prof = prof.join(activity.browsing_counts(ev, items, user_ids, buy_ev))
     watch.lap("activity")
@@ -143,6 +144,7 @@ def build_profiles(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFram
         "has_prices": has_prices,
         "category_source": category_source,
         "activity_timezone": pcfg["activity"]["timezone"],
+        "activity_timezones_used": {str(k): int(v) for k, v in prof["timezone"].value_counts().items()},
         "price_proxy": price.PROXY if has_prices else None,
         "monetary": "net revenue (purchases - returns, floored at 0)" if has_prices else "null: no prices; m_score ranks purchased units",
         "preferred_channel": "from the data" if prof["preferred_channel"].notna().any() else "null: the data has no channel",

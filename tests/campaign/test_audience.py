@@ -120,12 +120,21 @@ def test_send_time_avoids_quiet_hours(campaign):
     assert send_hours(pd.Series([11, 12, 13, 14]), daytime_quiet).tolist() == [11, 14, 14, 14]
 
 
+def _local(a):
+    """Each row's send_at in its own ``timezone`` (naive local time)."""
+    return pd.Series([t.tz_convert(z).tz_localize(None) for t, z in zip(a["send_at"], a["timezone"])], index=a.index)
+
+
 def test_send_at_and_offer_in_audience(profiles, campaign):
     res = build_audience(profiles, campaign, score_by_column("monetary"))
-    a = res.audience.merge(profiles[["user_key", "price_sensitivity"]], on="user_key")
-    h = a["send_at"].dt.hour
+    a = res.audience.merge(profiles[["user_key", "price_sensitivity", "timezone"]], on="user_key", suffixes=("", "_profile"))
+    assert str(a["send_at"].dt.tz) == "UTC"
+    assert (a["timezone"].astype(str) == a["timezone_profile"].astype(str)).all()
+    assert a["timezone"].nunique() > 1                       # the synthetic users live in several zones
+    local = _local(a)
+    h = local.dt.hour
     assert not ((h >= 21) | (h < 8)).any()
-    assert (a["send_at"].dt.normalize() == pd.Timestamp(res.send_date, tz="UTC")).all()
+    assert (local.dt.normalize() == pd.Timestamp(res.send_date)).all()
     ps = a["price_sensitivity"]
     assert np.allclose(a.loc[ps <= 0.3, "offer"], 0.05)
     assert np.allclose(a.loc[(ps > 0.3) & (ps <= 0.6), "offer"], 0.10)
@@ -163,3 +172,46 @@ def test_gpu_scoring_matches_cpu_when_present(profiles, campaign):
     assert np.allclose(cpu, auto, atol=1e-4)
     if not torch.cuda.is_available():
         assert np.allclose(cpu, model.score_matrix(x, device="cuda"), atol=1e-6)  # falls back to the CPU
+
+
+def test_send_at_is_inside_a_far_zone_users_local_window(profiles, campaign):
+    """A user in Sydney (UTC+11 in December) active at 10:00 local, one in Los Angeles (UTC-8) active
+    at 22:00 local (quiet: moved to 08:00 local), one with no zone (campaign default), one at 03:00
+    local in Tokyo: every send_at, read in the user's zone, is on the send date outside quiet hours."""
+    p = profiles.iloc[:4].copy()
+    p["timezone"] = pd.Series(["Australia/Sydney", "America/Los_Angeles", None, "Asia/Tokyo"], dtype="string").to_numpy()
+    p["active_hour"] = [10.0, 22.0, 12.0, 3.0]
+    p["lifecycle"], p["recency_days"], p["frequency"] = "at_risk", 100.0, 5
+    for ch in ("email", "sms", "push"):
+        p[f"opted_out_{ch}"] = False
+    c = _with(campaign, send_time={"send_date": "2011-12-12", "default_timezone": "Europe/London"},
+              control={"fraction": 0.0}, budget={"max_users": None})
+    a = build_audience(p, c, score_by_column("monetary")).audience.set_index("user_key")
+    a = a.loc[p["user_key"].astype(str)]
+    assert a["timezone"].astype(str).tolist() == ["Australia/Sydney", "America/Los_Angeles", "Europe/London", "Asia/Tokyo"]
+    assert a["send_at"].tolist() == [pd.Timestamp("2011-12-11 23:00", tz="UTC"),   # 10:00 AEDT = the day before in UTC
+                                     pd.Timestamp("2011-12-12 16:00", tz="UTC"),   # 08:00 PST
+                                     pd.Timestamp("2011-12-12 12:00", tz="UTC"),   # 12:00 GMT
+                                     pd.Timestamp("2011-12-11 23:00", tz="UTC")]   # 03:00 JST -> 08:00 JST
+    local = _local(a)
+    assert local.dt.hour.tolist() == [10, 8, 12, 8]
+    assert (local.dt.normalize() == pd.Timestamp("2011-12-12")).all()
+
+
+def test_daylight_saving_gap():
+    from serving.audience import send_times_utc
+
+    # 01:00-02:00 on 2024-03-31 does not exist in London (01:00 GMT -> 02:00 BST): 01:00 moves to 02:00 BST
+    got = send_times_utc(pd.Timestamp("2024-03-31", tz="UTC"), np.array([1, 10, 10]),
+                         np.array(["Europe/London", "Europe/London", "Asia/Kolkata"], dtype=object))
+    assert list(got) == [pd.Timestamp("2024-03-31 01:00", tz="UTC"), pd.Timestamp("2024-03-31 09:00", tz="UTC"),
+                         pd.Timestamp("2024-03-31 04:30", tz="UTC")]
+
+
+def test_unknown_profile_zone_is_named(profiles, campaign):
+    p = profiles.iloc[:50].copy()
+    p["timezone"] = "Mars/Olympus"
+    c = _with(campaign, eligibility={"lifecycle": None, "min_recency_days": None, "max_recency_days": None,
+                                     "min_frequency": None}, control={"fraction": 0.0})
+    with pytest.raises(ValueError, match="'timezone'.*Mars/Olympus"):
+        build_audience(p, c, score_by_column("monetary"))

@@ -38,6 +38,7 @@ def _bad(raw, path, value):
     ("channels.order", ["email", "fax"], "channels.order", "fax"),
     ("channels.order", ["email", "sms"], "channels.cost", "sms"),
     ("send_time.quiet_start", 24, "send_time.quiet_start", "0-23"),
+    ("send_time.default_timezone", "Europe/Londn", "send_time.default_timezone", "Europe/Londn"),
     ("offer.tiers", [{"max_price_sensitivity": 0.5, "discount": 0.1}], "offer.tiers", "1.0"),
     ("budget.max_users", "many", "budget.max_users", "integer"),
     ("exclusions.opted_out", False, "exclusions.opted_out", "never contacted"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from features.profiles.activity import active_times, browsing_counts, preferred_channel
+from features.profiles.activity import active_times, browsing_counts, preferred_channel, user_timezones
 
 
 def _ev(rows, cols=("user_id", "item_id", "event", "ts")):
@@ -50,3 +50,28 @@ def test_unknown_time_zone_is_named():
 
     with pytest.raises(ValueError, match="profile.activity.timezone"):
         active_times(EV, pd.Index([0]), {"timezone": "Mars/Olympus"}, "timestamp")
+
+
+def test_local_active_hour_per_user_zone():
+    """Both users are active at 23:30 / 09:xx UTC; read in their own zones the hours differ."""
+    users = pd.DataFrame({"user_id": [0, 1], "country": ["Japan", "Atlantis"]})
+    cfg = {"timezone": "Europe/London", "country_timezones": {"Japan": "Asia/Tokyo", "Germany": "Europe/Berlin"}}
+    zones = user_timezones(users, pd.Index([0, 1]), cfg)
+    assert zones.tolist() == ["Asia/Tokyo", "Europe/London"]          # unknown country -> default zone
+    out = active_times(EV, pd.Index([0, 1]), cfg, "timestamp", zones)
+    assert out.loc[0, "active_hour"] == 18 and out.loc[0, "active_dow"] == 0    # 09:xx UTC = 18:xx JST, Monday
+    assert out.loc[1, "active_hour"] == 23 and out.loc[1, "active_dow"] == 5    # London = UTC in March before BST
+
+
+def test_unknown_zone_in_country_table_is_named():
+    import pytest
+
+    users = pd.DataFrame({"user_id": [0], "country": ["Japan"]})
+    with pytest.raises(ValueError, match=r"profile.activity.country_timezones.Japan.*Asia/Tokio"):
+        user_timezones(users, pd.Index([0]), {"timezone": "UTC", "country_timezones": {"Japan": "Asia/Tokio"}})
+
+
+def test_no_country_column_means_default_zone():
+    zones = user_timezones(pd.DataFrame({"user_id": [0, 1]}), pd.Index([0, 1]),
+                           {"timezone": "Asia/Shanghai", "country_timezones": {"Japan": "Asia/Tokyo"}})
+    assert zones.tolist() == ["Asia/Shanghai"] * 2

@@ -19,7 +19,7 @@ CONTRACT = {
     "rfm_group": "string", "lifecycle": "string", "price_sensitivity": "double", "top_categories": "list<element: string>",
     "active_hour": "int64", "active_dow": "int64", "preferred_channel": "string", "clv": "double", "churn_prob": "double",
     "segment": "int64", "named_segment": "string", "opted_out_email": "bool", "opted_out_sms": "bool",
-    "opted_out_push": "bool", "country": "string",
+    "opted_out_push": "bool", "country": "string", "timezone": "string",
 }
 
 
@@ -58,6 +58,8 @@ def test_profiles_follow_the_contract(toy_run):
     assert p["top_categories"].map(len).max() == 3
     assert set(p["named_segment"]) >= {"high_value", "casual_browser", "price_sensitive"}
     assert p["preferred_channel"].isna().all()   # the toy data has no channel
+    want = p["country"].map({"United Kingdom": "Europe/London", "France": "Europe/Paris"})
+    assert (p["timezone"] == want).all()                       # country -> zone from conf/profile
 
 
 def test_segments_consent_flows_and_manifest(toy_run):
