@@ -5,14 +5,16 @@ attributes and price bucket; both end in L2-normalised vectors scored by inner p
   ``item_tower()`` returns the table for every item index (row 0 = padding): these are the
   embeddings that go to the index.
 - User tower: mean of the (input) item-id embeddings of the last ``max_len`` items, optionally
-  recency-weighted, ``-> MLP -> normalise``. ``user_states`` gives it after every prefix of a sequence
-  (causal running mean), so one padded sequence trains on all its positions at once.
+  recency-weighted, plus the sum of the user-feature embeddings (``user_feat [B, F]`` integer codes of
+  ``features.user_features``, 0 = unknown, when ``user_feature_cards`` is set), ``-> MLP -> normalise``.
+  ``user_states`` gives it after every prefix of a sequence (causal running mean), so one padded
+  sequence trains on all its positions at once.
 
 Item indices are ``item_id + 1`` (0 = padding); sequences are left-padded, most recent last.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +31,16 @@ class TwoTowerConfig:
     n_attributes: int = 0        # > 0: attribute vocabulary size (ids 1..n_attributes)
     n_price_buckets: int = 0     # > 0: price bucket ids 1..n (0 = unknown price)
     recency_decay: float = 0.0   # weight of the item k steps back = exp(-decay * k); 0 = plain mean
+    user_feature_cards: list[int] = field(default_factory=list)  # one embedding size per user feature (0 = unknown)
 
     def __post_init__(self) -> None:
         if self.max_len <= 0:
             raise ValueError(f"model.max_len must be > 0, got {self.max_len}")
         if self.hidden <= 0:
             raise ValueError(f"model.hidden must be > 0, got {self.hidden}")
+        self.user_feature_cards = [int(c) for c in self.user_feature_cards]
+        if any(c < 1 for c in self.user_feature_cards):
+            raise ValueError(f"user_feature_cards must all be >= 1, got {self.user_feature_cards}")
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -61,9 +67,10 @@ class TwoTower(nn.Module):
             self.register_buffer("price_bucket", pb.long())
         else:
             self.price_emb = None
+        self.user_feat_emb = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.user_feature_cards)
         self.item_mlp = _mlp(d, cfg.mlp_hidden, d, cfg.dropout)
         self.user_mlp = _mlp(d, cfg.mlp_hidden, d, cfg.dropout)
-        for emb in (self.item_id, self.hist_emb, self.attr_emb, self.price_emb):
+        for emb in (self.item_id, self.hist_emb, self.attr_emb, self.price_emb, *self.user_feat_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.05)
                 with torch.no_grad():
@@ -87,27 +94,43 @@ class TwoTower(nn.Module):
             w = w * torch.exp(-self.cfg.recency_decay * steps_back)
         return w
 
-    def user_states(self, item_seq: torch.Tensor) -> torch.Tensor:
+    def user_feature_vector(self, user_feat: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Sum of the user-feature embeddings ``[B, d]`` (None when the model has no user features)."""
+        if not len(self.user_feat_emb):
+            return None
+        if user_feat is None:
+            raise ValueError(f"this two-tower model needs user_feat [B, {len(self.user_feat_emb)}] (model.user_features.enabled)")
+        if user_feat.shape != (batch, len(self.user_feat_emb)):
+            raise ValueError(f"user_feat: expected shape ({batch}, {len(self.user_feat_emb)}), got {tuple(user_feat.shape)}")
+        return sum(emb(user_feat[:, j]) for j, emb in enumerate(self.user_feat_emb))
+
+    def user_states(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding after each prefix ``[B, L, d]`` (causal running mean, then the MLP)."""
         e = self.hist_emb(item_seq)                           # [B, L, d]
         w = self._weights(item_seq)                           # same weights as encode (ratios cancel)
         pooled = torch.cumsum(e * w.unsqueeze(-1), 1) / torch.cumsum(w, 1).clamp(min=1).unsqueeze(-1)
+        uf = self.user_feature_vector(user_feat, item_seq.shape[0])
+        if uf is not None:
+            pooled = pooled + uf.unsqueeze(1)
         return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
 
-    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+    def encode(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding from the whole (left-padded) sequence ``[B, d]``."""
         e = self.hist_emb(item_seq)
         w = self._weights(item_seq)
         pooled = (e * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
+        uf = self.user_feature_vector(user_feat, item_seq.shape[0])
+        if uf is not None:
+            pooled = pooled + uf
         return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
 
 
 class TwoTowerEncoder(nn.Module):
-    """Export wrapper: ``item_seq [B, L] -> user_emb [B, d]``."""
+    """Export wrapper: ``item_seq [B, L] (, user_feat [B, F]) -> user_emb [B, d]``."""
 
     def __init__(self, model: TwoTower) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(item_seq)
+    def forward(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.encode(item_seq, user_feat)

@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from features.processed import load_items, load_split, load_users, processed_dir
+from features.user_features import UserFeatureConfig, UserFeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,18 @@ class EvalSet:
     targets: torch.Tensor      # [R] item indices (item_id + 1)
     hist_ptr: torch.Tensor     # [R + 1]
     hist_items: torch.Tensor   # [nnz] item indices of each row's history
+    user_feat: torch.Tensor | None = None  # [R, F] user-feature codes (features.user_features), or None
 
     def __len__(self) -> int:
         return len(self.users)
 
     def to(self, device) -> "EvalSet":
-        return EvalSet(*(t.to(device) for t in (self.users, self.inputs, self.targets, self.hist_ptr, self.hist_items)))
+        uf = None if self.user_feat is None else self.user_feat.to(device)
+        return EvalSet(*(t.to(device) for t in (self.users, self.inputs, self.targets, self.hist_ptr, self.hist_items)), uf)
+
+    def user_feat_rows(self, start: int, stop: int) -> torch.Tensor | None:
+        """User-feature codes of rows ``start:stop`` (None without user features)."""
+        return None if self.user_feat is None else self.user_feat[start:stop]
 
     def history_mask_coords(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in batch, item index) pairs of the history of rows ``start:stop``."""
@@ -127,9 +134,11 @@ class SequenceData:
     item_attributes: torch.Tensor | None = None
     n_attributes: int = 0
     info: dict = field(default_factory=dict)
+    train_user_feat: torch.Tensor | None = None   # [U, F] user-feature codes of the training rows
+    user_features: UserFeatureSpec | None = None  # their spec (names, vocabularies, edges)
 
     def to(self, device) -> "SequenceData":
-        for name in ("train_seqs", "train_users", "popularity", "item_attributes"):
+        for name in ("train_seqs", "train_users", "popularity", "item_attributes", "train_user_feat"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
@@ -138,8 +147,14 @@ class SequenceData:
 
 
 def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attributes: bool = False,
-                       max_users: int | None = None, max_attributes: int = 8) -> SequenceData:
-    """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs)."""
+                       max_users: int | None = None, max_attributes: int = 8,
+                       user_features: UserFeatureConfig | None = None) -> SequenceData:
+    """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs).
+
+    With ``user_features.enabled`` the user-feature spec is fitted on the training part only; training rows
+    and the valid split get the codes of the training part, the test split those of train + valid (what is
+    known when the test period starts), with the same vocabularies and edges.
+    """
     if max_len <= 0:
         raise ValueError(f"model.max_len must be > 0, got {max_len}")
     if split not in ("loo", "temporal"):
@@ -169,14 +184,26 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     valid = _eval_set(train, parts["valid"], max_len)
     test = _eval_set(pd.concat([train, parts["valid"]]), parts["test"], max_len)
     all_users = pd.concat([df["user_id"] for df in parts.values()])
-    return SequenceData(
-        n_items=n_items, n_users=int(all_users.max()) + 1 if len(all_users) else 0, max_len=max_len,
+    n_users = int(all_users.max()) + 1 if len(all_users) else 0
+    data = SequenceData(
+        n_items=n_items, n_users=n_users, max_len=max_len,
         train_seqs=torch.from_numpy(seqs), train_users=torch.from_numpy(users),
         valid=valid, test=test, popularity=torch.from_numpy(pop),
         item_attributes=attrs, n_attributes=n_attr,
         info={"split": split, "train_events": int(len(train)), "train_sequences": int(len(seqs)),
               "valid_users": len(valid), "test_users": len(test), "n_items": n_items},
     )
+    if user_features is not None and user_features.enabled:
+        people = load_users(pdir)
+        spec = UserFeatureSpec.fit(train, people, items, user_features)
+        before_test = spec.transform(train, people, items, n_users)
+        before_test_end = spec.transform(pd.concat([train, parts["valid"]]), people, items, n_users)
+        data.user_features = spec
+        data.train_user_feat = torch.from_numpy(before_test[users])
+        data.valid.user_feat = torch.from_numpy(before_test[valid.users.numpy()])
+        data.test.user_feat = torch.from_numpy(before_test_end[test.users.numpy()])
+        data.info["user_features"] = list(spec.names)
+    return data
 
 
 # --------------------------------------------------------------------------- batch iterables
@@ -208,7 +235,7 @@ class TrainBatches:
 
 
 class EvalBatches:
-    """Consecutive row ranges of an ``EvalSet``: ``{"start", "stop", "inputs", "targets", "users"}``."""
+    """Consecutive row ranges of an ``EvalSet``: ``{"start", "stop", "inputs", "targets", "users"}`` (+ ``user_feat``)."""
 
     def __init__(self, data: EvalSet, batch_size: int) -> None:
         self.data, self.batch_size = data, batch_size
@@ -219,8 +246,11 @@ class EvalBatches:
     def __iter__(self):
         for start in range(0, len(self.data), self.batch_size):
             stop = min(start + self.batch_size, len(self.data))
-            yield {"start": start, "stop": stop, "inputs": self.data.inputs[start:stop],
-                   "targets": self.data.targets[start:stop], "users": self.data.users[start:stop]}
+            batch = {"start": start, "stop": stop, "inputs": self.data.inputs[start:stop],
+                     "targets": self.data.targets[start:stop], "users": self.data.users[start:stop]}
+            if self.data.user_feat is not None:
+                batch["user_feat"] = self.data.user_feat[start:stop]
+            yield batch
 
 
 class SequenceDataModule(pl.LightningDataModule):
@@ -229,11 +259,17 @@ class SequenceDataModule(pl.LightningDataModule):
     def __init__(self, data: SequenceData, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__()
         self.data, self.batch_size, self.eval_batch_size, self.seed = data, batch_size, eval_batch_size, seed
-        self._train = TrainBatches({"seqs": data.train_seqs}, batch_size, seed)
+        self._train = TrainBatches(self._tensors(), batch_size, seed)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {"seqs": self.data.train_seqs}
+        if self.data.train_user_feat is not None:
+            out["user_feat"] = self.data.train_user_feat
+        return out
 
     def to(self, device) -> None:
         self.data.to(device)
-        self._train.tensors = {"seqs": self.data.train_seqs}
+        self._train.tensors = self._tensors()
 
     def set_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:
         self._train.epoch, self._train.rank, self._train.world = epoch, rank, world

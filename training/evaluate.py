@@ -60,6 +60,7 @@ class EvalResult:
 
 
 def run(cfg: DictConfig) -> EvalResult:
+    from training.modules import split_scorer
     from training.runs import load_data, load_module, open_run, pick_device
     from features.processed import processed_dir
 
@@ -82,9 +83,8 @@ def run(cfg: DictConfig) -> EvalResult:
     e = rcfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
                   batch_size=int(e.batch_size))
-    score = lambda x, a, b: module.score_batch(x, items)  # noqa: E731
-    metrics = evaluate_split(score, data.valid, data.n_items, prefix="valid/", **common)
-    metrics.update(evaluate_split(score, data.test, data.n_items, prefix="test/",
+    metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
+    metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))
     out = {"metrics": metrics, "protocol": protocol(rcfg), "device": device, "checkpoint": str(info.checkpoint),
            "seconds": time.perf_counter() - t0, "code_version": code_version()}

@@ -2,7 +2,8 @@
 
 The bundle (``serving/bundle_layout.md``) is written atomically to ``${paths.bundles}/<data>-<model>-<time>/``
 and named in ``${paths.bundles}/LATEST``: item embeddings (row i = item_id i), the user/sequence encoder as
-ONNX (``item_seq [B, max_len] int64 -> user_emb [B, dim] float32``; score = inner product), the items and
+ONNX (``item_seq [B, max_len] int64 (, user_feat [B, F] int64) -> user_emb [B, dim] float32``; score = inner
+product), the user-feature codes and spec (``user_features.parquet``/``.json``, two-tower with user features), the items and
 users tables (the online store's initial state: pseudonymised keys only), the run's config and a manifest.
 The ONNX encoder is checked against PyTorch with ONNX Runtime on a batch of real sequences before the
 bundle is published (``export.parity_tolerance``; the measured difference goes into the manifest).
@@ -39,25 +40,41 @@ class ExportResult:
     parity_max_abs_diff: float
 
 
-def export_encoder_onnx(encoder: torch.nn.Module, max_len: int, path: Path, example: torch.Tensor) -> None:
-    """Export ``item_seq [B, max_len] -> user_emb [B, d]`` with a dynamic batch axis."""
+def export_encoder_onnx(encoder: torch.nn.Module, max_len: int, path: Path, example: torch.Tensor,
+                        user_feat: torch.Tensor | None = None) -> None:
+    """Export ``item_seq [B, max_len] (, user_feat [B, F]) -> user_emb [B, d]`` with a dynamic batch axis."""
     encoder = encoder.eval().float()
+    args, names = (example,), ["item_seq"]
+    if user_feat is not None:
+        args, names = (example, user_feat), ["item_seq", "user_feat"]
     with torch.no_grad():
         torch.onnx.export(
-            encoder, (example,), str(path), input_names=["item_seq"], output_names=["user_emb"],
-            dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}}, opset_version=18, dynamo=False,
+            encoder, args, str(path), input_names=names, output_names=["user_emb"],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "user_emb": {0: "batch"}}, opset_version=18, dynamo=False,
         )
 
 
-def onnx_parity(encoder: torch.nn.Module, path: Path, batch: torch.Tensor) -> float:
-    """Max abs difference between ONNX Runtime (CPU) and PyTorch on ``batch``."""
+def onnx_parity(encoder: torch.nn.Module, path: Path, batch: torch.Tensor, user_feat: torch.Tensor | None = None) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch on ``batch`` (and its user features)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(["user_emb"], {"item_seq": batch.numpy().astype(np.int64)})[0]
+    feed = {"item_seq": batch.numpy().astype(np.int64)}
+    if user_feat is not None:
+        feed["user_feat"] = user_feat.numpy().astype(np.int64)
+    got = sess.run(["user_emb"], feed)[0]
     with torch.no_grad():
-        want = encoder(batch).float().numpy()
+        want = (encoder(batch) if user_feat is None else encoder(batch, user_feat)).float().numpy()
     return float(np.abs(got - want).max())
+
+
+def _user_feature_table(pdir: Path, spec) -> pd.DataFrame:
+    """Every user's feature codes as of the newest event (all prepared events), with the run's fitted vocabularies
+    and edges; one row per ``users.parquet`` user."""
+    events = load_events(pdir)
+    people = load_users(pdir)
+    n_users = int(people["user_id"].max()) + 1 if len(people) else 0
+    return spec.table(spec.transform(events, people, load_items(pdir), n_users), people)
 
 
 def _users_table(pdir: Path, max_len: int) -> pd.DataFrame:
@@ -114,24 +131,36 @@ def run(cfg: DictConfig) -> ExportResult:
     bundles = Path(str(cfg.paths.bundles))
     tol = float(cfg.trainer.export.parity_tolerance)
     check = data.test.inputs[: min(256, len(data.test))]
+    spec = data.user_features if family == "two_tower" else None
+    check_uf = data.test.user_feat[: len(check)] if spec is not None else None
     if len(check) == 0:
         check = torch.zeros(2, max_len, dtype=torch.long)
+        check_uf = torch.zeros(2, len(spec.names), dtype=torch.long) if spec is not None else None
+    inputs = [{"name": "item_seq", "dtype": "int64", "shape": ["batch", max_len],
+               "meaning": "item_id + 1, 0 = padding, left-padded, most recent last"}]
+    if spec is not None:
+        inputs.append({"name": "user_feat", "dtype": "int64", "shape": ["batch", len(spec.names)],
+                       "meaning": "user_features.parquet columns in this order (0 = unknown: new users)",
+                       "columns": list(spec.names), "table": "user_features.parquet", "spec": "user_features.json"})
     with atomic_dir(bundles / name) as tmp:
         np.save(tmp / "item_embeddings.npy", item_emb)
-        export_encoder_onnx(encoder, max_len, tmp / "encoder.onnx", check[:2])
-        diff = onnx_parity(encoder, tmp / "encoder.onnx", check)
+        export_encoder_onnx(encoder, max_len, tmp / "encoder.onnx", check[:2],
+                            None if check_uf is None else check_uf[:2])
+        diff = onnx_parity(encoder, tmp / "encoder.onnx", check, check_uf)
         if not diff <= tol:
             raise ExportParityError(f"ONNX Runtime differs from PyTorch by {diff:.2e} > tolerance {tol:.0e}")
         _items_table(pdir, data.popularity.numpy()[1:]).to_parquet(tmp / "items.parquet", index=False)
         _users_table(pdir, max_len).to_parquet(tmp / "users.parquet", index=False)
+        if spec is not None:
+            _user_feature_table(pdir, spec).to_parquet(tmp / "user_features.parquet", index=False)
+            write_json(tmp / "user_features.json", spec.to_json())
         OmegaConf.save(rcfg, tmp / "config.yaml", resolve=True)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(tmp / "manifest.json", {
             "schema_version": SCHEMA_VERSION, "name": name, "data": str(rcfg.data.name),
             "model": str(rcfg.model.name), "family": family, "dim": int(item_emb.shape[1]),
             "n_items": int(item_emb.shape[0]), "max_len": max_len, "score": "inner_product",
-            "encoder_inputs": [{"name": "item_seq", "dtype": "int64", "shape": ["batch", max_len],
-                                "meaning": "item_id + 1, 0 = padding, left-padded, most recent last"}],
+            "encoder_inputs": inputs,
             "encoder_outputs": [{"name": "user_emb", "dtype": "float32", "shape": ["batch", int(item_emb.shape[1])]}],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": code_version(),
             "device": "cpu", "metrics": {k: v for k, v in info.metrics.items() if k.startswith("test/")},

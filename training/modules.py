@@ -23,6 +23,11 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf; the last good checkpoint is left untouched."""
 
 
+def split_scorer(module: "RetrievalModule", split, items: torch.Tensor):
+    """``(inputs, start, stop) -> scores`` over ``items`` for rows of ``split`` (its user features included)."""
+    return lambda x, a, b: module.score_batch(x, items, split.user_feat_rows(a, b))  # noqa: E731
+
+
 class RetrievalModule(pl.LightningModule):
     def __init__(self, optim: dict, evaluation: dict) -> None:
         super().__init__()
@@ -32,7 +37,7 @@ class RetrievalModule(pl.LightningModule):
         self.last_eval: dict[str, float] = {}
 
     # -- to be provided by subclasses
-    def user_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:  # [B, d]
+    def user_embeddings(self, inputs: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:  # [B, d]
         raise NotImplementedError
 
     def item_embeddings(self) -> torch.Tensor:  # [N, d], row i = item_id i
@@ -132,14 +137,15 @@ class RetrievalModule(pl.LightningModule):
             sampled_negatives=int(self.evaluation["sampled_negatives"]) if sampled else 0, seed=0,
         )
 
-    def score_batch(self, inputs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def score_batch(self, inputs: torch.Tensor, items: torch.Tensor | None = None,
+                    user_feat: torch.Tensor | None = None) -> torch.Tensor:
         items = self.item_embeddings() if items is None else items
-        users = self.user_embeddings(inputs)
+        users = self.user_embeddings(inputs, user_feat)
         with torch.autocast(device_type=users.device.type, enabled=False):   # fp32 scores: no bf16 ties
             return users.float() @ items.float().T
 
     def _eval_step(self, batch: dict, split) -> None:
-        scores = self.score_batch(batch["inputs"], self._items)
+        scores = self.score_batch(batch["inputs"], self._items, batch.get("user_feat"))
         targets = batch["targets"] - 1
         if self.evaluation["exclude_history"]:
             rows, cols = split.history_mask_coords(batch["start"], batch["stop"])
@@ -190,7 +196,7 @@ class SASRecModule(RetrievalModule):
         module.popularity.copy_(popularity)
         return module
 
-    def user_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
+    def user_embeddings(self, inputs: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         return self.net.encode(inputs)
 
     def item_embeddings(self) -> torch.Tensor:
@@ -247,8 +253,8 @@ class TwoTowerModule(RetrievalModule):
         module.popularity.copy_(popularity)
         return module
 
-    def user_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net.encode(inputs)
+    def user_embeddings(self, inputs: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.encode(inputs, user_feat)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.net.item_tower()[1:]
@@ -256,7 +262,7 @@ class TwoTowerModule(RetrievalModule):
     def training_loss(self, batch: dict) -> torch.Tensor:
         seqs = batch["seqs"]
         inputs, targets = seqs[:, :-1], seqs[:, 1:]
-        users = self.net.user_states(inputs)                    # [B, L, d]: state after each prefix
+        users = self.net.user_states(inputs, batch.get("user_feat"))  # [B, L, d]: state after each prefix
         keep = targets > 0
         u, t = users[keep], targets[keep]
         cap = int(self.loss_cfg.get("max_positives", 0))

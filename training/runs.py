@@ -20,6 +20,7 @@ from models.sasrec import SASRecConfig
 from models.two_tower import TwoTowerConfig
 from training.data import SequenceData, load_sequence_data, price_buckets
 from features.processed import load_items
+from features.user_features import UserFeatureConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,21 @@ def use_attributes(cfg: DictConfig, items) -> bool:
     return bool(want)
 
 
+def user_feature_config(cfg: DictConfig) -> UserFeatureConfig | None:
+    """``model.user_features`` (two-tower only; other families have no user tower)."""
+    uf = cfg.model.get("user_features")
+    if uf is None or cfg.model.get("family") != "two_tower":
+        return None
+    return UserFeatureConfig.from_cfg(OmegaConf.to_container(uf, resolve=True))
+
+
 def load_data(cfg: DictConfig, pdir: Path) -> tuple[SequenceData, dict]:
     """The tensors a neural or baseline model needs, plus the extra item features (price buckets)."""
     items = load_items(pdir)
     attrs = use_attributes(cfg, items)
     data = load_sequence_data(pdir, int(cfg.model.max_len), str(cfg.trainer.eval.split), attrs,
-                              cfg.trainer.get("max_users"), int(cfg.model.get("max_attributes", 8)))
+                              cfg.trainer.get("max_users"), int(cfg.model.get("max_attributes", 8)),
+                              user_feature_config(cfg))
     extra = {}
     if cfg.model.family == "two_tower":
         extra["price_bucket"], extra["n_price_buckets"] = price_buckets(items, data.n_items, int(cfg.model.price_buckets))
@@ -147,6 +157,7 @@ def build_module(cfg: DictConfig, data: SequenceData, extra: dict):
             n_items=data.n_items, max_len=int(m.max_len), hidden=int(m.hidden), mlp_hidden=int(m.mlp_hidden),
             dropout=float(m.dropout), n_attributes=data.n_attributes,
             n_price_buckets=int(extra.get("n_price_buckets", 0)), recency_decay=float(m.recency_decay),
+            user_feature_cards=data.user_features.cardinalities if data.user_features is not None else [],
         )
         loss = {"temperature": float(m.temperature), "logq_correction": bool(m.logq_correction),
                 "random_negatives": int(m.random_negatives), "max_positives": int(m.max_positives)}

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from features.artifacts import code_version, file_sha256, read_json, write_json
 from features.processed import load_manifest, processed_dir
 from training.evaluate import evaluate_split, protocol
-from training.modules import NonFiniteLossError
+from training.modules import NonFiniteLossError, split_scorer
 from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
                            pick_device, validate_config)
 
@@ -179,12 +179,11 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     data.to(device)
     with torch.no_grad():
         items = module.item_embeddings().float()
-    score = lambda x, a, b: module.score_batch(x, items)  # noqa: E731
     e = cfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
                   batch_size=int(e.batch_size))
-    metrics = evaluate_split(score, data.valid, data.n_items, prefix="valid/", **common)
-    metrics.update(evaluate_split(score, data.test, data.n_items, prefix="test/",
+    metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
+    metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))
     hist = history.history
     best_i = int(np.argmax([h["valid/ndcg@10"] or 0 for h in hist])) if hist else -1

@@ -34,3 +34,23 @@ def test_attributes_and_price_buckets_enter_the_item_tower():
     with torch.no_grad():
         m.price_emb.weight[2] += 1.0
     assert not torch.allclose(before, m.item_tower())
+
+
+def test_user_features_enter_the_user_tower_and_unknown_codes_add_nothing():
+    import pytest
+
+    m = _model(user_feature_cards=[3, 5])
+    seq = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 4]])
+    uf = torch.tensor([[1, 4], [2, 0]])
+    u = m.encode(seq, uf)
+    assert not torch.allclose(u[0], u[1])                       # same history, other features: other user
+    assert torch.allclose(m.user_states(seq, uf)[:, -1], u, atol=1e-5)
+    assert torch.allclose(TwoTowerEncoder(m)(seq, uf), u)
+    zero = torch.zeros(2, 2, dtype=torch.long)                  # all unknown = history only
+    plain = _model()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("user_feat_emb")})
+    assert torch.allclose(m.encode(seq, zero), plain.encode(seq), atol=1e-6)
+    with pytest.raises(ValueError, match="user_feat"):
+        m.encode(seq)
+    with pytest.raises(ValueError, match="user_feat: expected shape"):
+        m.encode(seq, uf[:, :1])

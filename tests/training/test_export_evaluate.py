@@ -50,16 +50,30 @@ def test_export_bundle_layout_and_onnx_parity(trained, model):
     module = load_module(info, "cpu")
     sess = ort.InferenceSession(str(b / "encoder.onnx"), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(0)
+    names = [i["name"] for i in man["encoder_inputs"]]
+    assert [i.name for i in sess.get_inputs()] == names
+    cards = None
+    if model == "two_tower":                                   # user features travel with the bundle
+        assert names == ["item_seq", "user_feat"]
+        spec = json.loads((b / "user_features.json").read_text())
+        table = pd.read_parquet(b / "user_features.parquet")
+        assert man["encoder_inputs"][1]["columns"] == spec["names"] and list(table.columns[2:]) == spec["names"]
+        cards = spec["cardinalities"]
+        assert len(table) == 300 and all((table[n] >= 0).all() and (table[n] < c).all() for n, c in zip(spec["names"], cards))
     for bsz in (1, 7, 64):
         seq = torch.randint(1, 61, (bsz, 50), generator=g)
         seq[:, : 50 - 5] = 0                                   # short, left-padded histories
-        got = sess.run(["user_emb"], {"item_seq": seq.numpy()})[0]
+        feed, uf = {"item_seq": seq.numpy()}, None
+        if cards is not None:
+            uf = torch.stack([torch.randint(0, c, (bsz,), generator=g) for c in cards], 1)
+            feed["user_feat"] = uf.numpy()
+        got = sess.run(["user_emb"], feed)[0]
         with torch.no_grad():
-            want = module.user_embeddings(seq).numpy()
+            want = module.user_embeddings(seq, uf).numpy()
         assert np.abs(got - want).max() <= 1e-4
         # scores from the bundle = inner product with item_embeddings
         with torch.no_grad():
-            s = module.score_batch(seq).numpy()
+            s = module.score_batch(seq, user_feat=uf).numpy()
         assert np.allclose(got @ emb.T, s, atol=1e-3)
     items = pd.read_parquet(b / "items.parquet")
     assert list(items.columns) == ["item_id", "item_key", "category", "price", "popularity", "available"]
