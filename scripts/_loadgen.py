@@ -19,6 +19,8 @@ import numpy as np
 @dataclass
 class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)   # seconds since the load began, per answered request
+    t0: float = 0.0
     statuses: collections.Counter = field(default_factory=collections.Counter)
     exceptions: collections.Counter = field(default_factory=collections.Counter)
     bodies: list[Any] = field(default_factory=list)
@@ -43,6 +45,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: Any, res: LoadResult, 
     try:
         r = await client.post(url, json=body)
         res.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        res.starts.append(t0 - res.t0)
         res.statuses[r.status_code] += 1
         if keep_body and r.status_code == 200:
             res.bodies.append(r.json())
@@ -71,7 +74,7 @@ async def closed_loop(url: str, make_body: Callable[[int], Any], *, concurrency:
                     return
                 await _one(client, url, make_body(i), res, False)
 
-        t0 = time.perf_counter()
+        t0 = res.t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         res.seconds = time.perf_counter() - t0
     return res
@@ -85,7 +88,7 @@ async def open_loop(url: str, make_body: Callable[[int], Any], *, rps: float, se
     async with _client(int(rps) + 8, headers, timeout) as client:
         side = asyncio.create_task(during()) if during else None
         tasks = []
-        t0 = time.perf_counter()
+        t0 = res.t0 = time.perf_counter()
         n = int(rps * seconds)
         for i in range(n):
             delay = t0 + i / rps - time.perf_counter()

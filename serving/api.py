@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import math
+import os
 import pathlib
+import socket
 import time
 from typing import Annotated, Any, Literal, Union
 
@@ -130,6 +133,57 @@ def _items(items: list[RecItem]) -> list[Item]:
                  reason=i.reason) for i in items]
 
 
+def recommendation_json(result: RecResult) -> Response:
+    """The ``RecommendationResponse`` body, serialised here in one ``json.dumps``: FastAPI would
+    otherwise build the pydantic models, validate them again against ``response_model`` and encode
+    them through ``jsonable_encoder``, for a body whose types ``RecResult`` already fixes. The
+    schema in /openapi.json stays ``RecommendationResponse`` (tests check the two agree)."""
+    items = [{"item_id": i.item_key, "score": i.score if math.isfinite(i.score) else 0.0, "source": i.source,
+              "reason": i.reason} for i in result.items]
+    body = {"items": items, "cold_start": bool(result.cold_start), "degraded": result.degraded,
+            "bundle": result.bundle}
+    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),
+                    media_type="application/json")
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: per-route request counts, errors and latency (``Telemetry.observe_request``),
+    and a 500 for an unhandled error (never a hang). Starlette's ``@app.middleware("http")`` would wrap
+    every request in extra tasks and memory streams. With ``replica_id`` each answer carries it in an
+    ``X-Replica`` header."""
+
+    def __init__(self, app: Any, telemetry: Any, replica_id: str | None = None):
+        self.app = app
+        self.tel = telemetry
+        self.replica_header = None if replica_id is None else (b"x-replica", replica_id.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [0]
+
+        async def send_status(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+                if self.replica_header is not None:
+                    msg = {**msg, "headers": [*msg.get("headers", []), self.replica_header]}
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:  # noqa: BLE001 - last line of defence: a 500 is counted, never a hang
+            log.exception("unhandled error on %s", scope.get("path"))
+            if status[0] == 0:  # nothing sent yet: answer
+                status[0] = 500
+                await JSONResponse({"detail": "internal error"}, status_code=500)(scope, receive, send)
+            else:
+                status[0] = 500
+        route = scope.get("route")
+        self.tel.observe_request(getattr(route, "path", "unmatched"), scope.get("method", ""), status[0],
+                                 time.perf_counter() - t0)
+
+
 def _epoch(ts: dt.datetime | None, default: float) -> float:
     if ts is None:
         return default
@@ -151,24 +205,15 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(cfg.http.max_body_bytes))
     tel = service.telemetry
-
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):
-        t0 = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - last line of defence: a 500 is counted, never a hang
-            log.exception("unhandled error on %s", request.url.path)
-            response = JSONResponse({"detail": "internal error"}, status_code=500)
-        route = request.scope.get("route")
-        tel.observe_request(getattr(route, "path", "unmatched"), request.method, response.status_code,
-                            time.perf_counter() - t0)
-        return response
+    # With debug routes on, every answer names the replica that gave it (tests of multi-replica behaviour).
+    replica = f"{socket.gethostname()}:{os.getpid()}" if bool(cfg.http.debug_routes) else None
+    app.add_middleware(MetricsMiddleware, telemetry=tel, replica_id=replica)
 
     api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False,
                                   description="API key (or `Authorization: Bearer <key>`)")
 
-    def require_key(request: Request, _key: str | None = Security(api_key_scheme)) -> str:
+    async def require_key(request: Request, _key: str | None = Security(api_key_scheme)) -> str:
+        # async: a sync dependency would cost every request a hop to the threadpool and back
         try:
             return service.auth.check(key_from_headers(request.headers))
         except AuthError as e:
@@ -206,7 +251,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         return Response(tel.render(), media_type=tel.content_type)
 
     @app.post("/v1/recommendations", response_model=RecommendationResponse, dependencies=authed, tags=["recommend"])
-    async def recommendations(req: RecommendationRequest) -> RecommendationResponse:
+    async def recommendations(req: RecommendationRequest) -> Response:
         rec = recommender()
         ctx = req.context or Context()
         q = RecQuery(user_key=service.user_key(_key(req.user_id, "user_id")), k=req.k, category=ctx.category,
@@ -220,8 +265,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             tel.degraded.labels(result.degraded).inc()
         if result.cold_start:
             tel.cold_start.inc()
-        return RecommendationResponse(items=_items(result.items), cold_start=result.cold_start,
-                                      degraded=result.degraded, bundle=result.bundle)
+        return recommendation_json(result)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, dependencies=authed, tags=["recommend"],
              responses={404: {"description": "unknown item"}})

@@ -37,6 +37,7 @@ class RankerDeployment:
         self.score.set_max_batch_size(int(r["max_batch_size"]))
         self.score.set_batch_wait_timeout_s(float(r["batch_wait_timeout_s"]))
         self._rankers: dict[str, Any] = {}
+        self._threads = int(r["onnx_threads"])
         try:  # load the current bundle's ranker now, not on the first request
             from serving.bundle import resolve_bundle_dir
 
@@ -50,7 +51,7 @@ class RankerDeployment:
 
             if len(self._rankers) >= 2:  # keep the current and the previous bundle's ranker
                 self._rankers.pop(next(iter(self._rankers)))
-            self._rankers[bundle_dir] = Ranker.load(Path(bundle_dir))
+            self._rankers[bundle_dir] = Ranker.load(Path(bundle_dir), threads=self._threads)
         return self._rankers[bundle_dir]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)

@@ -95,6 +95,24 @@ class Bundle:
         return np.asarray(self.encoder.run(["user_emb"], {"item_seq": batch})[0], np.float32)
 
 
+def session_options(threads: int | None):
+    """ONNX Runtime options for a serving session: ``threads`` intra-op threads (None = ORT's default,
+    one per physical core), one inter-op thread, and no spinning. ORT's pool threads otherwise spin
+    after every run, burning the cores that the HTTP proxy and the other replicas need."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"onnx_threads={threads}: must be >= 1")
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 def resolve_bundle_dir(bundle_path: str | Path | None, bundles_dir: str | Path) -> Path:
     """``bundle_path`` if given, else ``<bundles_dir>/<name in LATEST>``."""
     if bundle_path:
@@ -267,9 +285,7 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
     emb = np.ascontiguousarray(emb, np.float32)
     items = load_items(bundle_dir / "items.parquet", n_items)
     users = load_users(bundle_dir / "users.parquet", n_items)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(onnx_threads))
-    opts.inter_op_num_threads = 1
+    opts = session_options(max(1, int(onnx_threads)))
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
         encoder = ort.InferenceSession(str(bundle_dir / "encoder.onnx"), opts, providers=providers)
@@ -287,7 +303,7 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
     if index.dim != dim or index.n_items != n_items:
         raise BundleError(f"{bundle_dir / 'index'}: index has dim={index.dim}, n_items={index.n_items}; "
                           f"manifest.json says dim={dim}, n_items={n_items}")
-    ranker = _load_ranker(bundle_dir)
+    ranker = _load_ranker(bundle_dir, onnx_threads)
     bundle = Bundle(path=bundle_dir, name=str(m["name"]), manifest=m, dim=dim, n_items=n_items, max_len=max_len,
                     item_embeddings=emb, items=items, users=users, encoder=encoder, index=index, ranker=ranker,
                     bought_together=load_bought_together(bundle_dir / "bought_together.parquet", n_items,
@@ -301,11 +317,11 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
     return bundle
 
 
-def _load_ranker(bundle_dir: Path):
-    """``serving.ranking.Ranker.load`` (None when the bundle has no ranker.onnx)."""
+def _load_ranker(bundle_dir: Path, threads: int):
+    """``serving.ranking.Ranker.load`` (None when the bundle has no ranker.onnx), ``threads`` intra-op threads."""
     try:
         from serving.ranking import Ranker
     except ImportError:  # the ranking module is optional: retrieval order is used without it
         log.warning("serving.ranking is not importable: recommendations use retrieval scores")
         return None
-    return Ranker.load(bundle_dir)
+    return Ranker.load(bundle_dir, threads=threads)

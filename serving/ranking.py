@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from models.ranker import FeatureSpec, ItemTable, build_batch, combine_heads
+from serving.bundle import session_options
 from serving.index import BundleError, load_embeddings
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,14 @@ class RankRequest:
     channel: str | None = None
 
 
-def make_session(path: Path, prefer_cuda: bool = True):
+def make_session(path: Path, prefer_cuda: bool = True, threads: int | None = None):
     """An ONNX Runtime session; CUDA only when the session really gets it. Returns (session, provider)."""
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
     if prefer_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = session_options(threads)
     try:
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
@@ -78,7 +78,8 @@ class Ranker:
         self.heads = list(spec.heads)
 
     @classmethod
-    def load(cls, bundle_dir: Path, prefer_cuda: bool = True) -> "Ranker | None":
+    def load(cls, bundle_dir: Path, prefer_cuda: bool = True, threads: int | None = None) -> "Ranker | None":
+        """The bundle's ranker (None without ``ranker.onnx``); ``threads``: ONNX Runtime intra-op threads."""
         bundle_dir = Path(bundle_dir)
         onnx_path, json_path = bundle_dir / RANKER_ONNX, bundle_dir / RANKER_JSON
         if not onnx_path.exists():
@@ -93,7 +94,7 @@ class Ranker:
         if emb.shape[1] != spec.dim:
             raise BundleError(f"{json_path}: dim={spec.dim} differs from item_embeddings.npy dimension {emb.shape[1]}")
         table = ItemTable.build(load_items_table(bundle_dir), emb, spec)
-        session, provider = make_session(onnx_path, prefer_cuda)
+        session, provider = make_session(onnx_path, prefer_cuda, threads)
         log.info("ranker loaded from %s on %s", bundle_dir, provider)
         return cls(session, provider, spec, table)
 

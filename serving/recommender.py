@@ -300,7 +300,9 @@ class Recommender:
     def _apply_rules(self, c: Candidates, scores: np.ndarray, k: int) -> list[RecItem]:
         b = self.bundle
         cap = 0 if c.query.category is not None else self.settings.rules.max_per_category
-        keep = np.array([c.allowed[i] and int(i) not in c.blocked for i in c.ids], bool) if len(c.ids) else np.zeros(0, bool)
+        keep = c.allowed[c.ids]
+        if c.blocked and len(c.ids):
+            keep &= ~np.isin(c.ids, np.fromiter(c.blocked, np.int64, len(c.blocked)))
         pos = np.flatnonzero(keep)
         picked = pos[select_top_k(c.ids[pos], scores[pos], b.items.category_code, k, cap)] if len(pos) else pos
         ids = c.ids[picked]
