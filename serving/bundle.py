@@ -248,11 +248,15 @@ def load_bought_together(path: Path, n_items: int, per_item: int) -> dict[int, t
     if score_col is None:
         df = df.assign(confidence=1.0)
         score_col = "confidence"
-    df = df.sort_values(["item_id", score_col], ascending=[True, False]).groupby("item_id", sort=False).head(per_item)
-    out = {}
-    for item, g in df.groupby("item_id", sort=False):
-        out[int(item)] = (g["other_item_id"].to_numpy(np.int64), g[score_col].to_numpy(np.float32))
-    return out
+    df = df.sort_values(["item_id", score_col], ascending=[True, False], kind="stable")
+    df = df[df.groupby("item_id", sort=False).cumcount().to_numpy() < per_item]
+    items = df["item_id"].to_numpy(np.int64)
+    others = df["other_item_id"].to_numpy(np.int64)
+    scores = df[score_col].to_numpy(np.float32)
+    # one slice per item (numpy views; a pandas groupby loop held the GIL ~0.5 s per 2,000 items during hot swaps)
+    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]]) if len(items) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(items)]
+    return {int(items[a]): (others[a:b], scores[a:b]) for a, b in zip(starts.tolist(), ends.tolist())}
 
 
 def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_threads: int = 1,

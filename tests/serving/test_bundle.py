@@ -72,3 +72,24 @@ def test_missing_encoder_is_named(copy):
     (copy / "encoder.onnx").unlink()
     with pytest.raises(BundleError, match="encoder.onnx: missing"):
         load_bundle(copy, verify_hashes=False)
+
+
+def test_bought_together_keeps_the_best_per_item(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from serving.bundle import load_bought_together
+
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"item_id": rng.integers(0, 30, 400), "other_item_id": rng.integers(0, 30, 400),
+                       "confidence": rng.random(400)})
+    df.loc[0, "item_id"] = 99  # out of range: dropped
+    df.to_parquet(tmp_path / "bt.parquet")
+    got = load_bought_together(tmp_path / "bt.parquet", n_items=30, per_item=4)
+    ref = df[df["item_id"] < 30].sort_values(["item_id", "confidence"], ascending=[True, False])
+    ref = ref.groupby("item_id").head(4)
+    assert sorted(got) == sorted(ref["item_id"].unique().tolist())
+    for item, g in ref.groupby("item_id"):
+        others, conf = got[int(item)]
+        assert others.tolist() == g["other_item_id"].tolist()
+        assert np.allclose(conf, g["confidence"].to_numpy(np.float32))
