@@ -39,9 +39,10 @@ class CampaignNet(nn.Module):
 
     def set_preprocessing(self, x_raw: np.ndarray, log_mask: Sequence[bool]) -> None:
         """Fit log1p mask and standardisation on raw training features (NaN = column mean)."""
-        mask = torch.as_tensor(np.asarray(log_mask, dtype=bool))
+        dev = self.mean.device          # the buffers' device (the CPU, or CUDA once moved there)
+        mask = torch.as_tensor(np.asarray(log_mask, dtype=bool), device=dev)
         self.log_mask.copy_(mask)
-        x = self._transform_log(torch.as_tensor(np.asarray(x_raw, dtype=np.float32)))
+        x = self._transform_log(torch.as_tensor(np.asarray(x_raw, dtype=np.float32), device=dev))
         mean = torch.nanmean(x, dim=0)
         filled = torch.where(torch.isnan(x), mean, x)
         std = filled.std(dim=0)

@@ -177,6 +177,11 @@ def run(cfg: DictConfig) -> BuildResult:
                                               "control": int(len(aud) - len(treat))},
             "channels": treat["channel"].astype(str).value_counts().to_dict(),
             "treatment_cost": float(treat["cost"].sum()),
+            "send_time": {"local_zones": aud["timezone"].astype(str).value_counts().to_dict(),
+                          "zone_source": ("profiles column timezone (default where null: send_time.default_timezone)"
+                                          if "timezone" in profiles.columns else
+                                          "send_time.default_timezone (the profiles have no timezone column)"),
+                          "send_at": "UTC"},
             "snapshot_date": str(snapshot), "send_date": result.send_date,
             "model": {"kind": campaign.model.kind, "features": list(campaign.model.features), "metrics": metrics,
                       "training": table_info, "train_seconds": train_s},

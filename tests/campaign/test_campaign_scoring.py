@@ -40,3 +40,34 @@ def test_unknown_or_malicious_campaign_ids_give_none(tmp_path, campaign, profile
     for bad in ("nope", "../bundle", "WINBACK", "", "winback/../winback"):
         assert load_campaign_scorer(bundle, bad) is None
     assert load_campaign_scorer(tmp_path / "missing", campaign.id) is None
+
+
+def test_cuda_request_without_a_gpu_falls_back_to_cpu_with_equal_scores():
+    import numpy as np
+    import torch
+
+    from tests.campaign.conftest import tiny_model
+
+    model = tiny_model(["a", "b", "c"])
+    x = np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32)
+    cpu = model.score_matrix(x, device="cpu", batch_size=300)
+    other = model.score_matrix(x, device="cuda", batch_size=300)   # cuda when present, else the CPU
+    np.testing.assert_allclose(other, cpu, rtol=1e-4, atol=1e-5)
+    dev = next(model.ensemble.parameters()).device
+    assert all(b.device == dev for b in model.ensemble.buffers())   # model and its preprocessing together
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_preprocessing_fits_on_the_models_own_device():
+    """``set_preprocessing`` after the network moved (e.g. to CUDA) must not mix devices."""
+    import numpy as np
+    import torch
+
+    from models.uplift import CampaignNet
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    net = CampaignNet(3, 8, 2).to(dev)
+    x = np.abs(np.random.default_rng(1).normal(size=(200, 3))).astype(np.float32)
+    net.set_preprocessing(x, [True, False, False])
+    assert net.mean.device.type == dev and net.log_mask.device.type == dev
+    assert torch.isfinite(net.score(torch.from_numpy(x).to(dev))).all()
