@@ -11,7 +11,9 @@ as plain matrix products.
 Inputs of the network (and of ``ranker.onnx``), one row per (request, candidate):
 
 - ``dense``    float32 ``[N, len(DENSE_FEATURES)]`` raw dense features (standardised inside the model);
-- ``cat``      int64 ``[N, len(CAT_FEATURES)]`` categorical codes, 0 = unknown;
+- ``cat``      int64 ``[N, len(CAT_FEATURES) + len(user_features)]`` categorical codes, 0 = unknown; the
+  last columns are the user's feature codes (``features.user_features``, ``spec.user_features``), the
+  same for every candidate of a request (zeros when the request has none: a new user);
 - ``user_emb`` float32 ``[N, dim]`` the user's sequence embedding from ``encoder.onnx``;
 - ``item_emb`` float32 ``[N, dim]`` the candidate's item embedding.
 
@@ -61,6 +63,7 @@ class RankInput(Protocol):
     hour: int
     dow: int
     channel: str | None
+    # optional: ``user_feat`` int64 [len(spec.user_features)] user-feature codes (absent = all unknown)
 
 
 @dataclass
@@ -79,10 +82,21 @@ class FeatureSpec:
     onnx_inputs: list[str] = field(default_factory=lambda: ["dense", "cat", "user_emb", "item_emb"])
     onnx_output: str = "probs"
     schema_version: int = 1
+    user_features: list[str] = field(default_factory=list)      # features.user_features names, in cat order
+    user_cardinalities: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.user_features) != len(self.user_cardinalities):
+            raise ValueError(f"user_cardinalities: {len(self.user_cardinalities)} sizes for "
+                             f"{len(self.user_features)} user_features")
+        want = list(CAT_FEATURES) + [f"user_{n}" for n in self.user_features]
+        if list(self.cat_features) == list(CAT_FEATURES) and self.user_features:
+            self.cat_features = want
 
     @property
     def cat_cardinalities(self) -> list[int]:
-        return [len(self.categories) + 1, len(self.price_edges) + 2, 24, 7, len(self.channels) + 1]
+        return [len(self.categories) + 1, len(self.price_edges) + 2, 24, 7, len(self.channels) + 1,
+                *[int(c) for c in self.user_cardinalities]]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,13 +110,15 @@ class FeatureSpec:
 
     @classmethod
     def fit(cls, items: pd.DataFrame, dim: int, *, n_price_buckets: int, channels: Sequence[str],
-            heads: Sequence[str], score_weights: dict[str, float], recent_window: int) -> "FeatureSpec":
+            heads: Sequence[str], score_weights: dict[str, float], recent_window: int,
+            user_features: Sequence[str] = (), user_cardinalities: Sequence[int] = ()) -> "FeatureSpec":
         cats = sorted(str(c) for c in items["category"].dropna().unique()) if "category" in items else []
         lp = np.log1p(items["price"].dropna().to_numpy(float)) if "price" in items else np.array([])
         edges = [] if len(lp) == 0 else sorted(set(np.quantile(lp, np.linspace(0, 1, n_price_buckets + 1)[1:-1]).round(6).tolist()))
         return cls(dim=int(dim), categories=cats, price_edges=[float(e) for e in edges], channels=list(channels),
                    heads=list(heads), score_weights={h: float(score_weights.get(h, 0.0)) for h in heads},
-                   recent_window=int(recent_window))
+                   recent_window=int(recent_window), user_features=list(user_features),
+                   user_cardinalities=[int(c) for c in user_cardinalities])
 
 
 @dataclass
@@ -193,12 +209,20 @@ def request_features(table: ItemTable, spec: FeatureSpec, req: RankInput) -> tup
     chan = 0
     if req.channel is not None and req.channel in spec.channels:
         chan = spec.channels.index(req.channel) + 1
-    cat = np.zeros((n, len(CAT_FEATURES)), np.int64)
+    n_user = len(spec.user_features)
+    cat = np.zeros((n, len(CAT_FEATURES) + n_user), np.int64)
     cat[:, 0] = table.category[cand]
     cat[:, 1] = table.price_bucket[cand]
     cat[:, 2] = int(req.hour) % 24
     cat[:, 3] = int(req.dow) % 7
     cat[:, 4] = chan
+    uf = getattr(req, "user_feat", None)
+    if n_user and uf is not None:
+        codes = np.asarray(uf, np.int64).reshape(-1)
+        if codes.shape[0] != n_user:
+            raise ValueError(f"user_feat: expected {n_user} codes ({spec.user_features}), got {codes.shape[0]}")
+        card = np.asarray(spec.user_cardinalities, np.int64)
+        cat[:, len(CAT_FEATURES):] = np.where((codes >= 0) & (codes < card), codes, 0)   # out of range = unknown
     return dense, cat
 
 
@@ -218,7 +242,8 @@ def build_batch(table: ItemTable, spec: FeatureSpec, requests: Sequence[RankInpu
         offsets.append(offsets[-1] + len(d))
     if not dens:
         z = np.zeros((0, dim), np.float32)
-        return FeatureBatch(np.zeros((0, len(DENSE_FEATURES)), np.float32), np.zeros((0, len(CAT_FEATURES)), np.int64),
+        return FeatureBatch(np.zeros((0, len(DENSE_FEATURES)), np.float32),
+                            np.zeros((0, len(CAT_FEATURES) + len(spec.user_features)), np.int64),
                             z, z.copy(), np.zeros(1, np.int64))
     return FeatureBatch(np.concatenate(dens), np.concatenate(cats), np.ascontiguousarray(np.concatenate(users)),
                         np.ascontiguousarray(np.concatenate(items)), np.asarray(offsets, np.int64))

@@ -68,13 +68,13 @@ def onnx_parity(encoder: torch.nn.Module, path: Path, batch: torch.Tensor, user_
     return float(np.abs(got - want).max())
 
 
-def _user_feature_table(pdir: Path, spec) -> pd.DataFrame:
+def user_feature_table(pdir: Path, spec, items: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every user's feature codes as of the newest event (all prepared events), with the run's fitted vocabularies
-    and edges; one row per ``users.parquet`` user."""
+    and edges; one row per ``users.parquet`` user. ``items`` (``item_id``, ``category``): default the processed items."""
     events = load_events(pdir)
     people = load_users(pdir)
-    n_users = int(people["user_id"].max()) + 1 if len(people) else 0
-    return spec.table(spec.transform(events, people, load_items(pdir), n_users), people)
+    n_users = int(max(people["user_id"].max(), events["user_id"].max())) + 1 if len(people) else 0
+    return spec.table(spec.transform(events, people, load_items(pdir) if items is None else items, n_users), people)
 
 
 def _users_table(pdir: Path, max_len: int) -> pd.DataFrame:
@@ -152,7 +152,7 @@ def run(cfg: DictConfig) -> ExportResult:
         _items_table(pdir, data.popularity.numpy()[1:]).to_parquet(tmp / "items.parquet", index=False)
         _users_table(pdir, max_len).to_parquet(tmp / "users.parquet", index=False)
         if spec is not None:
-            _user_feature_table(pdir, spec).to_parquet(tmp / "user_features.parquet", index=False)
+            user_feature_table(pdir, spec).to_parquet(tmp / "user_features.parquet", index=False)
             write_json(tmp / "user_features.json", spec.to_json())
         OmegaConf.save(rcfg, tmp / "config.yaml", resolve=True)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

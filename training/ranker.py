@@ -43,7 +43,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from features.artifacts import atomic_dir, code_version, file_sha256, write_json
-from features.processed import load_manifest, load_split, processed_dir
+from features.processed import load_manifest, load_split, load_users, processed_dir
+from features.user_features import UserFeatureConfig, UserFeatureSpec
 from models.ranker import CAT_FEATURES, DENSE_FEATURES, DCNv2Ranker, FeatureBatch, FeatureSpec, ItemTable, build_batch, combine_heads
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,14 @@ class Retriever:
     max_len: int
     session: object  # onnxruntime.InferenceSession over encoder.onnx
     manifest: dict
+    user_spec: UserFeatureSpec | None = None  # the bundle's user_features.json (its encoder takes user_feat)
 
-    def encode(self, histories: list[np.ndarray], batch: int = 512) -> np.ndarray:
-        """User embeddings from ``encoder.onnx`` (item_id + 1, left-padded, most recent last)."""
+    def encode(self, histories: list[np.ndarray], user_feat: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
+        """User embeddings from ``encoder.onnx`` (item_id + 1, left-padded, most recent last; plus the users'
+        feature codes ``[R, F]`` when the encoder takes ``user_feat``)."""
         L = self.max_len
+        if self.user_spec is not None and user_feat is None:
+            raise RankerSetupError(f"{self.bundle_dir / 'encoder.onnx'} takes user_feat: user-feature codes are needed")
         out = []
         for s in range(0, len(histories), batch):
             chunk = histories[s:s + batch]
@@ -77,7 +82,10 @@ class Retriever:
                 h = np.asarray(h, np.int64)[-L:]
                 if len(h):
                     seq[i, L - len(h):] = h + 1
-            out.append(self.session.run(["user_emb"], {"item_seq": seq})[0])
+            feed = {"item_seq": seq}
+            if self.user_spec is not None:
+                feed["user_feat"] = np.ascontiguousarray(user_feat[s:s + batch], np.int64)
+            out.append(self.session.run(["user_emb"], feed)[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.embeddings.shape[1]), np.float32)
 
 
@@ -110,10 +118,15 @@ def open_retriever(bundle_dir: Path, n_items_expected: int, threads: int) -> Ret
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(bundle_dir / "encoder.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    if names != ["item_seq"]:
-        raise RankerSetupError(f"{bundle_dir / 'encoder.onnx'}: inputs {names}; the ranker feeds only item_seq")
+    if names not in (["item_seq"], ["item_seq", "user_feat"]):
+        raise RankerSetupError(f"{bundle_dir / 'encoder.onnx'}: inputs {names}; the ranker feeds item_seq (and user_feat)")
+    user_spec = None
+    if "user_feat" in names:
+        if not (bundle_dir / "user_features.json").exists():
+            raise RankerSetupError(f"{bundle_dir / 'user_features.json'}: missing, but encoder.onnx takes user_feat")
+        user_spec = UserFeatureSpec.from_json(json.loads((bundle_dir / "user_features.json").read_text()))
     max_len = int(manifest.get("max_len") or sess.get_inputs()[0].shape[1])
-    return Retriever(bundle_dir, emb, pd.read_parquet(bundle_dir / "items.parquet"), max_len, sess, manifest)
+    return Retriever(bundle_dir, emb, pd.read_parquet(bundle_dir / "items.parquet"), max_len, sess, manifest, user_spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +169,10 @@ def top_candidates(user_emb: np.ndarray, item_emb: np.ndarray, k: int, exclude: 
 
 
 def build_stage(retriever: Retriever, table: ItemTable, spec: FeatureSpec, hist_events: pd.DataFrame,
-                label_events: pd.DataFrame, m: DictConfig, device: str, max_users: int | None) -> Stage:
+                label_events: pd.DataFrame, m: DictConfig, device: str, max_users: int | None,
+                user_codes: np.ndarray | None = None) -> Stage:
+    """Candidates, features and labels of one stage. ``user_codes [n_users, F]``: user-feature codes as of the end
+    of ``hist_events`` (fed to the encoder when it takes them and to the ranker when ``spec.user_features``)."""
     hists = histories(hist_events, list(m.history_events), retriever.max_len)
     label_events = label_events.sort_values(["user_id", "ts", "src_row"], kind="stable")
     first = label_events.groupby("user_id", sort=True)["ts"].min()
@@ -168,7 +184,8 @@ def build_stage(retriever: Retriever, table: ItemTable, spec: FeatureSpec, hist_
     if len(users) == 0:
         raise RankerSetupError("no user has both a history and a label-period purchase: check model.split / data")
     hist_list = [hists[int(u)] for u in users]
-    u_emb = retriever.encode(hist_list)
+    codes = None if user_codes is None else user_codes[users]
+    u_emb = retriever.encode(hist_list, codes)
     exclude = hist_list if bool(m.exclude_history) else None
     k = min(int(m.n_candidates), retriever.embeddings.shape[0])
     scores, cands = top_candidates(u_emb, retriever.embeddings, k, exclude, device)
@@ -178,7 +195,8 @@ def build_stage(retriever: Retriever, table: ItemTable, spec: FeatureSpec, hist_
     for r, u in enumerate(users):
         ts = first.loc[u]
         requests.append(SimpleNamespace(user_emb=u_emb[r], history=hist_list[r], candidates=cands[r],
-                                        retrieval_scores=scores[r], hour=int(ts.hour), dow=int(ts.dayofweek), channel=None))
+                                        retrieval_scores=scores[r], hour=int(ts.hour), dow=int(ts.dayofweek), channel=None,
+                                        user_feat=None if codes is None else codes[r]))
         lab = np.zeros((k, len(spec.heads)), np.float32)
         for h_i, h in enumerate(spec.heads):
             got = per_head[h].get(u, set())
@@ -317,10 +335,13 @@ def export_onnx(net: DCNv2Ranker, spec: FeatureSpec, out_dir: Path, sample: Feat
 
 
 def copy_to_bundle(export_dir: Path, bundle_dir: Path, extra: dict) -> None:
-    """Copy ranker.onnx + ranker.json into the retriever bundle (file by file, atomic renames)."""
+    """Copy ranker.onnx + ranker.json (+ user_features.{parquet,json} when the ranker brought them) into the
+    retriever bundle (file by file, atomic renames)."""
     man_path = bundle_dir / "manifest.json"
     m = json.loads(man_path.read_text())
-    for name in ("ranker.json", "ranker.onnx"):
+    names = ["ranker.json", "ranker.onnx"] + [n for n in ("user_features.parquet", "user_features.json")
+                                              if (export_dir / n).exists()]
+    for name in names:
         tmp = bundle_dir / f".{name}.tmp-{os.getpid()}"
         shutil.copyfile(export_dir / name, tmp)
         os.replace(tmp, bundle_dir / name)
@@ -359,6 +380,21 @@ def _check(m: DictConfig) -> None:
         raise RankerSetupError(f"model.lr={m.lr}: must be > 0")
 
 
+def user_feature_codes(retriever: Retriever, ucfg: UserFeatureConfig, pdir: Path, parts: dict[str, pd.DataFrame]
+                       ) -> tuple[UserFeatureSpec | None, np.ndarray | None, np.ndarray | None]:
+    """The user-feature spec and codes ``[n_users, F]`` as of the fit stage (train part) and the test stage
+    (train + valid). The retriever bundle's own ``user_features.json`` is reused when it has one (one table in
+    the bundle for both models); otherwise the spec is fitted on the train part only. ``(None, None, None)``
+    when neither the ranker (``model.user_features.enabled``) nor the retriever's encoder uses user features."""
+    if retriever.user_spec is None and not ucfg.enabled:
+        return None, None, None
+    people, items = load_users(pdir), retriever.items
+    n_users = int(max(people["user_id"].max(), *(df["user_id"].max() for df in parts.values() if len(df)))) + 1
+    spec = retriever.user_spec or UserFeatureSpec.fit(parts["train"], people, items, ucfg)
+    return (spec, spec.transform(parts["train"], people, items, n_users),
+            spec.transform(pd.concat([parts["train"], parts["valid"]]), people, items, n_users))
+
+
 def train_ranker(cfg: DictConfig) -> Path:
     """Train, evaluate and export the ranker; returns the run folder (see module docstring)."""
     m = cfg.model
@@ -379,13 +415,18 @@ def train_ranker(cfg: DictConfig) -> Path:
     heads = [h for h in m.heads if h in present]
     if not heads or heads[0] != m.heads[0]:
         raise RankerSetupError(f"model.heads={list(m.heads)}: the first head must be an event type of the data ({sorted(present)})")
+    ucfg = UserFeatureConfig.from_cfg(OmegaConf.to_container(m.user_features, resolve=True) if m.get("user_features") else None)
+    user_spec, fit_codes, test_codes = user_feature_codes(retriever, ucfg, pdir, parts)
     spec = FeatureSpec.fit(retriever.items, retriever.embeddings.shape[1], n_price_buckets=int(m.n_price_buckets),
                            channels=list(m.channels), heads=heads, score_weights=dict(m.score_weights),
-                           recent_window=int(m.recent_window))
+                           recent_window=int(m.recent_window),
+                           user_features=user_spec.names if ucfg.enabled else [],
+                           user_cardinalities=user_spec.cardinalities if ucfg.enabled else [])
     table = ItemTable.build(retriever.items, retriever.embeddings, spec)
     max_users = cfg.trainer.get("max_users")
-    fit = build_stage(retriever, table, spec, parts["train"], parts["valid"], m, device, max_users)
-    test = build_stage(retriever, table, spec, pd.concat([parts["train"], parts["valid"]]), parts["test"], m, device, max_users)
+    fit = build_stage(retriever, table, spec, parts["train"], parts["valid"], m, device, max_users, fit_codes)
+    test = build_stage(retriever, table, spec, pd.concat([parts["train"], parts["valid"]]), parts["test"], m, device,
+                       max_users, test_codes)
     rng = np.random.default_rng(int(cfg.seed))
     perm = rng.permutation(len(fit.users))
     n_hold = max(1, int(round(len(perm) * float(m.holdout_fraction))))
@@ -440,6 +481,12 @@ def train_ranker(cfg: DictConfig) -> Path:
             metrics[f"{name}/candidate_recall@{m.n_candidates}"] = float(cand_recall)
         (tmp / "export").mkdir()
         metrics.update(export_onnx(net, spec, tmp / "export", test.batch, float(m.onnx_tolerance)))
+        if spec.user_features and retriever.user_spec is None:   # the bundle has no user-feature table yet: add one
+            from training.export import user_feature_table
+
+            user_feature_table(pdir, user_spec, retriever.items).to_parquet(tmp / "export" / "user_features.parquet", index=False)
+            write_json(tmp / "export" / "user_features.json", user_spec.to_json())
+        metrics["user_features"] = list(spec.user_features)
         metrics.update({"best_checkpoint": str(Path("checkpoints") / Path(best).name) if best else "",
                         "epochs": int(trainer.current_epoch), "device": device,
                         "train_seconds": round(time.perf_counter() - t_start, 1)})

@@ -114,3 +114,21 @@ def test_dcnv2_learns_a_cross_feature():
         opt.step()
     acc = ((net(*args).detach().numpy() > 0.5) == y).mean()
     assert acc > 0.9
+
+
+def test_user_features_are_trailing_categorical_columns(table_spec):
+    table, _, items = table_spec
+    spec = FeatureSpec.fit(items, 8, n_price_buckets=4, channels=[], heads=["purchase"], score_weights={"purchase": 1.0},
+                           recent_window=3, user_features=["attr_country", "activity"], user_cardinalities=[4, 6])
+    assert spec.cat_features == [*CAT_FEATURES, "user_attr_country", "user_activity"]
+    assert spec.cat_cardinalities[-2:] == [4, 6] and FeatureSpec.from_json(spec.to_json()) == spec
+    r = req([1], [1, 2, 3])
+    r.user_feat = np.array([2, 9])                       # 9 is outside the fitted buckets: unknown
+    b = build_batch(table, spec, [r, req([1], [4])])     # the second request has no user features: all unknown
+    assert b.cat.shape == (4, len(CAT_FEATURES) + 2)
+    assert b.cat[:3, -2:].tolist() == [[2, 0]] * 3 and b.cat[3, -2:].tolist() == [0, 0]
+    r.user_feat = np.array([1])
+    with pytest.raises(ValueError, match="user_feat"):
+        build_batch(table, spec, [r])
+    net = DCNv2Ranker(len(DENSE_FEATURES), spec.cat_cardinalities, 8, 1, hidden=(16,)).eval()
+    assert net(*(torch.from_numpy(x) for x in (b.dense, b.cat, b.user_emb, b.item_emb))).shape == (4, 1)

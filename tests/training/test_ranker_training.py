@@ -44,6 +44,8 @@ def write_processed(root: Path, seed: int = 0) -> Path:
     pdir = root / "processed" / "toyshop"
     (pdir / "splits" / "temporal").mkdir(parents=True)
     ev.to_parquet(pdir / "events.parquet")
+    pd.DataFrame({"user_id": np.arange(N_USERS), "user_key": [f"u{i:04x}" for i in range(N_USERS)],
+                  "country": rng.choice(["UK", "France", "Spain"], N_USERS)}).to_parquet(pdir / "users.parquet")
     cut_v, cut_t = pd.Timestamp("2024-10-01", tz="UTC"), pd.Timestamp("2024-11-15", tz="UTC")
     ev[ev.ts < cut_v].to_parquet(pdir / "splits/temporal/train.parquet")
     ev[(ev.ts >= cut_v) & (ev.ts < cut_t)].to_parquet(pdir / "splits/temporal/valid.parquet")
@@ -83,6 +85,13 @@ def test_run_folder_metrics_and_export(trained):
     man = json.loads((run_dir / "manifest.json").read_text())
     assert man["heads"] == ["purchase", "return"] and man["device"] == "cpu"
     assert (bundle / "ranker.onnx").exists() and "ranker.onnx" in json.loads((bundle / "manifest.json").read_text())["files"]
+    # user features: fitted on the train part, inputs of the ranker, their table copied into the bundle for serving
+    assert m["user_features"][0] == "attr_country" and "activity" in m["user_features"]
+    spec = json.loads((bundle / "ranker.json").read_text())
+    assert spec["cat_features"][-len(m["user_features"]):] == [f"user_{n}" for n in m["user_features"]]
+    table = pd.read_parquet(bundle / "user_features.parquet")
+    assert list(table.columns) == ["user_id", "user_key", *m["user_features"]] and len(table) == N_USERS
+    assert json.loads((bundle / "user_features.json").read_text())["names"] == m["user_features"]
 
 
 def test_serving_ranker_matches_pytorch(trained):
