@@ -275,6 +275,11 @@ class SequenceDataModule(pl.LightningDataModule):
         self._train.epoch, self._train.rank, self._train.world = epoch, rank, world
 
     def train_dataloader(self):
+        # Under DDP each rank takes every world_size-th batch: set the shard before Lightning reads len() (the
+        # number of batches per epoch, which decides when validation runs), not only at epoch start.
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            self._train.rank, self._train.world = trainer.global_rank, trainer.world_size
         return self._train
 
     def val_dataloader(self):

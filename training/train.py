@@ -36,6 +36,8 @@ from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resu
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*isn't a `torch.utils.data.DataLoader`.*")
+# under DDP every rank evaluates the whole validation split, so its metrics are equal on all ranks: no sync needed
+warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
 @dataclass
@@ -142,6 +144,29 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
     return {**metrics, "algorithm": algo, "fit_time_s": fit_s}
 
 
+@dataclass
+class Hardware:
+    """What ``pl.Trainer`` gets: accelerator, devices (GPUs or CPU processes), strategy, precision."""
+
+    accelerator: str
+    devices: int | str
+    strategy: str
+    precision: str
+
+
+def hardware(t: DictConfig, device: str) -> Hardware:
+    """``trainer.*`` resolved against the device found: on a GPU as configured; on the CPU fp32, and DDP
+    (``trainer.strategy=ddp``) runs ``trainer.cpu_processes`` processes over gloo, otherwise one process."""
+    if device == "cuda":
+        return Hardware("gpu", t.devices, str(t.strategy), str(t.precision))
+    if str(t.strategy).startswith("ddp"):
+        procs = int(t.get("cpu_processes") or 1)
+        if procs < 1:
+            raise ValueError(f"trainer.cpu_processes must be >= 1, got {procs}")
+        return Hardware("cpu", procs, str(t.strategy) if procs > 1 else "auto", "32-true")
+    return Hardware("cpu", 1, "auto", "32-true")
+
+
 def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None) -> dict:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -157,9 +182,9 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     history = EpochHistory()
     early = EarlyStopping(monitor="valid/ndcg@10", mode="max", patience=int(t.patience))
     callbacks = [ckpt, history, early]
+    hw = hardware(t, device)
     trainer = pl.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=t.devices if device == "cuda" else 1,
-        strategy=t.strategy if device == "cuda" else "auto", precision=t.precision if device == "cuda" else "32-true",
+        accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy, precision=hw.precision,
         max_epochs=int(t.max_epochs), min_epochs=int(t.min_epochs), max_time=timedelta(seconds=float(t.max_time)) if t.get("max_time") else None,
         check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
         gradient_clip_val=t.get("gradient_clip_val"), deterministic=bool(t.deterministic),
@@ -197,6 +222,7 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         "epoch_time_s": train_time / max(epochs_run, 1),
         "sequences_per_s": data.info["train_sequences"] * epochs_run / max(train_time, 1e-9),
         "history": hist, "n_parameters": sum(p.numel() for p in module.parameters()),
+        "processes": int(trainer.world_size), "strategy": str(hw.strategy), "precision": str(hw.precision),
         "stop_reason": ("early_stopping" if early.stopped_epoch > 0 else
                         "max_epochs" if epochs_run >= int(t.max_epochs) else "max_time"),
     })

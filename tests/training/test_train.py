@@ -126,3 +126,31 @@ def test_cli_multirun_and_one_line_error(tiny_artifacts, tmp_path, repo_root):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert "model.max_len must be > 0" in bad.stderr.strip().splitlines()[-1]
+
+
+def _can_spawn_processes() -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        return False
+    try:
+        return subprocess.run([sys.executable, "-c", "pass"], timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _can_spawn_processes(), reason="this platform cannot start DDP worker processes (gloo)")
+def test_ddp_on_cpu_two_processes_ends_with_metrics(tiny_artifacts, tmp_path, repo_root):
+    """trainer=ddp without a GPU: 2 CPU processes over gloo, one shared run folder, metrics.json as single-process."""
+    args = [sys.executable, "-m", "training.train", "model=sasrec", "trainer=ddp", "trainer.accelerator=cpu",
+            "trainer.cpu_processes=2", "trainer.num_threads=1", f"paths.artifacts={tiny_artifacts}",
+            f"paths.runs={tmp_path / 'runs'}", "data.name=tiny", *FAST[:4], "trainer.max_epochs=2",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
+    out = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "runs" / "tiny" / "sasrec").iterdir())
+    assert len(runs) == 1, runs                                # the worker joined rank 0's run folder
+    m = json.loads((runs[0] / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["strategy"] == "ddp" and m["epochs"] == 2
+    assert all(k in m for k in KEYS) and 0 <= m["test/ndcg@10"] <= 1
+    assert (tmp_path / "hydra" / "train_ddp_process_1.log").exists()   # a second process really ran
