@@ -5,8 +5,10 @@ attributes and price bucket; both end in L2-normalised vectors scored by inner p
   ``item_tower()`` returns the table for every item index (row 0 = padding): these are the
   embeddings that go to the index.
 - User tower: mean of the (input) item-id embeddings of the last ``max_len`` items, optionally
-  recency-weighted, plus the sum of the user-feature embeddings (``user_feat [B, F]`` integer codes of
-  ``features.user_features``, 0 = unknown, when ``user_feature_cards`` is set), ``-> MLP -> normalise``.
+  recency-weighted; ``u = normalise(pooled + MLP([pooled, f]))`` where ``f`` is the mean of the user-feature
+  embeddings (``user_feat [B, F]`` integer codes of ``features.user_features``, 0 = unknown = zero vector,
+  when ``user_feature_cards`` is set): the features modulate the history through the MLP instead of being
+  added to it (added, their constant vector swamped the pooled history and halved valid NDCG@10).
   ``user_states`` gives it after every prefix of a sequence (causal running mean), so one padded
   sequence trains on all its positions at once.
 
@@ -69,7 +71,7 @@ class TwoTower(nn.Module):
             self.price_emb = None
         self.user_feat_emb = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.user_feature_cards)
         self.item_mlp = _mlp(d, cfg.mlp_hidden, d, cfg.dropout)
-        self.user_mlp = _mlp(d, cfg.mlp_hidden, d, cfg.dropout)
+        self.user_mlp = _mlp(d * (2 if cfg.user_feature_cards else 1), cfg.mlp_hidden, d, cfg.dropout)
         for emb in (self.item_id, self.hist_emb, self.attr_emb, self.price_emb, *self.user_feat_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.05)
@@ -95,34 +97,34 @@ class TwoTower(nn.Module):
         return w
 
     def user_feature_vector(self, user_feat: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """Sum of the user-feature embeddings ``[B, d]`` (None when the model has no user features)."""
+        """Mean of the user-feature embeddings ``[B, d]`` (None when the model has no user features)."""
         if not len(self.user_feat_emb):
             return None
         if user_feat is None:
             raise ValueError(f"this two-tower model needs user_feat [B, {len(self.user_feat_emb)}] (model.user_features.enabled)")
         if user_feat.shape != (batch, len(self.user_feat_emb)):
             raise ValueError(f"user_feat: expected shape ({batch}, {len(self.user_feat_emb)}), got {tuple(user_feat.shape)}")
-        return sum(emb(user_feat[:, j]) for j, emb in enumerate(self.user_feat_emb))
+        return sum(emb(user_feat[:, j]) for j, emb in enumerate(self.user_feat_emb)) / len(self.user_feat_emb)
+
+    def _user_out(self, pooled: torch.Tensor, uf: torch.Tensor | None) -> torch.Tensor:
+        if uf is None:
+            return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
+        uf = uf.unsqueeze(1).expand_as(pooled) if pooled.dim() == 3 else uf
+        return F.normalize(pooled + self.user_mlp(torch.cat([pooled, uf], -1)), dim=-1)
 
     def user_states(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding after each prefix ``[B, L, d]`` (causal running mean, then the MLP)."""
         e = self.hist_emb(item_seq)                           # [B, L, d]
         w = self._weights(item_seq)                           # same weights as encode (ratios cancel)
         pooled = torch.cumsum(e * w.unsqueeze(-1), 1) / torch.cumsum(w, 1).clamp(min=1).unsqueeze(-1)
-        uf = self.user_feature_vector(user_feat, item_seq.shape[0])
-        if uf is not None:
-            pooled = pooled + uf.unsqueeze(1)
-        return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
+        return self._user_out(pooled, self.user_feature_vector(user_feat, item_seq.shape[0]))
 
     def encode(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding from the whole (left-padded) sequence ``[B, d]``."""
         e = self.hist_emb(item_seq)
         w = self._weights(item_seq)
         pooled = (e * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
-        uf = self.user_feature_vector(user_feat, item_seq.shape[0])
-        if uf is not None:
-            pooled = pooled + uf
-        return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
+        return self._user_out(pooled, self.user_feature_vector(user_feat, item_seq.shape[0]))
 
 
 class TwoTowerEncoder(nn.Module):

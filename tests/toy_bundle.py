@@ -1,7 +1,8 @@
 """A tiny bundle-shaped folder for tests of the index, the ranker and build_index (no real data).
 
 Items fall in a few categories; each category has a centroid and item embeddings are centroid +
-noise, so neighbours are meaningful. ``encoder.onnx`` mean-pools the embeddings of the history.
+noise, so neighbours are meaningful. ``encoder.onnx`` mean-pools the embeddings of the history: it is the
+library's own mean-pool encoder, items table and manifest (``training.svd_retriever``), not copies.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+
+from training.svd_retriever import base_manifest, export_meanpool_encoder, items_table
 
 N_CATS = 5
 
@@ -23,18 +25,6 @@ def toy_embeddings(n_items: int = 300, dim: int = 16, seed: int = 0) -> tuple[np
     return emb.astype(np.float32), cats
 
 
-class MeanPoolEncoder(torch.nn.Module):
-    def __init__(self, emb: np.ndarray):
-        super().__init__()
-        table = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
-        self.table = torch.nn.Parameter(torch.from_numpy(table), requires_grad=False)
-
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        e = self.table[item_seq]
-        mask = (item_seq > 0).float().unsqueeze(-1)
-        return (e * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
 def make_bundle(root: Path, n_items: int = 300, dim: int = 16, max_len: int = 20, encoder: bool = True,
                 seed: int = 0) -> Path:
     root = Path(root)
@@ -44,20 +34,10 @@ def make_bundle(root: Path, n_items: int = 300, dim: int = 16, max_len: int = 20
     np.save(root / "item_embeddings.npy", emb)
     price = rng.lognormal(1.0, 0.8, n_items)
     price[::17] = np.nan
-    pd.DataFrame({
-        "item_id": np.arange(n_items, dtype=np.int64),
-        "item_key": [f"SKU{i:05d}" for i in range(n_items)],
-        "category": [f"cat{c}" for c in cats],
-        "price": price,
-        "popularity": rng.integers(0, 500, n_items).astype(np.int64),
-        "available": np.ones(n_items, bool),
-    }).to_parquet(root / "items.parquet")
-    manifest = {"schema_version": 1, "name": root.name, "data": "toy", "model": "toy", "dim": dim,
-                "n_items": n_items, "max_len": max_len, "encoder_inputs": ["item_seq"]}
+    items_table(np.arange(n_items), [f"SKU{i:05d}" for i in range(n_items)], [f"cat{c}" for c in cats], price,
+                rng.integers(0, 500, n_items)).to_parquet(root / "items.parquet")
+    manifest = base_manifest(root.name, "toy", "toy", emb, max_len)
     if encoder:
-        enc = MeanPoolEncoder(emb).eval()
-        torch.onnx.export(enc, (torch.ones(2, max_len, dtype=torch.int64),), str(root / "encoder.onnx"),
-                          input_names=["item_seq"], output_names=["user_emb"], dynamo=False,
-                          dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
+        export_meanpool_encoder(emb, max_len, root / "encoder.onnx")
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root

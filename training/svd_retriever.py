@@ -45,6 +45,27 @@ class MeanPoolEncoder(torch.nn.Module):
         return (e * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def export_meanpool_encoder(emb: np.ndarray, max_len: int, path: Path) -> None:
+    """Write ``encoder.onnx`` (the bundle contract: ``item_seq [B, max_len] -> user_emb [B, dim]``) mean-pooling ``emb``."""
+    torch.onnx.export(MeanPoolEncoder(emb).eval(), (torch.ones(2, max_len, dtype=torch.int64),), str(path),
+                      input_names=["item_seq"], output_names=["user_emb"], dynamo=False,
+                      dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
+
+
+def items_table(item_id, item_key, category, price, popularity, available=True) -> pd.DataFrame:
+    """The bundle's ``items.parquet`` columns, in order (``serving/bundle_layout.md``)."""
+    n = len(item_id)
+    return pd.DataFrame({"item_id": np.asarray(item_id, np.int64), "item_key": [str(k) for k in item_key],
+                         "category": list(category), "price": np.asarray(price, np.float64),
+                         "popularity": np.asarray(popularity, np.int64), "available": np.broadcast_to(available, n).astype(bool)})
+
+
+def base_manifest(name: str, data: str, model: str, emb: np.ndarray, max_len: int) -> dict:
+    """The manifest keys every retriever bundle has (``serving/bundle_layout.md``)."""
+    return {"schema_version": 1, "name": name, "data": data, "model": model, "dim": int(emb.shape[1]),
+            "n_items": int(emb.shape[0]), "max_len": int(max_len), "encoder_inputs": [{"name": "item_seq", "dtype": "int64"}]}
+
+
 def _users_table(train: pd.DataFrame, users: pd.DataFrame, max_len: int) -> pd.DataFrame:
     """The online store's initial state, as in a real bundle: history and purchases before the cut-off."""
     p = train[train["event"] == "purchase"].sort_values(["user_id", "ts", "src_row"], kind="stable")
@@ -73,15 +94,12 @@ def run(cfg: DictConfig) -> Path:
     with atomic_dir(out) as tmp:
         np.save(tmp / "item_embeddings.npy", emb)
         pop = np.bincount(p["item_id"], minlength=n_items)
-        pd.DataFrame({"item_id": items["item_id"], "item_key": items["item_key"], "category": items["category"],
-                      "price": items["price_median"], "popularity": pop, "available": True}).to_parquet(tmp / "items.parquet")
+        items_table(items["item_id"], items["item_key"], items["category"], items["price_median"], pop).to_parquet(
+            tmp / "items.parquet")
         _users_table(train, load_users(pdir), max_len).to_parquet(tmp / "users.parquet", index=False)
-        torch.onnx.export(MeanPoolEncoder(emb).eval(), (torch.ones(2, max_len, dtype=torch.int64),), str(tmp / "encoder.onnx"),
-                          input_names=["item_seq"], output_names=["user_emb"], dynamo=False,
-                          dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
+        export_meanpool_encoder(emb, max_len, tmp / "encoder.onnx")
         write_json(tmp / "manifest.json", {
-            "schema_version": 1, "name": out.name, "data": str(cfg.data.name), "model": "svd_meanpool", "dim": dim,
-            "n_items": n_items, "max_len": max_len, "encoder_inputs": [{"name": "item_seq", "dtype": "int64"}],
+            **base_manifest(out.name, str(cfg.data.name), "svd_meanpool", emb, max_len),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "code_version": code_version(),
             "device": "cpu", "input_hashes": {"processed_manifest": file_sha256(pdir / "manifest.json")},
             "files": {f.name: file_sha256(f) for f in sorted(tmp.iterdir())},
