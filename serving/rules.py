@@ -60,18 +60,17 @@ def select_top_k(ids: np.ndarray, scores: np.ndarray, category_code: np.ndarray,
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     if max_per_category <= 0:
         return order[:k]
-    counts: dict[int, int] = {}
-    picked = []
-    for pos in order:
-        c = int(category_code[ids[pos]])
-        if c >= 0:
-            if counts.get(c, 0) >= max_per_category:
-                continue
-            counts[c] = counts.get(c, 0) + 1
-        picked.append(pos)
-        if len(picked) == k:
-            break
-    return np.asarray(picked, np.int64)
+    # Rank of each candidate inside its category, in score order (numpy; no per-candidate Python loop):
+    # a candidate stays when fewer than max_per_category better ones share its category.
+    cats = np.asarray(category_code)[np.asarray(ids)[order]].astype(np.int64)
+    by_cat = np.argsort(cats, kind="stable")  # score order kept inside each category
+    sorted_cats = cats[by_cat]
+    starts = np.r_[0, np.flatnonzero(sorted_cats[1:] != sorted_cats[:-1]) + 1]
+    group_len = np.diff(np.r_[starts, len(cats)])
+    rank = np.empty(len(cats), np.int64)
+    rank[by_cat] = np.arange(len(cats)) - np.repeat(starts, group_len)
+    keep = (cats < 0) | (rank < max_per_category)
+    return order[keep][:k].astype(np.int64)
 
 
 def reason_text(source: str, *, anchor_key: str | None = None, category: str | None = None,

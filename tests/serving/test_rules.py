@@ -40,3 +40,30 @@ def test_reason_texts():
     assert reason_text("bought_together", anchor_key="Y") == "often bought with Y"
     assert reason_text("popular", category="toys") == "popular in toys"
     assert reason_text("popular", category="toys", trending=True) == "trending in toys"
+
+
+def _select_top_k_reference(ids, scores, category_code, k, cap):
+    """The rule written as a loop: best first, skip a category once it has ``cap`` items."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    counts, picked = {}, []
+    for pos in order:
+        c = int(category_code[ids[pos]])
+        if c >= 0 and cap > 0:
+            if counts.get(c, 0) >= cap:
+                continue
+            counts[c] = counts.get(c, 0) + 1
+        picked.append(int(pos))
+        if len(picked) == k:
+            break
+    return picked
+
+
+def test_select_top_k_equals_the_loop_on_random_pools():
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(rng.integers(0, 60))
+        cat = rng.integers(-1, 6, 80)
+        ids = rng.choice(80, size=n, replace=False)
+        scores = rng.integers(0, 5, n).astype(float) if trial % 2 else rng.random(n)  # ties too
+        k, cap = int(rng.integers(1, 20)), int(rng.integers(0, 4))
+        assert select_top_k(ids, scores, cat, k, cap).tolist() == _select_top_k_reference(ids, scores, cat, k, cap)
