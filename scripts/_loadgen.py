@@ -2,7 +2,8 @@
 
 ``closed_loop``: ``concurrency`` workers send requests back to back (latency and throughput).
 ``open_loop``: requests start on a fixed schedule (``rps``) whatever the answers do, so failures
-during a bundle swap or a replica kill are counted, not hidden by back-pressure.
+during a bundle swap or a replica kill are counted, not hidden by back-pressure; a request that
+takes longer than ``timeout`` in all counts as failed.
 """
 from __future__ import annotations
 
@@ -40,15 +41,21 @@ class LoadResult:
                 "p99_ms": float(np.percentile(lat, 99)), "rps": self.n / self.seconds if self.seconds else 0.0}
 
 
-async def _one(client: httpx.AsyncClient, url: str, body: Any, res: LoadResult, keep_body: bool) -> None:
+async def _one(client: httpx.AsyncClient, url: str, body: Any, res: LoadResult, keep_body: bool,
+               timeout: float | None = None) -> None:
+    """One POST. ``timeout``: the whole request's limit, from the moment it was due (httpx's own timeouts
+    are per connect / read / pool wait, so a request queued behind an overloaded server could take
+    minutes and still count as answered); past it the request counts as failed (``TotalTimeout``)."""
     t0 = time.perf_counter()
     try:
-        r = await client.post(url, json=body)
+        r = await asyncio.wait_for(client.post(url, json=body), timeout)
         res.latencies_ms.append((time.perf_counter() - t0) * 1000)
         res.starts.append(t0 - res.t0)
         res.statuses[r.status_code] += 1
         if keep_body and r.status_code == 200:
             res.bodies.append(r.json())
+    except asyncio.TimeoutError:
+        res.exceptions["TotalTimeout"] += 1
     except httpx.HTTPError as e:
         res.exceptions[type(e).__name__] += 1
 
@@ -94,7 +101,7 @@ async def open_loop(url: str, make_body: Callable[[int], Any], *, rps: float, se
             delay = t0 + i / rps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(client, url, make_body(i), res, keep_bodies)))
+            tasks.append(asyncio.create_task(_one(client, url, make_body(i), res, keep_bodies, timeout)))
         await asyncio.gather(*tasks)
         res.seconds = time.perf_counter() - t0
         if side:
