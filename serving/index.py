@@ -85,7 +85,14 @@ class IndexSettings:
 
 
 def validate_settings(s: IndexSettings, n_items: int, dim: int) -> None:
-    """Fail before building when the config cannot fit this catalogue; names the setting."""
+    """Fail before building when the config cannot fit this catalogue; names the setting.
+
+    Works for any factory form with an ``IVF<nlist>`` term (``IVF4096,Flat``, ``IVF16384_HNSW32,Flat``,
+    ``IVF1024,PQ64x4fs,RFlat``, ``PCA32,IVF256,SQ8``...): nlist against the catalogue and the training
+    sample, nprobe against nlist, PQ sub-quantisers against the dimension. Then a dry run: the factory
+    string is parsed into an empty index of this dimension and every ``search_params`` entry is set on
+    it, so a malformed factory or a parameter the index does not have fails here, not after training.
+    """
     if n_items <= 0:
         raise IndexConfigError("the catalogue is empty (0 item embeddings)")
     if s.dim is not None and int(s.dim) != dim:
@@ -113,6 +120,34 @@ def validate_settings(s: IndexSettings, n_items: int, dim: int) -> None:
         raise IndexConfigError(
             f"index.factory={factory!r}: PQ sub-quantizers {m.group(1)} do not divide the dimension {dim}"
         )
+    for name, value in s.search_params.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 1:
+            raise IndexConfigError(f"index.search_params.{name}={value!r}: expected a number >= 1")
+    _dry_run_factory(s, dim)
+
+
+def _dry_run_factory(s: IndexSettings, dim: int) -> None:
+    """Parse ``index.factory`` into an empty index and set ``index.search_params`` on it (no training)."""
+    import faiss
+
+    try:
+        empty = faiss.index_factory(dim, s.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise IndexConfigError(f"index.factory={s.factory!r}: not a valid FAISS factory string for dimension "
+                               f"{dim} ({_faiss_error(e)})") from e
+    ps = faiss.ParameterSpace()
+    for name, value in s.search_params.items():
+        try:
+            ps.set_index_parameter(empty, name, value)
+        except RuntimeError as e:
+            raise IndexConfigError(f"index.search_params.{name}={value}: not a parameter of index.factory="
+                                   f"{s.factory!r}") from e
+
+
+def _faiss_error(e: Exception) -> str:
+    """The informative tail of a FAISS exception message."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return (lines[-1] if lines else repr(e))[-200:]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,18 +398,29 @@ class FaissIndex(CandidateIndex):
         """Search parameters carrying the selector. With a restrictive ``allowed`` mask the search
         widens (nprobe / efSearch divided by the allowed fraction, capped): otherwise the probed
         neighbourhood of the query may hold few allowed items and recall against filtered exact
-        search drops."""
+        search drops. A refine stage (``...,RFlat``) gets the selector on its base index (the
+        refinement only re-ranks what the base returned) and keeps ``k_factor_rf``."""
         import faiss
 
         boost = 1.0 / max(allowed_fraction, 1e-3)
-        base = faiss.downcast_index(self.index)
-        if isinstance(base, faiss.IndexPreTransform):
-            base = faiss.downcast_index(base.index)
-        if isinstance(base, faiss.IndexIVF):
-            nprobe = int(self.search_params.get("nprobe", base.nprobe))
-            return faiss.SearchParametersIVF(sel=sel, nprobe=int(min(base.nlist, np.ceil(nprobe * boost))))
-        if isinstance(base, faiss.IndexHNSW):
-            ef = int(self.search_params.get("efSearch", base.hnsw.efSearch))
+        return self._params_for(faiss.downcast_index(self.index), sel, boost)
+
+    def _params_for(self, index, sel, boost: float):
+        import faiss
+
+        if isinstance(index, faiss.IndexPreTransform):
+            return self._params_for(faiss.downcast_index(index.index), sel, boost)
+        if isinstance(index, faiss.IndexRefine):
+            base = self._params_for(faiss.downcast_index(index.base_index), sel, boost)
+            k_factor = float(self.search_params.get("k_factor_rf", index.k_factor))
+            params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
+            params.base_ref = base  # the C++ object only points at the base parameters: keep them alive
+            return params
+        if isinstance(index, faiss.IndexIVF):
+            nprobe = int(self.search_params.get("nprobe", index.nprobe))
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(min(index.nlist, np.ceil(nprobe * boost))))
+        if isinstance(index, faiss.IndexHNSW):
+            ef = int(self.search_params.get("efSearch", index.hnsw.efSearch))
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(min(self.n_items, np.ceil(ef * boost))))
         return faiss.SearchParameters(sel=sel)
 

@@ -72,3 +72,25 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
 def test_missing_latest_names_file(tmp_path):
     with pytest.raises(BundleError, match="LATEST: missing"):
         run(cfg_for(tmp_path, "index=flat"))
+
+
+@pytest.mark.parametrize("index", ["ivf_large", "ivf"])
+def test_shipped_ivf_configs_fail_early_naming_the_setting(tmp_path, index):
+    """The shipped IVF configs (ivf_large: IVF1024,PQ64x4fs,RFlat) fail before building on a catalogue
+    or bundle they do not fit."""
+    bundle = make_bundle(tmp_path / "b", n_items=300, dim=16, encoder=False)
+    with pytest.raises(IndexConfigError, match=r"index.factory='IVF1024,[^']*': nlist=1024 is larger than the catalogue \(300 items\)"):
+        run(cfg_for(tmp_path, f"bundle={bundle}", f"index={index}"))
+    with pytest.raises(IndexConfigError, match="index.dim=64 does not match the bundle's embedding dimension 16"):
+        run(cfg_for(tmp_path, f"bundle={bundle}", f"index={index}", "index.dim=64"))
+    assert not (bundle / "index").exists()
+
+
+def test_new_factory_form_builds_and_reloads(tmp_path):
+    """An IVF with an HNSW coarse quantiser and a refined PQ fast-scan index build, save and reload."""
+    bundle = make_bundle(tmp_path / "b", n_items=300, dim=16, encoder=False)
+    res = run(cfg_for(tmp_path, f"bundle={bundle}", "index=ivf_large", "index.factory='IVF8_HNSW16,PQ16x4fs,RFlat'",
+                      "index.search_params.nprobe=8", "index.train_size=null", "index.recall_queries=20"))
+    assert res.manifest.factory == "IVF8_HNSW16,PQ16x4fs,RFlat" and res.manifest.recall_at_k >= 0.9
+    idx = load_index(bundle)
+    assert isinstance(idx, FaissIndex) and idx.search_params == {"nprobe": 8, "k_factor_rf": 16}

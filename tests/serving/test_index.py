@@ -69,6 +69,10 @@ def test_search_matches_bruteforce_best_first(kind, emb, queries):
 @pytest.mark.parametrize("factory,params,filt", [
     ("Flat", {}, "overfetch"), ("Flat", {}, "selector"),
     ("IVF16,Flat", {"nprobe": 16}, "overfetch"), ("IVF16,Flat", {"nprobe": 16}, "selector"),
+    # the 1M setting's form: fast-scan PQ codes re-ranked on the float vectors (selector on the base index)
+    ("IVF16,PQ16x4fs,RFlat", {"nprobe": 16, "k_factor_rf": 50}, "overfetch"),
+    ("IVF16,PQ16x4fs,RFlat", {"nprobe": 16, "k_factor_rf": 50}, "selector"),
+    ("IVF16_HNSW32,Flat", {"nprobe": 16, "quantizer_efSearch": 32}, "selector"),
 ])
 def test_filters_exclude_and_allowed(factory, params, filt, emb, queries):
     idx = build_index(emb, settings(factory=factory, search_params=params, filter=filt))
@@ -129,6 +133,42 @@ def test_config_that_does_not_fit_fails_before_building(emb):
         IndexSettings.from_cfg({"name": "x", "backend": "annoy"})
     with pytest.raises(IndexConfigError, match="nprobe"):
         build_index(emb, settings(factory="IVF16,Flat", search_params={"nprobe": 64}))
+
+
+@pytest.mark.parametrize("factory,params,match", [
+    # IVF with an HNSW coarse quantiser, and with a refine stage: same nlist / nprobe / PQ checks
+    ("IVF4096_HNSW32,Flat", {}, r"index.factory='IVF4096_HNSW32,Flat': nlist=4096 is larger than the catalogue"),
+    ("IVF16_HNSW32,Flat", {"nprobe": 64}, r"index.search_params.nprobe=64 is larger than nlist=16"),
+    ("IVF4096,PQ16x4fs,RFlat", {}, r"nlist=4096 is larger than the catalogue \(2000 items\)"),
+    ("IVF16,PQ5x4fs,RFlat", {}, r"index.factory='IVF16,PQ5x4fs,RFlat': PQ sub-quantizers 5 do not divide the dimension 16"),
+    # parameters the index does not have, or malformed ones, fail before training
+    ("IVF16,Flat", {"k_factor_rf": 4}, r"index.search_params.k_factor_rf=4: not a parameter of index.factory='IVF16,Flat'"),
+    ("IVF16,Flat", {"quantizer_efSearch": 64}, r"index.search_params.quantizer_efSearch=64: not a parameter"),
+    ("IVF16,PQ16x4fs,RFlat", {"k_factor_rf": 0}, r"index.search_params.k_factor_rf=0: expected a number >= 1"),
+    ("IVF16,Fancy", {}, r"index.factory='IVF16,Fancy': not a valid FAISS factory string for dimension 16"),
+])
+def test_new_factory_forms_fail_before_building(monkeypatch, emb, factory, params, match):
+    def no_build(*a, **k):  # a check that only fires after training/adding would reach this
+        raise AssertionError("index_factory was called for building although the config does not fit")
+
+    monkeypatch.setattr(FaissIndex, "build", classmethod(lambda cls, *a, **k: no_build()))
+    with pytest.raises(IndexConfigError, match=match):
+        build_index(emb, settings(factory=factory, search_params=params, train_size=None))
+
+
+def test_dim_mismatch_names_the_setting_for_new_forms(emb):
+    for factory in ("IVF16_HNSW32,Flat", "IVF16,PQ16x4fs,RFlat"):
+        with pytest.raises(IndexConfigError, match="index.dim=64 does not match the bundle's embedding dimension 16"):
+            build_index(emb, settings(factory=factory, dim=64))
+
+
+def test_refine_index_recall_and_params(emb, queries):
+    idx = build_index(emb, settings(factory="IVF16,PQ16x4fs,RFlat", search_params={"nprobe": 16, "k_factor_rf": 8}))
+    refine = faiss.downcast_index(idx.index)
+    assert refine.k_factor == 8 and faiss.downcast_index(refine.base_index).nprobe == 16
+    _, ids = idx.search(queries, 20)
+    ref_ids = brute(emb, queries, 20)[1]
+    assert np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids, ref_ids)]) >= 0.9
 
 
 def test_save_and_load_roundtrip(tmp_path, emb, queries):
