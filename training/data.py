@@ -74,6 +74,17 @@ class EvalSet:
         uf = None if self.user_feat is None else self.user_feat.to(device)
         return EvalSet(*(t.to(device) for t in (self.users, self.inputs, self.targets, self.hist_ptr, self.hist_items)), uf)
 
+    def take(self, rows: torch.Tensor) -> "EvalSet":
+        """The rows ``rows`` (increasing) as a new ``EvalSet`` (history CSR rebuilt)."""
+        rows = rows.to(self.users.device)
+        lens = self.hist_ptr[1:] - self.hist_ptr[:-1]
+        sel = lens[rows]
+        ptr = torch.cat([torch.zeros(1, dtype=self.hist_ptr.dtype, device=sel.device), torch.cumsum(sel, 0)])
+        offs = torch.arange(int(ptr[-1]), device=sel.device) - torch.repeat_interleave(ptr[:-1], sel)
+        items = self.hist_items[torch.repeat_interleave(self.hist_ptr[:-1][rows], sel) + offs]
+        uf = None if self.user_feat is None else self.user_feat[rows]
+        return EvalSet(self.users[rows], self.inputs[rows], self.targets[rows], ptr, items, uf)
+
     def user_feat_rows(self, start: int, stop: int) -> torch.Tensor | None:
         """User-feature codes of rows ``start:stop`` (None without user features)."""
         return None if self.user_feat is None else self.user_feat[start:stop]
@@ -256,10 +267,21 @@ class EvalBatches:
 class SequenceDataModule(pl.LightningDataModule):
     """Serves ``SequenceData`` batches; call ``to(device)`` once (the LightningModule does, at fit start)."""
 
-    def __init__(self, data: SequenceData, batch_size: int, eval_batch_size: int, seed: int) -> None:
+    def __init__(self, data: SequenceData, batch_size: int, eval_batch_size: int, seed: int,
+                 valid_max_users: int | None = None) -> None:
         super().__init__()
         self.data, self.batch_size, self.eval_batch_size, self.seed = data, batch_size, eval_batch_size, seed
         self._train = TrainBatches(self._tensors(), batch_size, seed)
+        # per-epoch validation (early stopping, checkpoints) on a fixed seeded subset of the valid users when
+        # valid_max_users is set (cheap validation); the final valid/test metrics always use every user
+        self._valid_rows = None
+        if valid_max_users is not None and 0 < int(valid_max_users) < len(data.valid):
+            g = torch.Generator().manual_seed(seed)
+            self._valid_rows = torch.sort(torch.randperm(len(data.valid), generator=g)[: int(valid_max_users)]).values
+        self.valid_epoch = self._valid_view()
+
+    def _valid_view(self) -> EvalSet:
+        return self.data.valid if self._valid_rows is None else self.data.valid.take(self._valid_rows)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         out = {"seqs": self.data.train_seqs}
@@ -270,6 +292,7 @@ class SequenceDataModule(pl.LightningDataModule):
     def to(self, device) -> None:
         self.data.to(device)
         self._train.tensors = self._tensors()
+        self.valid_epoch = self._valid_view()
 
     def set_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:
         self._train.epoch, self._train.rank, self._train.world = epoch, rank, world
@@ -283,7 +306,7 @@ class SequenceDataModule(pl.LightningDataModule):
         return self._train
 
     def val_dataloader(self):
-        return EvalBatches(self.data.valid, self.eval_batch_size)
+        return EvalBatches(self.valid_epoch, self.eval_batch_size)
 
     def test_dataloader(self):
         return EvalBatches(self.data.test, self.eval_batch_size)

@@ -153,7 +153,7 @@ class RetrievalModule(pl.LightningModule):
         self._acc.update(scores, targets)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.trainer.datamodule.data.valid)
+        self._eval_step(batch, self.trainer.datamodule.valid_epoch)
 
     def on_validation_epoch_end(self) -> None:
         m = self._acc.compute("valid/")

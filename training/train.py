@@ -73,6 +73,19 @@ class EpochHistory(pl.Callback):
         self.history = list(state.get("history", []))
 
 
+class StopAtTarget(pl.Callback):
+    """Stop training once the per-epoch ``valid/ndcg@10`` reaches ``target`` (speed benchmarks: time to a quality)."""
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if (pl_module.last_eval.get("valid/ndcg@10") or 0.0) >= self.target:
+            trainer.should_stop = True
+
+
 def _loggers(run_dir: Path) -> list:
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -175,13 +188,19 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     data, extra = load_data(cfg, pdir)
     module = build_module(cfg, data, extra)
     module.nan_check_every = int(cfg.trainer.nan_check_every_n_steps)
-    dm = SequenceDataModule(data, int(cfg.model.batch_size), int(cfg.trainer.eval.batch_size), int(cfg.seed))
     t = cfg.trainer
+    dm = SequenceDataModule(data, int(cfg.model.batch_size), int(t.eval.batch_size), int(cfg.seed),
+                            t.eval.get("valid_max_users"))
+    if bool(t.get("compile", False)):
+        # compile the network's forward only: parameter names (checkpoints, export) stay those of the plain module
+        module.net.forward = torch.compile(module.net.forward, dynamic=False)
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-{epoch:03d}",
                            monitor="valid/ndcg@10", mode="max", save_top_k=1, save_last=True)
     history = EpochHistory()
     early = EarlyStopping(monitor="valid/ndcg@10", mode="max", patience=int(t.patience))
     callbacks = [ckpt, history, early]
+    if t.get("stop_at_valid_ndcg") is not None:
+        callbacks.append(StopAtTarget(float(t.stop_at_valid_ndcg)))
     hw = hardware(t, device)
     trainer = pl.Trainer(
         accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy, precision=hw.precision,
@@ -223,7 +242,10 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         "sequences_per_s": data.info["train_sequences"] * epochs_run / max(train_time, 1e-9),
         "history": hist, "n_parameters": sum(p.numel() for p in module.parameters()),
         "processes": int(trainer.world_size), "strategy": str(hw.strategy), "precision": str(hw.precision),
+        "valid_epoch_users": len(dm.valid_epoch), "compiled": bool(t.get("compile", False)),
         "stop_reason": ("early_stopping" if early.stopped_epoch > 0 else
+                        "target_reached" if t.get("stop_at_valid_ndcg") is not None and hist
+                        and (hist[-1]["valid/ndcg@10"] or 0) >= float(t.stop_at_valid_ndcg) else
                         "max_epochs" if epochs_run >= int(t.max_epochs) else "max_time"),
     })
     return metrics

@@ -23,7 +23,8 @@ def trained(tiny_artifacts, tmp_path_factory):
     root = tmp_path_factory.mktemp("exp")
     out = {}
     for model, extra in (("sasrec", ["model.use_attributes=true", "model.blocks=1", "model.heads=2"]),
-                         ("two_tower", ["model.mlp_hidden=16", "model.random_negatives=8"])):
+                         ("two_tower", ["model.mlp_hidden=16", "model.random_negatives=8",
+                                        "model.user_features.enabled=true"])):
         with initialize_config_dir(config_dir=CONF, version_base=None):
             cfg = compose("config", overrides=[f"paths.artifacts={tiny_artifacts}", f"paths.runs={root / 'runs'}",
                                                f"paths.bundles={root / 'bundles'}", "data.name=tiny",
