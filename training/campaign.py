@@ -10,7 +10,9 @@
 - ``fit_campaign_model``: the two together, with the held-out AUC and lift@10 % in its metrics.
 - ``save_campaign_model``: the folder layout read by ``serving.campaign_scoring.CampaignModel``.
 
-Hillstrom and Complete Journey benchmarks live in ``training.campaign_benchmarks``.
+- ``load_hillstrom`` and ``TwoHeadNet`` (the network as an uplift learner): the Hillstrom benchmark's
+  data and the network's learner interface; the other uplift learners are ``models.uplift_learners``.
+- ``complete_journey_benchmark``: the coupon response model on Complete Journey.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from sklearn.model_selection import train_test_split
 from features.adapters.hillstrom import load_hillstrom as load_valid_hillstrom
 from features.artifacts import code_version, write_json
 from models.uplift import CampaignEnsemble, CampaignNet, ensemble_meta
+from models.uplift_learners import (Blend, ClassTransformation, DRLearner, RandomLearner,  # noqa: F401 (re-exported)
+                                    SLearner, TLearner, XLearner)
 
 log = logging.getLogger(__name__)
 
@@ -237,71 +241,6 @@ def load_hillstrom(path: str | Path, treatment_arm: str = "Womens E-Mail", outco
                       list(x.columns))
 
 
-def _zscore(u: np.ndarray) -> np.ndarray:
-    return (u - u.mean()) / (u.std() + 1e-12)
-
-
-class RandomLearner:
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    def fit(self, x, y, t):
-        return self
-
-    def predict(self, x):
-        return np.random.default_rng(self.seed).random(len(x))
-
-
-class SLearner:
-    """One model on [x, t]; uplift = f(x, 1) - f(x, 0)."""
-
-    def __init__(self, make):
-        self.make = make
-
-    def fit(self, x, y, t):
-        self.m = self.make().fit(np.c_[x, t], y)
-        return self
-
-    def predict(self, x):
-        one, zero = np.ones(len(x)), np.zeros(len(x))
-        return self.m.predict_proba(np.c_[x, one])[:, 1] - self.m.predict_proba(np.c_[x, zero])[:, 1]
-
-
-class TLearner:
-    """One model per arm; uplift = f1(x) - f0(x)."""
-
-    def __init__(self, make):
-        self.make = make
-
-    def fit(self, x, y, t):
-        self.m1 = self.make().fit(x[t == 1], y[t == 1])
-        self.m0 = self.make().fit(x[t == 0], y[t == 0])
-        return self
-
-    def predict(self, x):
-        return self.m1.predict_proba(x)[:, 1] - self.m0.predict_proba(x)[:, 1]
-
-
-class ClassTransformation:
-    """Bagged classifiers of z = 1{y == t} (Jaskowski & Jaroszewicz 2012); with a balanced randomised
-    treatment, 2 P(z=1|x) - 1 is the uplift. ``bags`` seeded subsamples reduce variance."""
-
-    def __init__(self, make, bags: int = 5, subsample: float = 0.8, seed: int = 0):
-        self.make, self.bags, self.subsample, self.seed = make, bags, subsample, seed
-
-    def fit(self, x, y, t):
-        z = (y == t).astype(int)
-        rng = np.random.default_rng(self.seed)
-        self.models = []
-        for _ in range(self.bags):
-            idx = rng.choice(len(z), int(self.subsample * len(z)), replace=False)
-            self.models.append(self.make().fit(x[idx], z[idx]))
-        return self
-
-    def predict(self, x):
-        return np.mean([m.predict_proba(x)[:, 1] for m in self.models], axis=0)
-
-
 class TwoHeadNet:
     """The project's two-headed network (``models.uplift.CampaignNet``), seed ensemble, early-stopped
     on a validation split of the training rows."""
@@ -319,22 +258,6 @@ class TwoHeadNet:
     def predict(self, x):
         with torch.no_grad():
             return self.ens.score(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
-
-
-class Blend:
-    """Weighted mean of the members' standardised uplift scores (scale-free rank blending)."""
-
-    def __init__(self, members: list, weights: list[float] | None = None):
-        self.members = members
-        self.weights = weights or [1.0] * len(members)
-
-    def fit(self, x, y, t):
-        for m in self.members:
-            m.fit(x, y, t)
-        return self
-
-    def predict(self, x):
-        return sum(w * _zscore(m.predict(x)) for w, m in zip(self.weights, self.members)) / sum(self.weights)
 
 
 # ---------------------------------------------------------------------------------------------
