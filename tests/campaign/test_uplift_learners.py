@@ -71,3 +71,29 @@ def test_bad_specs_name_the_field():
         InnerCVSelect({"a": lambda: RandomLearner(0)}, {"ab": {"a": 1.0, "b": 1.0}})
     with pytest.raises(ValueError, match="propensity"):
         XLearner(lambda: None, lambda: None).fit(np.zeros((4, 1)), np.array([0, 1, 0, 1]), np.ones(4, dtype=int))
+
+
+def test_bench_uplift_nested_cv_on_planted_data():
+    """The benchmark's loop: every method on the same outer folds, the project's choice recorded per
+    fold, and the paired comparison (plain and overlap-corrected p) against the best baseline."""
+    from omegaconf import OmegaConf
+
+    from tests.campaign import scripts_loader
+    from training.campaign import UpliftData
+
+    bench = scripts_loader.load("bench_uplift")
+    x, y, t = planted(3000, seed=2)
+    data = UpliftData(x, y, t, ["a", "b", "c"])
+    ucfg = OmegaConf.create({
+        "k": 0.3, "gbt": FAST,
+        "model": {"select": {"folds": 2, "repeats": 1, "metric": "qini", "seed": 0},
+                  "candidates": {"DR": {"kind": "dr", "outcome": FAST, "final": FAST}},
+                  "blends": {}, "net": {}, "log_features": []}})
+    methods = bench.make_methods(ucfg, data.feature_names)
+    res = bench.run_cv(data, methods, ["random", "S-GBT", "T-GBT", "T-LR", "project"], 3, 1, 0, 0.3)
+    assert res["project"]["chosen"] == ["DR"] * 3 and all(len(res[n]["qini"]) == 3 for n in bench.BASELINES)
+    best, mean, p, p_corrected = bench.paired(res, "qini")
+    assert best in bench.BASELINES and 0.0 <= p <= 1.0 and 0.0 <= p_corrected <= 1.0
+    ahead = np.mean(res["project"]["qini"]) > mean
+    assert (p <= p_corrected) if ahead else (p >= p_corrected)    # the correction widens the t interval
+    assert np.mean(res["project"]["uplift_at_k"]) > np.mean(res["random"]["uplift_at_k"])
