@@ -150,3 +150,33 @@ def test_svd_retriever_writes_a_bundle_shaped_folder(tmp_path):
     assert len(users) > 0 and users["history"].map(len).max() <= 10 and set(users.columns) >= {"user_key", "purchases"}
     with pytest.raises(ValueError, match="model.svd_retriever.dim"):
         svd_run(ranker_cfg(tmp_path / "art", tmp_path, "model.svd_retriever.dim=500"))
+
+
+def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
+    """A two-tower bundle whose encoder.onnx takes user_feat: the ranker codes users with the bundle's own spec."""
+    from features.user_features import UserFeatureConfig, UserFeatureSpec
+    from training.export import export_encoder_onnx
+    from training.svd_retriever import MeanPoolEncoder
+
+    pdir = write_processed(tmp_path / "art")
+    bundle = make_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    spec = UserFeatureSpec.fit(pd.read_parquet(pdir / "splits/temporal/train.parquet"), pd.read_parquet(pdir / "users.parquet"),
+                               pd.read_parquet(bundle / "items.parquet"), UserFeatureConfig(enabled=True))
+
+    class Encoder(torch.nn.Module):                      # history mean + a user-feature term
+        def __init__(self):
+            super().__init__()
+            self.pool = MeanPoolEncoder(np.load(bundle / "item_embeddings.npy"))
+
+        def forward(self, item_seq, user_feat):
+            return self.pool(item_seq) + 0.01 * user_feat.float().sum(1, keepdim=True)
+
+    seq, uf = torch.ones(2, 20, dtype=torch.long), torch.ones(2, len(spec.names), dtype=torch.long)
+    export_encoder_onnx(Encoder(), 20, bundle / "encoder.onnx", seq, uf)
+    with pytest.raises(RankerSetupError, match="user_features.json: missing"):
+        train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1"))
+    (bundle / "user_features.json").write_text(json.dumps(spec.to_json()))
+    run_dir = train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1"))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["user_features"] == spec.names and np.isfinite(m["test/ndcg@10"])
+    assert not (bundle / "user_features.parquet").exists()   # the retriever's export owns the bundle's table
