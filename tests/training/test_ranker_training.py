@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranker")
     write_processed(root / "art")
     bundle = make_bundle(root / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
-    run_dir = train_ranker(ranker_cfg(root / "art", bundle))
+    run_dir = train_ranker(ranker_cfg(root / "art", bundle, "model.user_features.enabled=true"))
     return run_dir, bundle
 
 
@@ -176,7 +176,9 @@ def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
     with pytest.raises(RankerSetupError, match="user_features.json: missing"):
         train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1"))
     (bundle / "user_features.json").write_text(json.dumps(spec.to_json()))
-    run_dir = train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1"))
+    m = json.loads((train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1")) / "metrics.json").read_text())
+    assert m["user_features"] == [] and np.isfinite(m["test/ndcg@10"])   # encoder fed, ranker without them (default)
+    run_dir = train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1", "model.user_features.enabled=true"))
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["user_features"] == spec.names and np.isfinite(m["test/ndcg@10"])
     assert not (bundle / "user_features.parquet").exists()   # the retriever's export owns the bundle's table
