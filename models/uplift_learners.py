@@ -10,7 +10,9 @@ persuadable); ``x`` float (n, F), ``y`` and ``t`` 0/1 int arrays. Base models ar
   the pseudo-outcome with the experiment's propensity, and a regression of it on x.
 - ``XLearner``: Kuenzel et al. 2019, imputed effects per arm, weighted by the propensity.
 - ``SeedBag``: the mean of several seeded copies of one learner (variance reduction).
-- ``Blend``: weighted mean of standardised member scores.
+- ``LinearTLearner``: one logistic regression per arm on standardised features, optionally with
+  all pairwise feature products (a linear uplift model with interactions).
+- ``Blend``: weighted mean of standardised (z-score) or rank-transformed member scores.
 - ``InnerCVSelect``: picks among named candidates (single learners and blends) by an inner
   cross-validation on the rows it is fitted on only, then refits the winner on all of them. Inside
   an outer cross-validation this is nested selection: the outer test fold never influences the
@@ -32,6 +34,17 @@ def zscore(u: np.ndarray) -> np.ndarray:
     """Standardised scores (scale-free, for blending rankings of different learners)."""
     u = np.asarray(u, dtype=np.float64)
     return (u - u.mean()) / (u.std() + 1e-12)
+
+
+def rank01(u: np.ndarray) -> np.ndarray:
+    """Average ranks scaled to [0, 1] (ties share their mean rank): a blend immune to heavy tails."""
+    from scipy.stats import rankdata
+
+    u = np.asarray(u, dtype=np.float64)
+    return (rankdata(u) - 1.0) / max(len(u) - 1, 1)
+
+
+BLEND_SCALES = {"zscore": zscore, "rank": rank01}
 
 
 def _propensity(t: np.ndarray, given: float | None) -> float:
@@ -79,6 +92,35 @@ class TLearner:
     def fit(self, x, y, t):
         self.m1 = self.make().fit(x[t == 1], y[t == 1])
         self.m0 = self.make().fit(x[t == 0], y[t == 0])
+        return self
+
+    def predict(self, x):
+        return self.m1.predict_proba(x)[:, 1] - self.m0.predict_proba(x)[:, 1]
+
+
+class LinearTLearner:
+    """T-learner on logistic regression: per arm, standardise x (optionally add every pairwise product
+    of the standardised features, standardised again) and fit an L2 logistic regression with inverse
+    strength ``C``. Uplift = p1(x) - p0(x)."""
+
+    def __init__(self, C: float = 1.0, interactions: bool = False):
+        if C <= 0:
+            raise ValueError(f"LinearTLearner C must be > 0, got {C}")
+        self.C, self.interactions = float(C), bool(interactions)
+
+    def _make(self):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+        steps = [StandardScaler()]
+        if self.interactions:
+            steps += [PolynomialFeatures(2, interaction_only=True, include_bias=False), StandardScaler()]
+        return make_pipeline(*steps, LogisticRegression(C=self.C, max_iter=2000))
+
+    def fit(self, x, y, t):
+        self.m1 = self._make().fit(x[t == 1], y[t == 1])
+        self.m0 = self._make().fit(x[t == 0], y[t == 0])
         return self
 
     def predict(self, x):
@@ -173,19 +215,25 @@ class SeedBag:
         return np.mean([m.predict(x) for m in self.members], axis=0)
 
 
-def blend_scores(preds: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """Weighted mean of the standardised ``preds[name]`` for every name in ``weights``."""
+def blend_scores(preds: Mapping[str, np.ndarray], weights: Mapping[str, float], scale: str = "zscore") -> np.ndarray:
+    """Weighted mean of the ``scale``-transformed ``preds[name]`` (z-score or rank in [0, 1]) for
+    every name in ``weights``."""
+    if scale not in BLEND_SCALES:
+        raise ValueError(f"blend scale must be one of {sorted(BLEND_SCALES)}, got {scale!r}")
     total = float(sum(weights.values()))
     if total <= 0:
         raise ValueError(f"blend weights must sum to > 0, got {dict(weights)}")
-    return sum(w * zscore(preds[n]) for n, w in weights.items()) / total
+    f = BLEND_SCALES[scale]
+    return sum(w * f(preds[n]) for n, w in weights.items()) / total
 
 
 class Blend:
-    """Weighted mean of the members' standardised uplift scores (scale-free rank blending)."""
+    """Weighted mean of the members' z-scored or ranked uplift scores (scale-free blending)."""
 
-    def __init__(self, members: list, weights: list[float] | None = None):
-        self.members = members
+    def __init__(self, members: list, weights: list[float] | None = None, scale: str = "zscore"):
+        if scale not in BLEND_SCALES:
+            raise ValueError(f"blend scale must be one of {sorted(BLEND_SCALES)}, got {scale!r}")
+        self.members, self.scale = members, scale
         self.weights = weights or [1.0] * len(members)
 
     def fit(self, x, y, t):
@@ -195,19 +243,22 @@ class Blend:
 
     def predict(self, x):
         return blend_scores({str(i): m.predict(x) for i, m in enumerate(self.members)},
-                            {str(i): w for i, w in enumerate(self.weights)})
+                            {str(i): w for i, w in enumerate(self.weights)}, self.scale)
 
 
-SELECTION_METRICS = ("qini", "uplift_at_k")
+SELECTION_METRICS = ("qini", "uplift_at_k", "mix")
 
 
 class InnerCVSelect:
     """Choose among ``candidates`` (name -> factory) and ``blends`` (name -> {candidate: weight}) by
     the mean ``metric`` over a repeated stratified inner CV of the fitting rows, refit the winner on
-    all of them. ``inner_scores_`` and ``chosen_`` tell what happened."""
+    all of them. ``metric``: ``qini``, ``uplift_at_k``, or ``mix`` (the mean of each candidate's
+    rank-normalised position under both, so neither scale dominates). ``inner_scores_``,
+    ``inner_table_`` (name -> {qini, uplift_at_k}) and ``chosen_`` tell what happened."""
 
     def __init__(self, candidates: Mapping[str, Factory], blends: Mapping[str, Mapping[str, float]] | None = None,
-                 folds: int = 3, repeats: int = 1, metric: str = "qini", k: float = 0.3, seed: int = 0):
+                 folds: int = 3, repeats: int = 1, metric: str = "qini", k: float = 0.3, seed: int = 0,
+                 blend_scale: str = "zscore"):
         if not candidates:
             raise ValueError("InnerCVSelect needs at least one candidate")
         if metric not in SELECTION_METRICS:
@@ -217,24 +268,19 @@ class InnerCVSelect:
             if unknown:
                 raise ValueError(f"blend {name!r}: unknown member(s) {unknown} (candidates: {list(candidates)})")
         self.candidates, self.blends = dict(candidates), {n: dict(w) for n, w in (blends or {}).items()}
+        if blend_scale not in BLEND_SCALES:
+            raise ValueError(f"blend scale must be one of {sorted(BLEND_SCALES)}, got {blend_scale!r}")
         self.folds, self.repeats, self.metric, self.k, self.seed = folds, repeats, metric, k, seed
-
-    def _score(self, y, u, t) -> float:
-        return qini_auc_score(y, u, t) if self.metric == "qini" else uplift_at_k(y, u, t, self.k)
+        self.blend_scale = blend_scale
 
     def fit(self, x, y, t):
-        cv = RepeatedStratifiedKFold(n_splits=self.folds, n_repeats=self.repeats, random_state=self.seed)
-        scores: dict[str, list[float]] = {n: [] for n in [*self.candidates, *self.blends]}
-        for a, b in cv.split(x, y * 2 + t):
-            preds = {n: make().fit(x[a], y[a], t[a]).predict(x[b]) for n, make in self.candidates.items()}
-            preds.update({n: blend_scores(preds, w) for n, w in self.blends.items()})
-            for n, p in preds.items():
-                scores[n].append(self._score(y[b], p, t[b]))
-        self.inner_scores_ = {n: float(np.mean(v)) for n, v in scores.items()}
+        self.inner_table_ = cv_table(self.candidates, self.blends, x, y, t, self.folds, self.repeats,
+                                     self.seed, self.k, self.blend_scale)
+        self.inner_scores_ = selection_scores(self.inner_table_, self.metric)
         self.chosen_ = max(self.inner_scores_, key=self.inner_scores_.get)
         if self.chosen_ in self.blends:
             w = self.blends[self.chosen_]
-            self.model_ = Blend([self.candidates[m]() for m in w], list(w.values()))
+            self.model_ = Blend([self.candidates[m]() for m in w], list(w.values()), self.blend_scale)
         else:
             self.model_ = self.candidates[self.chosen_]()
         self.model_.fit(x, y, t)
@@ -242,6 +288,40 @@ class InnerCVSelect:
 
     def predict(self, x):
         return self.model_.predict(x)
+
+
+def cv_table(candidates: Mapping[str, Factory], blends: Mapping[str, Mapping[str, float]], x, y, t,
+             folds: int, repeats: int, seed: int, k: float, blend_scale: str = "zscore") -> dict[str, dict[str, float]]:
+    """Mean Qini and uplift@k of every candidate and blend over a repeated stratified CV (strata =
+    outcome x arm) of the given rows: name -> {"qini", "uplift_at_k", "qini_sd", "uplift_at_k_sd"}."""
+    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    names = [*candidates, *blends]
+    q: dict[str, list[float]] = {n: [] for n in names}
+    u: dict[str, list[float]] = {n: [] for n in names}
+    for a, b in cv.split(x, y * 2 + t):
+        preds = {n: make().fit(x[a], y[a], t[a]).predict(x[b]) for n, make in candidates.items()}
+        preds.update({n: blend_scores(preds, w, blend_scale) for n, w in blends.items()})
+        for n, p in preds.items():
+            q[n].append(qini_auc_score(y[b], p, t[b]))
+            u[n].append(uplift_at_k(y[b], p, t[b], k))
+    return {n: {"qini": float(np.mean(q[n])), "uplift_at_k": float(np.mean(u[n])),
+                "qini_sd": float(np.std(q[n])), "uplift_at_k_sd": float(np.std(u[n]))} for n in names}
+
+
+def selection_scores(table: Mapping[str, Mapping[str, float]], metric: str) -> dict[str, float]:
+    """name -> the selection score under ``metric`` (``mix``: mean of the two metrics' min-max
+    normalised values across the candidates, 1 = best on both)."""
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"selection metric must be one of {SELECTION_METRICS}, got {metric!r}")
+    if metric != "mix":
+        return {n: float(r[metric]) for n, r in table.items()}
+    out = {n: 0.0 for n in table}
+    for m in ("qini", "uplift_at_k"):
+        v = np.array([table[n][m] for n in table])
+        span = v.max() - v.min()
+        for n, x in zip(table, v):
+            out[n] += 0.5 * ((x - v.min()) / span if span > 0 else 1.0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +334,7 @@ _SPEC_KEYS = {
     "ct": {"kind", "gbt", "bags", "subsample"},
     "dr": {"kind", "outcome", "final", "folds", "propensity", "seeds"},
     "x": {"kind", "outcome", "final", "propensity"},
+    "lr": {"kind", "C", "interactions"},
 }
 
 
@@ -263,7 +344,7 @@ def learner_from_spec(spec: Mapping[str, Any], where: str = "candidate") -> Fact
     kinds: ``s`` / ``t`` (``gbt``: classifier settings), ``ct`` (``gbt``, ``bags``, ``subsample``),
     ``dr`` (``outcome``: classifier settings, ``final``: regressor settings, ``folds``,
     ``propensity``: null = share treated, ``seeds``: cross-fitting seeds averaged), ``x``
-    (``outcome``, ``final``, ``propensity``).
+    (``outcome``, ``final``, ``propensity``), ``lr`` (``LinearTLearner``: ``C``, ``interactions``).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier as Clf
     from sklearn.ensemble import HistGradientBoostingRegressor as Reg
@@ -274,6 +355,14 @@ def learner_from_spec(spec: Mapping[str, Any], where: str = "candidate") -> Fact
     unknown = sorted(set(spec) - _SPEC_KEYS[kind])
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for kind {kind!r} (allowed: {sorted(_SPEC_KEYS[kind])})")
+
+    if kind == "lr":
+        C, inter = spec.get("C", 1.0), spec.get("interactions", False)
+        if not isinstance(C, (int, float)) or isinstance(C, bool) or C <= 0:
+            raise ValueError(f"{where}.C: must be a number > 0, got {C!r}")
+        if not isinstance(inter, bool):
+            raise ValueError(f"{where}.interactions: must be true or false, got {inter!r}")
+        return lambda: LinearTLearner(float(C), inter)
 
     def settings(key: str) -> dict:
         value = spec.get(key)

@@ -8,11 +8,15 @@ minus control visit rate among the top 30 % (scikit-uplift's ``uplift_at_k``, st
 here the product's own copy in ``models.uplift``, tested against scikit-uplift), Qini is
 ``qini_auc_score``.
 
-The project's model ("project", ``conf/uplift/hillstrom.yaml``) is chosen honestly: inside every
-outer training fold, ``models.uplift_learners.InnerCVSelect`` runs an inner CV on that fold's rows
-only, picks one of the configured candidates or blends by inner Qini, and refits it on the whole
-outer training fold; the outer test fold is scored once. The table prints which model each outer
-fold chose. The project is compared with the best baseline per metric by a one-sided paired t-test
+The project's model ("project", ``conf/uplift/hillstrom.yaml``) is fixed in config before the outer
+run (``uplift.model.fixed``, chosen by the screening mode below), or with ``fixed: null`` chosen
+honestly per fold: "nested-select" (``models.uplift_learners.InnerCVSelect``) runs an inner CV on
+each outer training fold's rows only, picks one of the configured candidates or blends by the
+inner ``select.metric``, and refits it on the whole outer training fold; the outer test fold is
+scored once. The table prints which model each outer fold chose.
+
+``uplift.screen.run=true`` only screens candidates: an inner CV on the training rows of one outer
+fold (never an outer test fold), every blend under z-score and rank scaling. The project is compared with the best baseline per metric by a one-sided paired t-test
 over the outer folds, and by the same test with Nadeau & Bengio's corrected variance (folds of
 repeated CV overlap, so the plain p-value is optimistic). 'Mens E-Mail' and the conversion
 outcome are reported as they come out. Then the Complete Journey response model
@@ -42,15 +46,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from models.uplift import qini_auc_score, uplift_at_k  # noqa: E402
-from models.uplift_learners import InnerCVSelect, RandomLearner, SLearner, TLearner, learner_from_spec  # noqa: E402
+from models.uplift_learners import (BLEND_SCALES, Blend, InnerCVSelect, RandomLearner, SLearner, TLearner,  # noqa: E402
+                                    blend_scores, learner_from_spec)
 from training.campaign import NetSettings, TwoHeadNet, load_hillstrom  # noqa: E402
 
 BASELINES = ("S-GBT", "T-GBT", "T-LR")
 
 
 def make_methods(ucfg, feature_names: list[str]) -> dict:
-    """name -> factory of a fresh learner. "project" is the nested selection (``InnerCVSelect``) over
-    ``uplift.model.candidates`` / ``blends``; every candidate is also available under its own name."""
+    """name -> factory of a fresh learner. "project" is ``uplift.model.fixed`` (a candidate or a
+    blend) or, when that is null, the nested selection; "nested-select" is the nested selection
+    (``InnerCVSelect``) over ``uplift.model.candidates`` / ``blends``; every candidate is also
+    available under its own name."""
     g = dict(ucfg.gbt)
     m = ucfg.model
     gbt = lambda: HistGradientBoostingClassifier(**g)  # noqa: E731
@@ -59,18 +66,47 @@ def make_methods(ucfg, feature_names: list[str]) -> dict:
     candidates = {name: learner_from_spec(OmegaConf.to_container(spec, resolve=True), f"uplift.model.candidates.{name}")
                   for name, spec in m.candidates.items()}
     blends = {name: dict(w) for name, w in (m.blends or {}).items()}
+    scale = m.get("blend_scale", "zscore")
+    if scale not in BLEND_SCALES:
+        raise SystemExit(f"uplift.model.blend_scale: must be one of {sorted(BLEND_SCALES)}, got {scale!r}")
     sel = m.select
-    project = lambda: InnerCVSelect(candidates, blends, folds=sel.folds, repeats=sel.repeats,  # noqa: E731
-                                    metric=sel.metric, k=ucfg.k, seed=sel.seed)
+    nested = lambda: InnerCVSelect(candidates, blends, folds=sel.folds, repeats=sel.repeats,  # noqa: E731
+                                   metric=sel.metric, k=ucfg.k, seed=sel.seed, blend_scale=scale)
+    fixed = m.get("fixed")
+    if fixed is None:
+        project = nested
+    elif fixed in blends:
+        w = blends[fixed]
+        project = lambda: Named(fixed, Blend([candidates[c]() for c in w], list(w.values()), scale))  # noqa: E731
+    elif fixed in candidates:
+        project = lambda: Named(fixed, candidates[fixed]())  # noqa: E731
+    else:
+        raise SystemExit(f"uplift.model.fixed: {fixed!r} is neither a candidate nor a blend "
+                         f"(known: {', '.join([*candidates, *blends])})")
     return {
         "random": lambda: RandomLearner(0),
+        "two-head-net": net,
+        **candidates,
         "S-GBT": lambda: SLearner(gbt),
         "T-GBT": lambda: TLearner(gbt),
         "T-LR": lambda: TLearner(lr),
-        "two-head-net": net,
-        **candidates,
+        "nested-select": nested,
         "project": project,
     }
+
+
+class Named:
+    """A fixed model that reports its config name as ``chosen_`` (like ``InnerCVSelect``)."""
+
+    def __init__(self, name: str, model):
+        self.chosen_, self.model = name, model
+
+    def fit(self, x, y, t):
+        self.model.fit(x, y, t)
+        return self
+
+    def predict(self, x):
+        return self.model.predict(x)
 
 
 def run_cv(data, methods: dict, names: list[str], folds: int, repeats: int, seed: int, k: float) -> dict:
@@ -78,7 +114,7 @@ def run_cv(data, methods: dict, names: list[str], folds: int, repeats: int, seed
     inside each outer training fold (``InnerCVSelect``): the outer test fold never sees the choice."""
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     res = {n: {"uplift_at_k": [], "qini": [], "seconds": 0.0} for n in names}
-    chosen: list[str] = []
+    chosen: dict[str, list[str]] = {}
     t_start = time.perf_counter()
     for i, (tr, te) in enumerate(cv.split(data.x, data.y * 2 + data.t)):
         print(f"  outer fold {i + 1}/{folds * repeats} ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
@@ -87,12 +123,12 @@ def run_cv(data, methods: dict, names: list[str], folds: int, repeats: int, seed
             model = methods[n]().fit(data.x[tr], data.y[tr], data.t[tr])
             pred = model.predict(data.x[te])
             res[n]["seconds"] += time.perf_counter() - t0
-            if n == "project":
-                chosen.append(model.chosen_)
+            if hasattr(model, "chosen_"):
+                chosen.setdefault(n, []).append(model.chosen_)
             res[n]["uplift_at_k"].append(uplift_at_k(data.y[te], pred, data.t[te], k))
             res[n]["qini"].append(qini_auc_score(data.y[te], pred, data.t[te]))
-    if "project" in res:
-        res["project"]["chosen"] = chosen
+    for n, c in chosen.items():
+        res[n]["chosen"] = c
     res["_split"] = {"n_train": len(tr), "n_test": len(te), "folds": folds * repeats}
     return res
 
@@ -125,6 +161,53 @@ def paired(res: dict, metric: str, model: str = "project") -> tuple[str, float, 
     return best, float(b.mean()), p, p_nb
 
 
+def screen(data, ucfg) -> dict:
+    """Screening of candidate learners and blends WITHOUT the outer test folds: an inner stratified CV
+    (``uplift.screen.folds`` x ``repeats``) on the training rows of outer fold
+    ``uplift.screen.outer_fold`` only (same outer split as the benchmark). Candidates = the model's
+    and ``uplift.screen.candidates``; blends = the model's and ``uplift.screen.blends``, each under
+    every blend scale (z-score and rank). Returns name -> mean/sd of uplift@k and Qini."""
+    sc = ucfg.screen
+    outer = RepeatedStratifiedKFold(n_splits=ucfg.cv.folds, n_repeats=ucfg.cv.repeats, random_state=ucfg.cv.seed)
+    tr, _ = list(outer.split(data.x, data.y * 2 + data.t))[int(sc.outer_fold)]
+    x, y, t = data.x[tr], data.y[tr], data.t[tr]
+    specs = {**OmegaConf.to_container(ucfg.model.candidates, resolve=True),
+             **OmegaConf.to_container(sc.candidates or {}, resolve=True)}
+    cands = {n: learner_from_spec(s, f"uplift.screen.candidates.{n}") for n, s in specs.items()}
+    blends = {**{n: dict(w) for n, w in (ucfg.model.blends or {}).items()}, **{n: dict(w) for n, w in (sc.blends or {}).items()}}
+    for n, w in blends.items():
+        unknown = [m for m in w if m not in cands]
+        if unknown:
+            raise SystemExit(f"uplift.screen.blends.{n}: unknown member(s) {unknown}")
+    inner = RepeatedStratifiedKFold(n_splits=sc.folds, n_repeats=sc.repeats, random_state=sc.seed)
+    q: dict[str, list[float]] = {}
+    u: dict[str, list[float]] = {}
+    secs = {n: 0.0 for n in cands}
+    for i, (a, b) in enumerate(inner.split(x, y * 2 + t)):
+        print(f"  screening fold {i + 1}/{sc.folds * sc.repeats}", file=sys.stderr, flush=True)
+        preds = {}
+        for n, make in cands.items():
+            t0 = time.perf_counter()
+            preds[n] = make().fit(x[a], y[a], t[a]).predict(x[b])
+            secs[n] += time.perf_counter() - t0
+        for n, w in blends.items():
+            for scale in BLEND_SCALES:
+                preds[f"{n}@{scale}"] = blend_scores(preds, w, scale)
+        for n, p in preds.items():
+            q.setdefault(n, []).append(qini_auc_score(y[b], p, t[b]))
+            u.setdefault(n, []).append(uplift_at_k(y[b], p, t[b], ucfg.k))
+    res = {n: {"uplift_at_30": float(np.mean(u[n])), "uplift_at_30_sd": float(np.std(u[n])),
+               "qini": float(np.mean(q[n])), "qini_sd": float(np.std(q[n])), "seconds": secs.get(n)} for n in q}
+    print(f"Screening on the training rows of outer fold {sc.outer_fold} only ({len(tr)} rows), inner "
+          f"{sc.repeats}x{sc.folds}-fold CV; the outer test folds are not used")
+    print(f"{'candidate':28s} {'uplift@30':>10s} {'±sd':>7s} {'qini':>8s} {'±sd':>7s} {'s':>6s}")
+    for n, r in sorted(res.items(), key=lambda kv: -kv[1]["uplift_at_30"]):
+        s = f"{r['seconds']:6.1f}" if r["seconds"] is not None else f"{'':6s}"
+        print(f"{n:28s} {r['uplift_at_30']:10.4f} {r['uplift_at_30_sd']:7.4f} {r['qini']:8.4f} {r['qini_sd']:7.4f} {s}")
+    return {"screen": res, "rows": int(len(tr)), "outer_fold": int(sc.outer_fold), "folds": int(sc.folds),
+            "repeats": int(sc.repeats)}
+
+
 def main(argv: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=["+uplift=hillstrom", *argv])
@@ -135,6 +218,8 @@ def main(argv: list[str]) -> dict:
     threadpool_limits(int(u.threads))
     t_all = time.perf_counter()
     data = load_hillstrom(u.data, u.treatment_arm, u.outcome)
+    if u.screen.run:
+        return {**screen(data, u), "seconds": time.perf_counter() - t_all}
     methods = make_methods(u, data.feature_names)
     names = list(u.methods) if u.methods else list(methods)
     for n in names:
@@ -146,11 +231,11 @@ def main(argv: list[str]) -> dict:
                      f"n={len(data.y)}, average effect {avg:.4f}", avg))
     out = {"dataset": "hillstrom", "arm": u.treatment_arm, "outcome": u.outcome, "folds": u.cv.folds,
            "repeats": u.cv.repeats, "average_effect": float(avg), "selection": "nested (inner CV on each outer training fold)"}
-    if "project" in names:
-        ch = res["project"]["chosen"]
-        out["project_chosen"] = {c: ch.count(c) for c in dict.fromkeys(ch)}
-        print("project: model chosen by the inner CV, per outer fold: "
-              + ", ".join(f"{c} x{n}" for c, n in out["project_chosen"].items()))
+    for n in ("project", "nested-select"):
+        if n in names:
+            ch = res[n]["chosen"]
+            out[f"{n.replace('-', '_')}_chosen"] = {c: ch.count(c) for c in dict.fromkeys(ch)}
+            print(f"{n}: model per outer fold: " + ", ".join(f"{c} x{k}" for c, k in out[f"{n.replace('-', '_')}_chosen"].items()))
     if "project" in names and all(b in names for b in BASELINES):
         bu, bu_mean, pu, pu_nb = paired(res, "uplift_at_k")
         bq, bq_mean, pq, pq_nb = paired(res, "qini")
@@ -173,15 +258,16 @@ def main(argv: list[str]) -> dict:
     for spec in u.also or []:
         arm, outcome = spec.split(":")
         d = load_hillstrom(u.data, arm, outcome)
-        sub = [n for n in ("random", *BASELINES, "project") if n in names]
+        sub = [n for n in ("random", *BASELINES, "nested-select", "project") if n in names]
         r = run_cv(d, make_methods(u, d.feature_names), sub, u.cv.folds, u.also_repeats, u.cv.seed, u.k)
         eff = d.y[d.t == 1].mean() - d.y[d.t == 0].mean()
         print()
         print(table(r, f"Hillstrom {arm} vs No E-Mail, outcome {outcome}: {u.also_repeats}x{u.cv.folds}-fold CV, average effect {eff:.4f}", eff))
         also[spec] = {n: {"uplift_at_30": float(np.mean(x["uplift_at_k"])), "qini": float(np.mean(x["qini"]))}
                       for n, x in r.items() if not n.startswith("_")}
-        if "project" in r:
-            also[spec]["project_chosen"] = {c: r["project"]["chosen"].count(c) for c in dict.fromkeys(r["project"]["chosen"])}
+        for n in ("project", "nested-select"):
+            if n in r:
+                also[spec][f"{n.replace('-', '_')}_chosen"] = {c: r[n]["chosen"].count(c) for c in dict.fromkeys(r[n]["chosen"])}
         also[spec]["average_effect"] = float(eff)
     out["also"] = also
     if not u.completejourney.get("skip", False):

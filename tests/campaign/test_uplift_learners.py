@@ -97,3 +97,61 @@ def test_bench_uplift_nested_cv_on_planted_data():
     ahead = np.mean(res["project"]["qini"]) > mean
     assert (p <= p_corrected) if ahead else (p >= p_corrected)    # the correction widens the t interval
     assert np.mean(res["project"]["uplift_at_k"]) > np.mean(res["random"]["uplift_at_k"])
+
+
+def test_linear_t_learner_from_spec_and_bad_values():
+    x, y, t = planted(4000, seed=4)
+    for inter in (False, True):
+        u = learner_from_spec({"kind": "lr", "C": 1.0, "interactions": inter})().fit(x[:3000], y[:3000], t[:3000]).predict(x[3000:])
+        assert u.shape == (1000,) and uplift_at_k(y[3000:], u, t[3000:], 0.3) > 0.1
+    with pytest.raises(ValueError, match=r"c\.C: must be a number > 0"):
+        learner_from_spec({"kind": "lr", "C": 0}, "c")
+    with pytest.raises(ValueError, match=r"c\.interactions: must be true or false"):
+        learner_from_spec({"kind": "lr", "interactions": "yes"}, "c")
+
+
+def test_rank_blend_and_mix_selection_metric():
+    from models.uplift_learners import Blend, rank01, selection_scores
+
+    assert np.allclose(rank01(np.array([10.0, -5.0, 1e9])), [0.5, 0.0, 1.0])   # heavy tail flattened
+    z = blend_scores({"a": np.array([0.0, 1.0, 100.0]), "b": np.array([3.0, 2.0, 1.0])}, {"a": 1.0, "b": 1.0}, "rank")
+    assert np.allclose(z, [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="blend scale"):
+        Blend([], scale="median")
+    table = {"a": {"qini": 0.10, "uplift_at_k": 0.05}, "b": {"qini": 0.05, "uplift_at_k": 0.09},
+             "c": {"qini": 0.09, "uplift_at_k": 0.08}}
+    mix = selection_scores(table, "mix")
+    assert max(mix, key=mix.get) == "c"                        # good on both beats best on one
+    assert max(selection_scores(table, "qini"), key=selection_scores(table, "qini").get) == "a"
+    with pytest.raises(ValueError, match="selection metric"):
+        selection_scores(table, "auc")
+
+
+def test_bench_uplift_fixed_project_and_screening_use_only_their_rows():
+    from omegaconf import OmegaConf
+
+    from tests.campaign import scripts_loader
+    from training.campaign import UpliftData
+
+    bench = scripts_loader.load("bench_uplift")
+    x, y, t = planted(3000, seed=5)
+    data = UpliftData(x, y, t, ["a", "b", "c"])
+    model = {"fixed": "DR+lin", "blend_scale": "rank",
+             "select": {"folds": 2, "repeats": 1, "metric": "mix", "seed": 0},
+             "candidates": {"DR": {"kind": "dr", "outcome": FAST, "final": FAST}, "lin": {"kind": "lr", "C": 1.0}},
+             "blends": {"DR+lin": {"DR": 1.0, "lin": 1.0}}, "net": {}, "log_features": []}
+    ucfg = OmegaConf.create({"k": 0.3, "gbt": FAST, "model": model, "cv": {"folds": 3, "repeats": 1, "seed": 0},
+                             "screen": {"outer_fold": 1, "folds": 2, "repeats": 1, "seed": 0,
+                                        "candidates": {"lin-int": {"kind": "lr", "C": 0.1, "interactions": True}},
+                                        "blends": {"DR+lin-int": {"DR": 1.0, "lin-int": 1.0}}}})
+    methods = bench.make_methods(ucfg, data.feature_names)
+    res = bench.run_cv(data, methods, ["T-LR", "nested-select", "project"], 3, 1, 0, 0.3)
+    assert res["project"]["chosen"] == ["DR+lin"] * 3
+    assert set(res["nested-select"]["chosen"]) <= {"DR", "lin", "DR+lin"}
+    assert np.mean(res["project"]["uplift_at_k"]) > 0.1
+    out = bench.screen(data, ucfg)
+    assert out["rows"] == 2000 and out["outer_fold"] == 1      # the training rows of one outer fold
+    assert {"DR", "lin", "lin-int", "DR+lin@zscore", "DR+lin@rank", "DR+lin-int@rank"} <= set(out["screen"])
+    bad = OmegaConf.merge(ucfg, {"model": {"fixed": "nope"}})
+    with pytest.raises(SystemExit, match="uplift.model.fixed"):
+        bench.make_methods(bad, data.feature_names)
