@@ -9,6 +9,7 @@
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
+#   BENCH_ONLY=b1024_noclip,b2048_noclip_cheapval bash scripts/gpu_check.sh   # a subset of the speed variants
 #
 # The device machine has torch/lightning/pandas/onnxruntime(CPU) but no hydra: carry the wheels
 # (hydra-core, omegaconf, antlr4) as the device README says and put them on PYTHONPATH first.
@@ -47,12 +48,12 @@ echo "[gpu_check] 2/4 audience scoring, $USERS users on $DEV"
 "$PY" scripts/bench_audience.py --device "$DEV" --users "$USERS" --repeats 1 > "$OUT/audience.log" 2>&1 || echo "[gpu_check] audience FAILED"
 grep -v -i warn "$OUT/audience.log" | tail -n 15
 
-echo "[gpu_check] 4/4 training speed: plain SASRec vs shipped defaults vs plain with batch 1024"
+echo "[gpu_check] 4/4 training speed: plain SASRec (sets the target valid NDCG) vs the speed variants (bench_train --preset fast)"
+# Each variant after plain stops as soon as it reaches plain's best valid NDCG@10 (trainer.stop_at_valid_ndcg).
 # shellcheck disable=SC2086
-"$PY" scripts/bench_train.py --data amazon_toys --trainer "$BENCH_TRAINER" $BENCH_ARGS paths.runs="$OUT/bench_runs" \
-  --variant "plain=$PLAIN" --variant "defaults=" --variant "plain_b1024=$PLAIN model.batch_size=1024 model.lr=0.002" \
-  > "$OUT/bench_train.log" 2>&1 || echo "[gpu_check] bench_train FAILED"
-grep -v -i warn "$OUT/bench_train.log" | tail -n 8
+"$PY" scripts/bench_train.py --data amazon_toys --trainer "$BENCH_TRAINER" --preset fast ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+  $BENCH_ARGS paths.runs="$OUT/bench_runs" > "$OUT/bench_train.log" 2>&1 || echo "[gpu_check] bench_train FAILED"
+grep -v -i warn "$OUT/bench_train.log" | tail -n 14
 echo "[gpu_check] waiting for the SASRec default runs"
 wait
 "$PY" - "$OUT" <<'PYEOF'
