@@ -101,7 +101,8 @@ def swap_check(url: str, bundles: Path, r) -> dict:
             "swap_bundles_answering": dict(seen), "swap_status": dict(res.statuses),
             "swap_exceptions": dict(res.exceptions), "swap_p50_ms": res.summary()["p50_ms"],
             "swap_p99_ms": res.summary()["p99_ms"], "swap_max_ms": max(res.latencies_ms, default=float("nan")),
-            "swap_latency_by_second": latency_by_second(res)}
+            "swap_latency_by_second": latency_by_second(res),
+            "swap_client_cpu_ms_per_request": 1000 * res.client_cpu_s / max(res.n, 1)}
 
 
 def latency_by_second(res) -> list[list[float]]:
@@ -180,7 +181,8 @@ def main(argv: list[str]) -> dict:
     if "swap" in checks:
         print(f"hot swap  {out['swap_requests']:>6} requests  {out['swap_failed']} failed  {out['swap_flips']} flips  "
               f"answered by {out['swap_bundles_answering']}  p50 {out['swap_p50_ms']:.1f} ms  "
-              f"p99 {out['swap_p99_ms']:.1f} ms  max {out['swap_max_ms']:.1f} ms")
+              f"p99 {out['swap_p99_ms']:.1f} ms  max {out['swap_max_ms']:.1f} ms  "
+              f"(load generator {out['swap_client_cpu_ms_per_request']:.2f} ms CPU per request)")
     if "kill" in checks:
         print(f"kill      {out['kill_requests']:>6} requests  {out['kill_failed']} failed "
               f"({out['kill_failed_pct']:.3f} %)  replicas killed {out['kill_replicas_killed']}  "
