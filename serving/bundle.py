@@ -3,8 +3,9 @@
 ``resolve_bundle_dir`` picks the folder (an explicit path, or the one named in ``<bundles>/LATEST``);
 ``load_bundle`` validates the manifest and the files (shapes, ids, sha256) and returns a ``Bundle``
 holding everything a request needs in memory: item table, user state, ONNX encoder session,
-candidate index, ranker (or None) and the bought-together table. Every problem raises
-``BundleError`` naming the file and the field.
+candidate index, ranker (or None), the bought-together table and, when the encoder or the ranker takes
+them, the user-feature codes of ``user_features.parquet``. Every problem raises ``BundleError`` naming
+the file and the field.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ REQUIRED_FILES = ("manifest.json", "item_embeddings.npy", "items.parquet", "user
 REQUIRED_MANIFEST_KEYS = ("schema_version", "name", "dim", "n_items", "max_len")
 ITEM_COLUMNS = ("item_id", "item_key", "category", "price", "popularity", "available")
 USER_COLUMNS = ("user_id", "user_key", "history")
+USER_FEATURES_TABLE = "user_features.parquet"
+USER_FEATURES_SPEC = "user_features.json"
 
 
 class BundleError(ValueError):
@@ -66,6 +69,28 @@ class UserState:
     purchase_ts: np.ndarray     # float64 epoch seconds (same length as purchases)
 
 
+@dataclass(frozen=True)
+class UserFeatureTable:
+    """``user_features.parquet`` in memory: one row of int64 codes per known user (0 = unknown value).
+
+    ``codes`` has one extra, all-zero last row: the row of every user the table does not know (a new
+    user, or one absent from the table), so a lookup is one dict probe plus one row index."""
+
+    names: tuple[str, ...]          # the columns loaded, in ``codes`` column order
+    codes: np.ndarray               # int64 [n_users + 1, len(names)]; last row = zeros
+    row_of: dict[str, int]          # user_key -> row
+    cardinalities: tuple[int, ...]  # per name, from user_features.json (codes lie in [0, cardinality))
+
+    def row(self, user_key: str) -> int:
+        """The row of ``user_key``; the all-zero row when the table does not know the user."""
+        return self.row_of.get(user_key, len(self.codes) - 1)
+
+    def select(self, names: list[str] | tuple[str, ...]) -> np.ndarray:
+        """The codes of ``names`` in that order: a contiguous ``[n_users + 1, len(names)]`` array."""
+        pos = {n: j for j, n in enumerate(self.names)}
+        return np.ascontiguousarray(self.codes[:, [pos[n] for n in names]])
+
+
 @dataclass
 class Bundle:
     """Everything serving needs from one bundle folder."""
@@ -83,16 +108,45 @@ class Bundle:
     index: Any                                    # serving.index.CandidateIndex
     ranker: Any = None                            # serving.ranking.Ranker or None
     bought_together: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    user_features: UserFeatureTable | None = None  # loaded only when the encoder or the ranker takes user features
+    encoder_user_codes: np.ndarray | None = None   # [n_users + 1, F] in manifest encoder_inputs user_feat columns order
+    ranker_user_codes: np.ndarray | None = None    # [n_users + 1, F'] in ranker.json user_features order
     load_seconds: float = 0.0
 
-    def encode(self, sequences: list[np.ndarray]) -> np.ndarray:
-        """User embeddings ``(B, dim)`` for item-id sequences (oldest first), through ``encoder.onnx``."""
+    def _user_row(self, user_key: str) -> int:
+        return self.user_features.row(user_key) if self.user_features is not None else -1
+
+    def encoder_codes(self, user_key: str) -> np.ndarray | None:
+        """The ``user_feat`` row the encoder gets for ``user_key`` (zeros for unknown users); None when the
+        encoder takes only ``item_seq``."""
+        return None if self.encoder_user_codes is None else self.encoder_user_codes[self._user_row(user_key)]
+
+    def ranker_codes(self, user_key: str) -> np.ndarray | None:
+        """The user-feature codes the ranker gets for ``user_key`` (zeros for unknown users); None when the
+        ranker has no user features."""
+        return None if self.ranker_user_codes is None else self.ranker_user_codes[self._user_row(user_key)]
+
+    def encode(self, sequences: list[np.ndarray], user_feat: np.ndarray | None = None) -> np.ndarray:
+        """User embeddings ``(B, dim)`` for item-id sequences (oldest first), through ``encoder.onnx``.
+
+        ``user_feat`` ``[B, F]`` int64 (rows of ``encoder_codes``) when the encoder takes ``user_feat``;
+        None = all unknown (zeros). Ignored by an encoder that takes only ``item_seq``."""
         batch = np.zeros((len(sequences), self.max_len), np.int64)
         for b, seq in enumerate(sequences):
             seq = np.asarray(seq, np.int64)[-self.max_len:]
             if len(seq):
                 batch[b, -len(seq):] = seq + 1  # 0 = padding, left-padded, most recent last
-        return np.asarray(self.encoder.run(["user_emb"], {"item_seq": batch})[0], np.float32)
+        feed = {"item_seq": batch}
+        if self.encoder_user_codes is not None:
+            n_feat = self.encoder_user_codes.shape[1]
+            if user_feat is None:
+                feed["user_feat"] = np.zeros((len(sequences), n_feat), np.int64)
+            else:
+                uf = np.asarray(user_feat, np.int64)
+                if uf.shape != (len(sequences), n_feat):
+                    raise ValueError(f"user_feat: shape {uf.shape}, expected ({len(sequences)}, {n_feat})")
+                feed["user_feat"] = uf
+        return np.asarray(self.encoder.run(["user_emb"], feed)[0], np.float32)
 
 
 def session_options(threads: int | None):
@@ -259,6 +313,80 @@ def load_bought_together(path: Path, n_items: int, per_item: int) -> dict[int, t
     return {int(items[a]): (others[a:b], scores[a:b]) for a, b in zip(starts.tolist(), ends.tolist())}
 
 
+def encoder_user_columns(bundle_dir: Path, manifest: dict[str, Any], encoder: Any) -> list[str] | None:
+    """The ``user_feat`` columns of ``encoder.onnx`` from ``manifest.encoder_inputs`` (None when the encoder takes
+    only ``item_seq``). Entries are input names or ``{"name", "columns", ...}`` objects (``training.export``)."""
+    path = bundle_dir / "encoder.onnx"
+    names = [i.name for i in encoder.get_inputs()]
+    if names == ["item_seq"]:
+        return None
+    if names != ["item_seq", "user_feat"]:
+        raise BundleError(f"{path}: inputs {names}; this server feeds ['item_seq'] or ['item_seq', 'user_feat']")
+    entries = manifest.get("encoder_inputs") or []
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == "user_feat"), None)
+    if entry is None or not isinstance(entry.get("columns"), list) or not entry["columns"]:
+        raise BundleError(f"{bundle_dir / 'manifest.json'}: encoder.onnx takes user_feat but encoder_inputs has no "
+                          f"user_feat entry with its 'columns' (the user_features.parquet columns, in input order)")
+    columns = [str(c) for c in entry["columns"]]
+    if len(set(columns)) != len(columns):
+        raise BundleError(f"{bundle_dir / 'manifest.json'}: encoder_inputs user_feat columns repeat a name: {columns}")
+    inp = encoder.get_inputs()[1]
+    if inp.type != "tensor(int64)":
+        raise BundleError(f"{path}: input user_feat has type {inp.type}, expected tensor(int64)")
+    width = inp.shape[1] if len(inp.shape) == 2 else None
+    if isinstance(width, int) and width != len(columns):
+        raise BundleError(f"{path}: input user_feat has {width} columns, manifest.json encoder_inputs lists "
+                          f"{len(columns)}: {columns}")
+    return columns
+
+
+def load_user_features(bundle_dir: Path, names: list[str], needed_by: str) -> UserFeatureTable:
+    """The codes of ``names`` from ``user_features.parquet``, checked against ``user_features.json``
+    (every code in ``[0, cardinality)``, keys unique). Column-wise numpy: no per-row Python loop."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.user_features import UserFeatureSpec
+
+    path, spec_path = bundle_dir / USER_FEATURES_TABLE, bundle_dir / USER_FEATURES_SPEC
+    for p in (path, spec_path):
+        if not p.exists():
+            raise BundleError(f"{p}: missing, but {needed_by} takes user features {names}")
+    try:
+        spec = UserFeatureSpec.from_json(json.loads(spec_path.read_text()))
+        card_of = dict(zip(spec.names, spec.cardinalities))
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise BundleError(f"{spec_path}: not a valid user-feature spec ({type(e).__name__}: {e})") from e
+    unknown = [n for n in names if n not in card_of]
+    if unknown:
+        raise BundleError(f"{spec_path}: no feature(s) {unknown} (needed by {needed_by}; it lists {spec.names})")
+    try:
+        table = pq.read_table(path, columns=["user_key", *names])
+    except Exception as e:  # noqa: BLE001 - a missing column or a corrupt file
+        raise BundleError(f"{path}: cannot read columns {['user_key', *names]} ({type(e).__name__}: {e})") from e
+    n = table.num_rows
+    keys_col = table.column("user_key")
+    if keys_col.null_count:
+        raise BundleError(f"{path}: column 'user_key' has {keys_col.null_count} null value(s)")
+    keys = keys_col.cast("string").to_numpy(zero_copy_only=False)
+    dup = pd.Index(keys).duplicated()
+    if dup.any():
+        raise BundleError(f"{path}: column 'user_key' repeats {int(dup.sum())} key(s)")
+    codes = np.zeros((n + 1, len(names)), np.int64)
+    for j, name in enumerate(names):
+        col = pc.fill_null(table.column(name), 0)  # a null code = unknown
+        try:
+            codes[:n, j] = col.to_numpy(zero_copy_only=False)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{path}: column {name!r} is not integer codes ({col.type})") from e
+        bad = (codes[:n, j] < 0) | (codes[:n, j] >= card_of[name])
+        if bad.any():
+            raise BundleError(f"{path}: column {name!r} has code {int(codes[:n, j][bad][0])} outside "
+                              f"[0, {card_of[name]}) (cardinality from {USER_FEATURES_SPEC})")
+    return UserFeatureTable(names=tuple(names), codes=codes, row_of=dict(zip(keys.tolist(), range(n))),
+                            cardinalities=tuple(int(card_of[n_]) for n_ in names))
+
+
 def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_threads: int = 1,
                 bought_together_per_item: int = 10) -> Bundle:
     """Validate and load a bundle folder; raises ``BundleError`` naming what is wrong."""
@@ -295,9 +423,7 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
         encoder = ort.InferenceSession(str(bundle_dir / "encoder.onnx"), opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise BundleError(f"{bundle_dir / 'encoder.onnx'}: cannot be loaded by ONNX Runtime ({e})") from e
-    names = [i.name for i in encoder.get_inputs()]
-    if names != ["item_seq"]:
-        raise BundleError(f"{bundle_dir / 'encoder.onnx'}: inputs {names}; this server feeds only ['item_seq']")
+    enc_columns = encoder_user_columns(bundle_dir, m, encoder)
     if "user_emb" not in [o.name for o in encoder.get_outputs()]:
         raise BundleError(f"{bundle_dir / 'encoder.onnx'}: no output named 'user_emb'")
     try:
@@ -308,16 +434,33 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
         raise BundleError(f"{bundle_dir / 'index'}: index has dim={index.dim}, n_items={index.n_items}; "
                           f"manifest.json says dim={dim}, n_items={n_items}")
     ranker = _load_ranker(bundle_dir, onnx_threads)
+    rank_columns = list(ranker.spec.user_features) if ranker is not None and ranker.spec.user_features else None
+    user_features = enc_codes = rank_codes = None
+    if enc_columns or rank_columns:  # bundles without user features never read user_features.*
+        names = list(dict.fromkeys([*(enc_columns or []), *(rank_columns or [])]))
+        needed_by = " and ".join(w for w, c in (("encoder.onnx", enc_columns), ("ranker.json", rank_columns)) if c)
+        user_features = load_user_features(bundle_dir, names, needed_by)
+        if rank_columns:
+            want = [int(c) for c in ranker.spec.user_cardinalities]
+            have = [user_features.cardinalities[user_features.names.index(c)] for c in rank_columns]
+            if want != have:
+                raise BundleError(f"{bundle_dir / 'ranker.json'}: user_cardinalities {want} differ from "
+                                  f"{USER_FEATURES_SPEC} {have} for {rank_columns} (another vocabulary)")
+            rank_codes = user_features.select(rank_columns)
+        if enc_columns:
+            enc_codes = user_features.select(enc_columns)
     bundle = Bundle(path=bundle_dir, name=str(m["name"]), manifest=m, dim=dim, n_items=n_items, max_len=max_len,
                     item_embeddings=emb, items=items, users=users, encoder=encoder, index=index, ranker=ranker,
                     bought_together=load_bought_together(bundle_dir / "bought_together.parquet", n_items,
-                                                         bought_together_per_item))
+                                                         bought_together_per_item),
+                    user_features=user_features, encoder_user_codes=enc_codes, ranker_user_codes=rank_codes)
     out = bundle.encode([np.array([0], np.int64)])
     if out.shape != (1, dim):
         raise BundleError(f"{bundle_dir / 'encoder.onnx'}: user_emb has shape {out.shape[1:]}, expected ({dim},)")
     bundle.load_seconds = time.perf_counter() - t0
-    log.info("bundle %s loaded in %.2fs: %d items, %d users, index=%s, ranker=%s", bundle.name,
-             bundle.load_seconds, n_items, len(users), getattr(index, "backend", "?"), ranker is not None)
+    log.info("bundle %s loaded in %.2fs: %d items, %d users, index=%s, ranker=%s, user features=%s", bundle.name,
+             bundle.load_seconds, n_items, len(users), getattr(index, "backend", "?"), ranker is not None,
+             None if user_features is None else list(user_features.names))
     return bundle
 
 

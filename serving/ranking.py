@@ -38,6 +38,7 @@ class RankRequest:
     hour: int = 12
     dow: int = 0
     channel: str | None = None
+    user_feat: np.ndarray | None = None  # int64 codes in ranker.json ``user_features`` order; None = all unknown
 
 
 def make_session(path: Path, prefer_cuda: bool = True, threads: int | None = None):

@@ -1,10 +1,12 @@
 """The in-process recommendation pipeline: encode -> candidates -> rank -> rules.
 
 ``Recommender.retrieve`` turns a query into a candidate pool: the user's history (bundle state, the
-online store's events and the request's ``recent_events``) goes through ``encoder.onnx``; candidates
+online store's events and the request's ``recent_events``) goes through ``encoder.onnx`` (with the
+user's ``user_features.parquet`` codes when the encoder takes ``user_feat``; zeros for unknown users); candidates
 come from the index, the bought-together table of the last items and popular-in-context items. A user
 with no history at all takes the cold-start path: popular and trending items in the context.
-``Recommender.rank`` scores the pool with the bundle's ranker (retrieval scores when it has none) and
+``Recommender.rank`` scores the pool with the bundle's ranker (retrieval scores when it has none; the
+user-feature codes go with the request when ``ranker.json`` lists ``user_features``) and
 ``Recommender.finish`` applies the rules and writes the reasons.
 
 Each stage has a time budget (``serve.budget_ms``). A stage that fails or runs past its budget
@@ -222,7 +224,8 @@ class Recommender:
         if len(history) == 0:  # cold start: popular / trending in the context
             return Candidates(q, history, None, allowed, blocked, pop_ids, pop_scores, ["popular"] * len(pop_ids),
                               np.full(len(pop_ids), -1, np.int64), trend_ids, cold_start=True)
-        user_emb = b.encode([history])[0]
+        uf = b.encoder_codes(q.user_key)  # user_feat of an encoder that takes it (zeros for unknown users)
+        user_emb = b.encode([history], None if uf is None else uf[None, :])[0]
         n_idx = max(s.n_candidates, q.k)
         # Filters go into the index only when they could starve the pool (a narrowing context, or more blocked
         # items than spare candidates); otherwise the rules drop the few unavailable / blocked ones afterwards,
@@ -271,7 +274,8 @@ class Recommender:
 
         t = time.gmtime(c.query.now)
         return RankRequest(user_emb=c.user_emb, history=c.history, candidates=c.ids, retrieval_scores=c.scores,
-                           hour=t.tm_hour, dow=t.tm_wday, channel=c.query.channel)
+                           hour=t.tm_hour, dow=t.tm_wday, channel=c.query.channel,
+                           user_feat=self.bundle.ranker_codes(c.query.user_key))
 
     def rank(self, c: Candidates) -> np.ndarray:
         """Scores for the pool, higher = better: the ranker's, else the retrieval scores."""

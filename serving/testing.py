@@ -6,6 +6,10 @@ torch module: a recency-weighted mean of the history's item embeddings) and ``bo
 Items form category clusters in embedding space, so "similar" answers are checkable: a user whose
 history is in ``cat03`` gets ``cat03`` items first.
 
+``SyntheticBundleSpec(user_features=True)`` adds ``user_features.parquet`` + ``.json``, an encoder that takes
+``user_feat`` and a ranker that lists ``user_features`` (table, encoder and ranker in three different column
+orders, so tests catch a loader that ignores the declared order).
+
 Raw user ids are ``user-<n>``; ``users.parquet`` holds their pseudonymised keys
 (``features.privacy.pseudonymise_one``, key from ``SHOPREC_PSEUDO_KEY``). Item keys are ``SKU000123``.
 """
@@ -39,6 +43,36 @@ class SyntheticBundleSpec:
     seed: int = 0
     name: str = "synthetic"
     with_ranker: bool = True  # an untrained DCN-v2 ranker (score follows retrieval) in ranker.onnx + ranker.json
+    user_features: bool = False  # encoder.onnx takes user_feat, ranker.json lists user_features, + user_features.*
+
+
+# The synthetic user features (``features.user_features.UserFeatureSpec`` layout). The parquet, the encoder input and
+# the ranker list them in three different orders, so that a loader that ignores the declared order gets caught.
+USER_FEATURE_TABLE_ORDER = ("attr_country", "activity", "top_category")
+USER_FEATURE_ENCODER_ORDER = ("top_category", "attr_country", "activity")
+USER_FEATURE_RANKER_ORDER = ("activity", "top_category", "attr_country")
+COUNTRIES = ("UK", "DE", "FR")
+
+
+def synthetic_user_feature_spec(n_categories: int) -> dict:
+    """``user_features.json`` of the synthetic bundle."""
+    from features.user_features import UserFeatureSpec
+
+    spec = UserFeatureSpec(names=list(USER_FEATURE_TABLE_ORDER),
+                           kinds={"attr_country": "categorical", "activity": "bucket", "top_category": "categorical"},
+                           vocab={"attr_country": list(COUNTRIES),
+                                  "top_category": [f"cat{k:02d}" for k in range(n_categories)]},
+                           edges={"activity": [0.5, 1.0, 1.5]},
+                           source={"attr_country": "attribute:country", "activity": "derived", "top_category": "derived"})
+    return spec.to_json()
+
+
+def synthetic_user_codes(n_users: int, n_categories: int) -> pd.DataFrame:
+    """Codes per user (table order); every 10th user is absent from the table (the service must send zeros)."""
+    u = np.arange(n_users, dtype=np.int64)
+    codes = pd.DataFrame({"user_id": u, "attr_country": u % (len(COUNTRIES) + 1), "activity": 1 + u % 4,
+                          "top_category": 1 + u % n_categories})
+    return codes[u % 10 != 9].reset_index(drop=True)
 
 
 def item_key(i: int) -> str:
@@ -103,15 +137,31 @@ def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = Synt
     bought = pd.DataFrame(rows, columns=["item_id", "other_item_id", "support", "confidence", "lift"]).astype(
         {"item_id": "int64", "other_item_id": "int64"})
 
+    encoder_inputs: list = ["item_seq"]
+    uf_spec = synthetic_user_feature_spec(c) if spec.user_features else None
+    card = dict(zip(uf_spec["names"], uf_spec["cardinalities"])) if uf_spec else {}
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "item_embeddings.npy", emb)
         items.to_parquet(tmp / "items.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)
         bought.to_parquet(tmp / "bought_together.parquet", index=False)
-        export_mean_encoder(emb, spec.max_len, tmp / "encoder.onnx")
         files = list(BUNDLE_FILES)
+        if uf_spec is not None:
+            codes = synthetic_user_codes(spec.n_users, c)
+            codes.insert(1, "user_key", users.set_index("user_id")["user_key"].reindex(codes["user_id"]).to_numpy())
+            codes.to_parquet(tmp / "user_features.parquet", index=False)
+            write_json(tmp / "user_features.json", uf_spec)
+            files += ["user_features.parquet", "user_features.json"]
+            encoder_inputs = [{"name": "item_seq", "dtype": "int64", "shape": ["batch", spec.max_len]},
+                              {"name": "user_feat", "dtype": "int64", "shape": ["batch", len(USER_FEATURE_ENCODER_ORDER)],
+                               "columns": list(USER_FEATURE_ENCODER_ORDER), "table": "user_features.parquet",
+                               "spec": "user_features.json"}]
+        export_mean_encoder(emb, spec.max_len, tmp / "encoder.onnx",
+                            [card[n] for n in USER_FEATURE_ENCODER_ORDER] if uf_spec else None, seed=spec.seed)
         if spec.with_ranker:
-            export_random_ranker(items, d, tmp, seed=spec.seed)
+            export_random_ranker(items, d, tmp, seed=spec.seed,
+                                 user_features=USER_FEATURE_RANKER_ORDER if uf_spec else (),
+                                 user_cardinalities=[card[n] for n in USER_FEATURE_RANKER_ORDER] if uf_spec else ())
             files += ["ranker.onnx", "ranker.json"]
         (tmp / "config.yaml").write_text(f"# synthetic bundle\nspec: {spec!r}\n")
         write_json(tmp / "manifest.json", {
@@ -122,7 +172,7 @@ def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = Synt
             "dim": d,
             "n_items": n,
             "max_len": spec.max_len,
-            "encoder_inputs": ["item_seq"],
+            "encoder_inputs": encoder_inputs,
             "created_at": now.isoformat(),
             "code_version": code_version(),
             "device": "cpu",
@@ -134,8 +184,13 @@ def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = Synt
     return out_dir
 
 
-def export_mean_encoder(item_embeddings: np.ndarray, max_len: int, path: Path) -> None:
-    """Export ``item_seq`` int64 [B, L] (item id + 1, 0 = padding) -> ``user_emb`` float32 [B, dim] to ONNX."""
+def export_mean_encoder(item_embeddings: np.ndarray, max_len: int, path: Path,
+                        user_cardinalities: list[int] | None = None, seed: int = 0) -> None:
+    """Export ``item_seq`` int64 [B, L] (item id + 1, 0 = padding) -> ``user_emb`` float32 [B, dim] to ONNX.
+
+    With ``user_cardinalities`` the encoder takes a second input ``user_feat`` int64 [B, F] and adds one
+    random embedding per column (code 0 = unknown adds nothing; each column its own table, so feeding
+    the columns in another order changes the output)."""
     import torch
 
     class MeanEncoder(torch.nn.Module):
@@ -151,10 +206,33 @@ def export_mean_encoder(item_embeddings: np.ndarray, max_len: int, path: Path) -
             u = (e * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1e-6)
             return torch.nn.functional.normalize(u, dim=-1)
 
-    model = MeanEncoder(torch.from_numpy(np.asarray(item_embeddings, np.float32)), max_len).eval()
-    example = (torch.zeros(1, max_len, dtype=torch.long),)
-    kwargs = dict(input_names=["item_seq"], output_names=["user_emb"],
-                  dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}})
+    class MeanUserEncoder(MeanEncoder):
+        def __init__(self, w: torch.Tensor, length: int, cards: list[int]):
+            super().__init__(w, length)
+            g = torch.Generator().manual_seed(seed)
+            tables = [torch.cat([torch.zeros(1, w.shape[1]), 0.5 * torch.randn(c - 1, w.shape[1], generator=g)])
+                      for c in cards]
+            self.user = torch.nn.ModuleList(torch.nn.Embedding.from_pretrained(t, freeze=True) for t in tables)
+
+        def forward(self, item_seq: torch.Tensor, user_feat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            e = self.emb(item_seq)
+            m = (item_seq > 0).float() * self.pos
+            u = (e * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1e-6)
+            for j, t in enumerate(self.user):
+                u = u + t(user_feat[:, j])
+            return torch.nn.functional.normalize(u, dim=-1)
+
+    w = torch.from_numpy(np.asarray(item_embeddings, np.float32))
+    names = ["item_seq"]
+    example: tuple = (torch.zeros(1, max_len, dtype=torch.long),)
+    if user_cardinalities:
+        model = MeanUserEncoder(w, max_len, list(user_cardinalities)).eval()
+        names.append("user_feat")
+        example = (*example, torch.zeros(1, len(user_cardinalities), dtype=torch.long))
+    else:
+        model = MeanEncoder(w, max_len).eval()
+    kwargs = dict(input_names=names, output_names=["user_emb"],
+                  dynamic_axes={**{n: {0: "batch"} for n in names}, "user_emb": {0: "batch"}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # the TorchScript exporter: 0.5 s instead of ~10 s for the dynamo one
@@ -163,7 +241,9 @@ def export_mean_encoder(item_embeddings: np.ndarray, max_len: int, path: Path) -
             torch.onnx.export(model, example, str(path), **kwargs)
 
 
-def export_random_ranker(items: pd.DataFrame, dim: int, out_dir: Path, seed: int = 0) -> None:
+def export_random_ranker(items: pd.DataFrame, dim: int, out_dir: Path, seed: int = 0,
+                         user_features: tuple[str, ...] | list[str] = (),
+                         user_cardinalities: tuple[int, ...] | list[int] = ()) -> None:
     """``ranker.onnx`` + ``ranker.json`` of an untrained ``models.ranker.DCNv2Ranker`` whose score is a
     monotone function of the retrieval score: the serving cost of a real ranker, and answers that tests
     can predict."""
@@ -173,7 +253,8 @@ def export_random_ranker(items: pd.DataFrame, dim: int, out_dir: Path, seed: int
 
     torch.manual_seed(seed)
     spec = FeatureSpec.fit(items, dim, n_price_buckets=8, channels=["web", "app", "email"], heads=["purchase"],
-                           score_weights={"purchase": 1.0}, recent_window=5)
+                           score_weights={"purchase": 1.0}, recent_window=5, user_features=list(user_features),
+                           user_cardinalities=list(user_cardinalities))
     net = DCNv2Ranker(len(spec.dense_features), spec.cat_cardinalities, dim, len(spec.heads)).eval()
     with torch.no_grad():  # the same graph and cost as a trained one; its score follows the retrieval score
         for layer in net.cross:
