@@ -121,6 +121,26 @@ class FeatureSpec:
                    user_cardinalities=[int(c) for c in user_cardinalities])
 
 
+def category_codes(cats: pd.Series | None, categories: Sequence[str], n: int) -> np.ndarray:
+    """Code ``i + 1`` of ``categories[i]`` for each value (compared as ``str(value)``, as ``FeatureSpec.fit``
+    writes them); 0 for a missing value or one outside ``categories``. Vectorised (a hash lookup per value)."""
+    out = np.zeros(n, np.int64)
+    if cats is None or len(categories) == 0 or n == 0:
+        return out
+    cats = pd.Series(cats).reset_index(drop=True)
+    notna = cats.notna().to_numpy(bool)
+    if not notna.any():
+        return out
+    vals = cats[notna]
+    if pd.api.types.infer_dtype(vals, skipna=True) != "string":
+        vals = vals.map(str)  # e.g. numeric category ids: "3" / "3.0", as str() writes them
+    code_of = {c: i + 1 for i, c in enumerate(categories)}  # a repeated name keeps its last code, like a dict
+    fcodes, uniques = pd.factorize(vals)  # one dict lookup per distinct value, not per item
+    lut = np.fromiter((code_of.get(str(u), 0) for u in uniques), np.int64, len(uniques))
+    out[np.flatnonzero(notna)] = lut[fcodes]
+    return out
+
+
 @dataclass
 class ItemTable:
     """Per-item arrays the feature builder reads (row = dense item id)."""
@@ -139,9 +159,7 @@ class ItemTable:
         emb = np.asarray(embeddings, np.float32)
         n = emb.shape[0]
         items = items.set_index("item_id").reindex(np.arange(n))
-        cat_code = {c: i + 1 for i, c in enumerate(spec.categories)}
-        cats = items["category"] if "category" in items else pd.Series([None] * n)
-        category = np.array([cat_code.get(str(c), 0) if pd.notna(c) else 0 for c in cats], np.int64)
+        category = category_codes(items["category"] if "category" in items else None, spec.categories, n)
         price = items["price"].to_numpy(float) if "price" in items else np.full(n, np.nan)
         has = np.isfinite(price) & (price >= 0)
         lp = np.where(has, np.log1p(np.where(has, price, 0.0)), 0.0)

@@ -41,3 +41,84 @@ def test_cuda_provider_only_when_the_session_really_gets_it(tmp_path, monkeypatc
     sess, provider = make_session(path)
     assert provider == ("CUDAExecutionProvider" if "CUDAExecutionProvider" in sess.get_providers() else "CPUExecutionProvider")
     assert provider in sess.get_providers()
+
+
+# --- models.ranker.ItemTable.build: the vectorised category codes equal the per-item loop they replaced -------------
+
+def _old_build(items, embeddings, spec):
+    """``ItemTable.build`` as it was (a Python loop over the items for the category codes)."""
+    import numpy as np
+    import pandas as pd
+
+    from models.ranker import ItemTable
+
+    emb = np.asarray(embeddings, np.float32)
+    n = emb.shape[0]
+    items = items.set_index("item_id").reindex(np.arange(n))
+    cat_code = {c: i + 1 for i, c in enumerate(spec.categories)}
+    cats = items["category"] if "category" in items else pd.Series([None] * n)
+    category = np.array([cat_code.get(str(c), 0) if pd.notna(c) else 0 for c in cats], np.int64)
+    price = items["price"].to_numpy(float) if "price" in items else np.full(n, np.nan)
+    has = np.isfinite(price) & (price >= 0)
+    lp = np.where(has, np.log1p(np.where(has, price, 0.0)), 0.0)
+    bucket = np.where(has, np.searchsorted(np.asarray(spec.price_edges), lp, side="right") + 1, 0)
+    pop = items["popularity"].fillna(0).to_numpy(float) if "popularity" in items else np.zeros(n)
+    norm = np.linalg.norm(emb, axis=1)
+    return ItemTable(emb, category, bucket.astype(np.int64), lp.astype(np.float32), has.astype(np.float32),
+                     np.log1p(np.clip(pop, 0, None)).astype(np.float32), emb / np.maximum(norm, 1e-12)[:, None],
+                     norm.astype(np.float32))
+
+
+def _category_cases():
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 60
+    strs = np.array(["shoes", "bags", "hats", "zzz-not-in-spec"], object)[rng.integers(0, 4, n)]
+    strs[::7] = None
+    strs[3::11] = np.nan
+    mixed = np.array([1, "1", 2.0, "a", None, 3], object)[rng.integers(0, 6, n)]
+    ints = rng.integers(0, 5, n).astype(float)
+    ints[::9] = np.nan
+    return {
+        "object_str": pd.Series(strs, dtype=object),
+        "pandas_str": pd.Series(strs, dtype=object).astype("str"),
+        "arrow_str": pd.Series(strs, dtype=object).astype("string[pyarrow]"),
+        "categorical": pd.Series(strs, dtype=object).astype("category"),
+        "float_ids": pd.Series(ints),
+        "int_ids": pd.Series(rng.integers(0, 5, n)),
+        "mixed_objects": pd.Series(mixed, dtype=object),   # 1 and "1": two equal category names in the spec
+        "all_missing": pd.Series([None] * n, dtype=object),
+        "absent": None,
+    }
+
+
+@pytest.mark.parametrize("case", list(_category_cases()))
+def test_item_table_build_equals_the_old_loop(case):
+    import numpy as np
+    import pandas as pd
+
+    from models.ranker import FeatureSpec, ItemTable
+
+    rng = np.random.default_rng(1)
+    cats = _category_cases()[case]
+    n = 60
+    items = pd.DataFrame({"item_id": rng.permutation(n + 5)[:n],   # shuffled, some ids beyond the embeddings, gaps
+                          "price": rng.lognormal(1, 1, n), "popularity": rng.integers(0, 50, n)})
+    if cats is not None:
+        items["category"] = cats.to_numpy() if not isinstance(cats.dtype, pd.CategoricalDtype) else cats.values
+        if str(cats.dtype) != "object":
+            items["category"] = items["category"].astype(cats.dtype)
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    fit_on = items if cats is not None else items.assign(category=None)
+    spec = FeatureSpec.fit(fit_on.iloc[: n // 2], 4, n_price_buckets=4, channels=[], heads=["purchase"],
+                           score_weights={"purchase": 1.0}, recent_window=3)
+    if case == "object_str":
+        spec.categories = [c for c in spec.categories if c != "zzz-not-in-spec"]  # a value outside the spec -> 0
+    new, old = ItemTable.build(items, emb, spec), _old_build(items, emb, spec)
+    for f in ("embeddings", "category", "price_bucket", "log_price", "has_price", "log_pop", "unit", "norm"):
+        a, b = getattr(new, f), getattr(old, f)
+        assert a.dtype == b.dtype and np.array_equal(a, b), f
+    if cats is not None and case not in ("all_missing", "int_ids"):  # int ids turn float on reindex: "3.0" != "3"
+        assert (new.category > 0).any()
