@@ -122,3 +122,42 @@ def test_item_table_build_equals_the_old_loop(case):
         assert a.dtype == b.dtype and np.array_equal(a, b), f
     if cats is not None and case not in ("all_missing", "int_ids"):  # int ids turn float on reindex: "3.0" != "3"
         assert (new.category > 0).any()
+
+
+def test_request_features_shortcuts_equal_numpy_reductions():
+    """request_features computes mean / max / norm with bare ufunc reductions: bit-equal to np.mean & co."""
+    import numpy as np
+    import pandas as pd
+
+    from models.ranker import FeatureSpec, ItemTable, build_batch, request_features
+    from serving.ranking import RankRequest
+
+    rng = np.random.default_rng(2)
+    n, d = 400, 8
+    items = pd.DataFrame({"item_id": np.arange(n), "category": [f"c{k}" for k in rng.integers(0, 6, n)],
+                          "price": np.where(rng.random(n) < 0.2, np.nan, rng.lognormal(2, 1, n)),
+                          "popularity": rng.integers(0, 50, n)})
+    spec = FeatureSpec.fit(items, d, n_price_buckets=4, channels=[], heads=["purchase"], score_weights={"purchase": 1.0},
+                           recent_window=4, user_features=["a"], user_cardinalities=[3])
+    t = ItemTable.build(items, rng.normal(size=(n, d)).astype(np.float32), spec)
+    for _ in range(50):
+        hist = rng.integers(0, n, rng.integers(1, 12))
+        cand = rng.choice(n, 30, replace=False)
+        u = rng.normal(size=d).astype(np.float32)
+        req = RankRequest(user_emb=u, history=hist, candidates=cand, retrieval_scores=np.zeros(30, np.float32),
+                          user_feat=np.array([rng.integers(-1, 5)]))
+        dense, cat = request_features(t, spec, req)
+        sims = t.unit[cand] @ t.unit[hist[-4:]].T
+        assert np.array_equal(dense[:, 10], sims.mean(axis=1)) and np.array_equal(dense[:, 11], sims.max(axis=1))
+        known = t.has_price[hist] > 0
+        if known.any():
+            gap = np.abs(t.log_price[cand] - t.log_price[hist][known].mean())
+            assert np.array_equal(dense[:, 12], np.where(t.has_price[cand] > 0, gap, 0.0).astype(np.float32))
+        assert np.array_equal(dense[:, 13], np.full(30, float(np.linalg.norm(u)), np.float32))
+        code = int(req.user_feat[0])
+        assert (cat[:, 5] == (code if 0 <= code < 3 else 0)).all()
+        one = build_batch(t, spec, [req])
+        two = build_batch(t, spec, [req, req])
+        assert np.array_equal(one.dense, two.dense[:30]) and np.array_equal(one.cat, two.cat[30:])
+        assert np.array_equal(one.user_emb, two.user_emb[:30]) and np.array_equal(one.item_emb, two.item_emb[30:])
+        assert one.user_emb.flags.c_contiguous and one.item_emb.flags.c_contiguous
