@@ -143,14 +143,16 @@ def main(argv: list[str]) -> dict:
     r = compose_config(argv).serve.reliability
     artifacts = Path(tempfile.mkdtemp(prefix="serve_reliability_"))
     bundles = artifacts / "bundles"
-    build_synthetic_bundle(bundles / "b2", SyntheticBundleSpec(n_items=int(r.n_items), seed=1), write_latest=False)
-    build_synthetic_bundle(bundles / "b1", SyntheticBundleSpec(n_items=int(r.n_items), seed=0))
+    uf = bool(r.user_features)
+    build_synthetic_bundle(bundles / "b2", SyntheticBundleSpec(n_items=int(r.n_items), seed=1, user_features=uf),
+                           write_latest=False)
+    build_synthetic_bundle(bundles / "b1", SyntheticBundleSpec(n_items=int(r.n_items), seed=0, user_features=uf))
     cfg = compose_config([*argv, f"paths.artifacts={artifacts}", f"serve.port={free_port()}",
                           "serve.watch_interval_s=0.5", f"serve.ingress.num_replicas={int(r.replicas)}",
                           f"serve.ingress.num_cpus={0.9 / int(r.replicas):.3f}",
                           f"serve.auth.rate_limit_per_s={10 * float(r.rps)}", f"serve.auth.burst={10 * float(r.rps)}"])
     started = start(cfg)
-    out: dict = {"n_items": int(r.n_items), "rps": float(r.rps), "seconds": float(r.seconds),
+    out: dict = {"n_items": int(r.n_items), "user_features": uf, "rps": float(r.rps), "seconds": float(r.seconds),
                  "ingress_replicas": int(r.replicas)}
     checks = [str(c) for c in r.checks]
     unknown = sorted(set(checks) - {"fuzz", "swap", "kill"})
@@ -173,7 +175,8 @@ def main(argv: list[str]) -> dict:
         stop()
     out["checks"] = checks
     out["ok"] = bool(goals) and all(goals)
-    print(f"\ncheck_serve_reliability: {int(r.n_items)} items, {int(r.replicas)} ingress replicas, "
+    print(f"\ncheck_serve_reliability: {int(r.n_items)} items{' with user features' if uf else ''}, "
+          f"{int(r.replicas)} ingress replicas, "
           f"{float(r.rps):.0f} rps for {float(r.seconds):.0f} s")
     if "fuzz" in checks:
         print(f"fuzz      {out['fuzz_requests']:>6} requests  {out['fuzz_5xx']} answers >= 500  "
