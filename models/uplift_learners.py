@@ -98,7 +98,7 @@ class TLearner:
         return self.m1.predict_proba(x)[:, 1] - self.m0.predict_proba(x)[:, 1]
 
 
-class LinearTLearner:
+class LinearTLearner(TLearner):
     """T-learner on logistic regression: per arm, standardise x (optionally add every pairwise product
     of the standardised features, standardised again) and fit an L2 logistic regression with inverse
     strength ``C``. Uplift = p1(x) - p0(x)."""
@@ -107,6 +107,7 @@ class LinearTLearner:
         if C <= 0:
             raise ValueError(f"LinearTLearner C must be > 0, got {C}")
         self.C, self.interactions = float(C), bool(interactions)
+        super().__init__(self._make)
 
     def _make(self):
         from sklearn.linear_model import LogisticRegression
@@ -117,14 +118,6 @@ class LinearTLearner:
         if self.interactions:
             steps += [PolynomialFeatures(2, interaction_only=True, include_bias=False), StandardScaler()]
         return make_pipeline(*steps, LogisticRegression(C=self.C, max_iter=2000))
-
-    def fit(self, x, y, t):
-        self.m1 = self._make().fit(x[t == 1], y[t == 1])
-        self.m0 = self._make().fit(x[t == 0], y[t == 0])
-        return self
-
-    def predict(self, x):
-        return self.m1.predict_proba(x)[:, 1] - self.m0.predict_proba(x)[:, 1]
 
 
 class ClassTransformation:
