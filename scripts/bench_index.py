@@ -123,6 +123,14 @@ def sweep(idx, emb, centres, grid: str, args) -> list[dict]:
     import faiss
 
     names, values = zip(*[(kv.split("=")[0], kv.split("=")[1].split(",")) for kv in grid.split(";")])
+    parts = getattr(idx, "parts", [idx])  # a norm-ranged index: "s<i>.<param>" sets stratum i, "<param>" the rest
+
+    def set_param(name: str, value) -> None:
+        part = parts[-1]
+        if name[:1] == "s" and "." in name and name.split(".")[0][1:].isdigit():
+            part, name = parts[int(name.split(".")[0][1:])], name.split(".", 1)[1]
+        faiss.ParameterSpace().set_index_parameter(part.index, name, value)
+
     qv = user_queries(args.recall_queries, centres, args.seed + VALIDATION_SEED_OFFSET)
     ref = TorchExactIndex(emb, device="cpu", dtype="float32")
     ref_ids = ref.search(qv, 100)[1]
@@ -131,13 +139,14 @@ def sweep(idx, emb, centres, grid: str, args) -> list[dict]:
     for combo in itertools.product(*values):
         params = {n: float(v) if "." in v else int(v) for n, v in zip(names, combo)}
         for n, v in params.items():
-            faiss.ParameterSpace().set_index_parameter(idx.index, n, v)
+            set_param(n, v)
         rec = recall(idx.search(qv, 100)[1], ref_ids)
         rate = qps(idx, qv[:200], 1, 100, args.repeats)
         rows.append({"params": params, "recall_at_100": round(rec, 4), "speedup_vs_exact": round(rate / ex_qps, 1)})
         print(f"  validation {params}: recall@100 {rec:.4f}, batch-1 speed-up {rate / ex_qps:.1f}x", flush=True)
-    for n, v in idx.search_params.items():  # back to the config's setting
-        faiss.ParameterSpace().set_index_parameter(idx.index, n, v)
+    for part in parts:  # back to the config's setting
+        for n, v in part.search_params.items():
+            faiss.ParameterSpace().set_index_parameter(part.index, n, v)
     return rows
 
 
@@ -166,8 +175,8 @@ def bench_size(n: int, index_name: str, overrides: list[str], args) -> dict:
     build_s = time.perf_counter() - t0
     rss_mb = (proc.memory_info().rss - rss0) / 2**20
     index_mb = None
-    if hasattr(idx, "cpu_index"):
-        index_mb = len(faiss.serialize_index(idx.cpu_index())) / 2**20
+    if hasattr(idx, "cpu_index") or hasattr(idx, "parts"):
+        index_mb = sum(len(faiss.serialize_index(p.cpu_index())) for p in getattr(idx, "parts", [idx])) / 2**20
     sweep_rows = None
     grid = args.sweep_100k if n < 500_000 else args.sweep_1m
     if grid:
@@ -196,7 +205,7 @@ def bench_size(n: int, index_name: str, overrides: list[str], args) -> dict:
     filt["allowed_fraction"] = float(allowed.mean())
     return {
         "items": n, "dim": args.dim, "index": index_name, "factory": settings.factory,
-        "search_params": settings.search_params, "device": idx.device, "exact_device": exact.device,
+        "search_params": settings.search_params, "norm_strata": settings.norm_strata, "device": idx.device, "exact_device": exact.device,
         "build_s": round(build_s, 2), "build_threads": args.build_threads, "index_mb": None if index_mb is None else round(index_mb, 1),
         "rss_growth_mb": round(rss_mb, 1), "validation_sweep": sweep_rows, "recall_at_100": round(rec, 4),
         "exact_qps_b1": round(ex_b1, 1), "index_qps_b1": round(ix_b1, 1),
@@ -257,7 +266,7 @@ def main() -> None:
     print(json.dumps({"bench": "index", "threads": args.threads,
                       "tuned_on": f"validation queries, seed {args.seed + VALIDATION_SEED_OFFSET}",
                       "sizes": {n: {"recall_at_100": r["recall_at_100"], "speedup_vs_exact": r["speedup_vs_exact"],
-                                    **{k: r[k] for k in ("index", "factory", "search_params", "build_s", "build_threads", "index_mb",
+                                    **{k: r[k] for k in ("index", "factory", "search_params", "norm_strata", "build_s", "build_threads", "index_mb",
                                                          "exact_qps_b1", "index_qps_b1", "exact_qps_b256",
                                                          "index_qps_b256", "speedup_vs_exact_b256", "device", "filters")}}
                                 for n, r in results.items()}}))

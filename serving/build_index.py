@@ -109,6 +109,7 @@ def run(cfg: DictConfig) -> BuildResult:
     manifest = IndexManifest(
         name=settings.name, backend=settings.backend, factory=settings.factory, metric="inner_product",
         n_items=int(emb.shape[0]), dim=int(emb.shape[1]), search_params=settings.search_params,
+        filtered_search_params=settings.filtered_search_params, norm_strata=settings.norm_strata,
         filter=settings.filter, overfetch=settings.overfetch, device=index.device, build_seconds=round(build_s, 4),
         recall_at_k=round(recall, 5), recall_k=settings.recall_k, recall_queries=len(queries),
         recall_query_source="item embeddings + N(0, (0.25*std)^2) noise", torch_dtype=settings.torch_dtype,

@@ -13,8 +13,16 @@ measures both; the conf default is the faster one. Over-fetch falls back to the 
 few queries where filtering left fewer than ``k`` results although enough items qualify, so both
 strategies return the same items.
 
-An index is saved as ``<bundle>/index/`` with ``index.faiss`` (absent for ``torch_exact``),
-``ids.npy`` (row -> item id) and ``manifest.json``; ``load_index`` reads it back.
+Norm-range partitioning (``index.norm_strata``, Yan et al., "Norm-Ranging LSH for Maximum Inner
+Product Search", NeurIPS 2018): under inner product on unnormalised embeddings the top of a list is
+dominated by high-norm items, which sit in many coarse cells at once, so one IVF index needs a wide
+``nprobe`` to find them. With ``norm_strata`` the highest-norm items (a ``share`` of the catalogue per
+stratum) get their own small FAISS index with its own factory and search parameters, the rest go to
+``index.factory``; a query searches every part and the results are merged by score.
+
+An index is saved as ``<bundle>/index/`` with ``index.faiss`` (absent for ``torch_exact``; one
+``index.part<i>.faiss`` per part with ``part_rows.npz`` for a norm-ranged index), ``ids.npy``
+(row -> item id) and ``manifest.json``; ``load_index`` reads it back.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
@@ -32,6 +40,8 @@ log = logging.getLogger(__name__)
 
 INDEX_DIRNAME = "index"
 INDEX_FILE = "index.faiss"
+PART_FILE = "index.part{}.faiss"  # norm-ranged index: one FAISS file per part
+PART_ROWS_FILE = "part_rows.npz"  # norm-ranged index: rows of each part (arr_0, arr_1, ...)
 IDS_FILE = "ids.npy"
 EMBEDDINGS_FILE = "item_embeddings.npy"
 BACKENDS = ("faiss", "torch_exact")
@@ -54,6 +64,8 @@ class IndexSettings:
     backend: str  # faiss | torch_exact
     factory: str | None = None  # FAISS index_factory string, e.g. "HNSW32,Flat"
     search_params: dict[str, Any] = field(default_factory=dict)  # e.g. {"nprobe": 32} or {"efSearch": 256}
+    # with an ``allowed`` mask: these replace search_params (then widened by 1 / allowed fraction)
+    filtered_search_params: dict[str, Any] = field(default_factory=dict)
     filter: str = "selector"  # selector | overfetch
     overfetch: int = 4  # fetch k * overfetch (+ the largest exclude set) before filtering
     train_size: int | None = None  # vectors used to train IVF/PQ (null = all)
@@ -63,6 +75,9 @@ class IndexSettings:
     dim: int | None = None  # expected embedding dimension; null = whatever the bundle has
     recall_queries: int = 1000  # sample queries for the manifest's recall against exact
     recall_k: int = 100
+    # norm-range partitioning: [{share, factory, search_params}, ...], highest norms first; the rest of
+    # the catalogue goes to ``factory`` / ``search_params`` above. Empty = one index.
+    norm_strata: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> "IndexSettings":
@@ -72,6 +87,7 @@ class IndexSettings:
         if unknown:
             raise IndexConfigError(f"index: unknown setting(s) {unknown}")
         d["search_params"] = dict(d.get("search_params") or {})
+        d["filtered_search_params"] = dict(d.get("filtered_search_params") or {})
         s = cls(**d)
         if s.backend not in BACKENDS:
             raise IndexConfigError(f"index.backend={s.backend!r}: expected one of {BACKENDS}")
@@ -81,10 +97,48 @@ class IndexSettings:
             raise IndexConfigError("index.factory is required when index.backend=faiss")
         if s.overfetch < 1:
             raise IndexConfigError(f"index.overfetch={s.overfetch}: must be >= 1")
+        s.norm_strata = [_stratum_cfg(i, st, s.backend) for i, st in enumerate(s.norm_strata or [])]
+        if s.norm_strata and sum(st["share"] for st in s.norm_strata) >= 1.0:
+            raise IndexConfigError(f"index.norm_strata: shares {[st['share'] for st in s.norm_strata]} must sum "
+                                   "to less than 1 (the rest of the catalogue goes to index.factory)")
         return s
 
+    def stratum(self, i: int) -> "IndexSettings":
+        """Settings of norm stratum ``i`` (its factory and search parameters, everything else shared)."""
+        st = self.norm_strata[i]
+        return replace(self, factory=st["factory"], search_params=dict(st["search_params"]),
+                       filtered_search_params=dict(st["filtered_search_params"]), norm_strata=[])
 
-def validate_settings(s: IndexSettings, n_items: int, dim: int) -> None:
+    def tail(self) -> "IndexSettings":
+        """Settings of the index holding the items below every norm stratum."""
+        return replace(self, norm_strata=[])
+
+
+def _stratum_cfg(i: int, st: Any, backend: str) -> dict[str, Any]:
+    where = f"index.norm_strata[{i}]"
+    if backend != "faiss":
+        raise IndexConfigError(f"index.norm_strata: only for index.backend=faiss, not {backend!r}")
+    if not isinstance(st, Mapping):
+        raise IndexConfigError(f"{where}={st!r}: expected a mapping with share, factory, search_params")
+    unknown = sorted(set(st) - {"share", "factory", "search_params", "filtered_search_params"})
+    if unknown:
+        raise IndexConfigError(f"{where}: unknown setting(s) {unknown}")
+    share = st.get("share")
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0.0 < float(share) < 1.0:
+        raise IndexConfigError(f"{where}.share={share!r}: expected a fraction of the catalogue in (0, 1)")
+    if not st.get("factory"):
+        raise IndexConfigError(f"{where}.factory is required")
+    return {"share": float(share), "factory": str(st["factory"]), "search_params": dict(st.get("search_params") or {}),
+            "filtered_search_params": dict(st.get("filtered_search_params") or {})}
+
+
+def stratum_sizes(settings: IndexSettings, n_items: int) -> list[int]:
+    """Items per part of a norm-ranged index (strata first, the tail last); ``[n_items]`` without strata."""
+    sizes = [int(np.ceil(st["share"] * n_items)) for st in settings.norm_strata]
+    return [*sizes, n_items - sum(sizes)]
+
+
+def validate_settings(s: IndexSettings, n_items: int, dim: int, where: str = "index") -> None:
     """Fail before building when the config cannot fit this catalogue; names the setting.
 
     Works for any factory form with an ``IVF<nlist>`` term (``IVF4096,Flat``, ``IVF16384_HNSW32,Flat``,
@@ -99,6 +153,15 @@ def validate_settings(s: IndexSettings, n_items: int, dim: int) -> None:
         raise IndexConfigError(f"index.dim={s.dim} does not match the bundle's embedding dimension {dim}")
     if s.backend != "faiss":
         return
+    if s.norm_strata:
+        sizes = stratum_sizes(s, n_items)
+        if min(sizes) < 1:
+            raise IndexConfigError(f"index.norm_strata: parts of {sizes} items for a catalogue of {n_items}: "
+                                   "every part (and the rest, in index.factory) needs at least one item")
+        for i, n_part in enumerate(sizes[:-1]):
+            validate_settings(s.stratum(i), n_part, dim, where=f"index.norm_strata[{i}]")
+        validate_settings(s.tail(), sizes[-1], dim, where=where)
+        return
     factory = s.factory or ""
     m = re.search(r"IVF(\d+)", factory)
     if m:
@@ -106,42 +169,45 @@ def validate_settings(s: IndexSettings, n_items: int, dim: int) -> None:
         train_n = min(n_items, s.train_size or n_items)
         if nlist > n_items:
             raise IndexConfigError(
-                f"index.factory={factory!r}: nlist={nlist} is larger than the catalogue ({n_items} items)"
+                f"{where}.factory={factory!r}: nlist={nlist} is larger than the catalogue ({n_items} items)"
             )
         if nlist > train_n:
             raise IndexConfigError(
-                f"index.train_size={s.train_size}: {train_n} training vectors < nlist={nlist} in index.factory"
+                f"index.train_size={s.train_size}: {train_n} training vectors < nlist={nlist} in {where}.factory"
             )
-        nprobe = s.search_params.get("nprobe")
-        if nprobe is not None and int(nprobe) > nlist:
-            raise IndexConfigError(f"index.search_params.nprobe={nprobe} is larger than nlist={nlist}")
+        for group in ("search_params", "filtered_search_params"):
+            nprobe = getattr(s, group).get("nprobe")
+            if nprobe is not None and int(nprobe) > nlist:
+                raise IndexConfigError(f"{where}.{group}.nprobe={nprobe} is larger than nlist={nlist}")
     m = re.search(r"PQ(\d+)", factory)
     if m and dim % int(m.group(1)) != 0:
         raise IndexConfigError(
-            f"index.factory={factory!r}: PQ sub-quantizers {m.group(1)} do not divide the dimension {dim}"
+            f"{where}.factory={factory!r}: PQ sub-quantizers {m.group(1)} do not divide the dimension {dim}"
         )
-    for name, value in s.search_params.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 1:
-            raise IndexConfigError(f"index.search_params.{name}={value!r}: expected a number >= 1")
-    _dry_run_factory(s, dim)
+    for group in ("search_params", "filtered_search_params"):
+        for name, value in getattr(s, group).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 1:
+                raise IndexConfigError(f"{where}.{group}.{name}={value!r}: expected a number >= 1")
+    _dry_run_factory(s, dim, where)
 
 
-def _dry_run_factory(s: IndexSettings, dim: int) -> None:
+def _dry_run_factory(s: IndexSettings, dim: int, where: str = "index") -> None:
     """Parse ``index.factory`` into an empty index and set ``index.search_params`` on it (no training)."""
     import faiss
 
     try:
         empty = faiss.index_factory(dim, s.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise IndexConfigError(f"index.factory={s.factory!r}: not a valid FAISS factory string for dimension "
+        raise IndexConfigError(f"{where}.factory={s.factory!r}: not a valid FAISS factory string for dimension "
                                f"{dim} ({_faiss_error(e)})") from e
     ps = faiss.ParameterSpace()
-    for name, value in s.search_params.items():
-        try:
-            ps.set_index_parameter(empty, name, value)
-        except RuntimeError as e:
-            raise IndexConfigError(f"index.search_params.{name}={value}: not a parameter of index.factory="
-                                   f"{s.factory!r}") from e
+    for group in ("search_params", "filtered_search_params"):
+        for name, value in getattr(s, group).items():
+            try:
+                ps.set_index_parameter(empty, name, value)
+            except RuntimeError as e:
+                raise IndexConfigError(f"{where}.{group}.{name}={value}: not a parameter of {where}.factory="
+                                       f"{s.factory!r}") from e
 
 
 def _faiss_error(e: Exception) -> str:
@@ -262,18 +328,22 @@ class FaissIndex(CandidateIndex):
     backend = "faiss"
 
     def __init__(self, index, ids: np.ndarray, *, factory: str, search_params: Mapping[str, Any] | None = None,
-                 filter: str = "overfetch", overfetch: int = 4, device: str = "cpu"):
+                 filter: str = "overfetch", overfetch: int = 4, device: str = "cpu",
+                 filtered_search_params: Mapping[str, Any] | None = None):
         self.index = index
         self.ids = np.asarray(ids, np.int64)
         self.n_items = int(index.ntotal)
         self.dim = int(index.d)
         self.factory = factory
         self.search_params = dict(search_params or {})
+        self.filtered_search_params = dict(filtered_search_params or {})
         self.filter = filter
         self.overfetch = int(overfetch)
         self.device = device
         self._identity = bool(np.array_equal(self.ids, np.arange(self.n_items)))
-        self._row_of = None if self._identity else {int(i): r for r, i in enumerate(self.ids)}
+        if not self._identity:  # id -> row by binary search (a dict would cost ~100 bytes per item)
+            self._id_order = np.argsort(self.ids, kind="stable")
+            self._sorted_ids = self.ids[self._id_order]
         self._apply_search_params()
 
     # building / saving --------------------------------------------------------------------------
@@ -298,7 +368,8 @@ class FaissIndex(CandidateIndex):
             index = faiss.index_cpu_to_all_gpus(index)
             device = f"cuda (faiss, {_faiss_gpus()} GPU)"
         return cls(index, np.arange(n) if ids is None else ids, factory=settings.factory,
-                   search_params=settings.search_params, filter=settings.filter,
+                   search_params=settings.search_params, filtered_search_params=settings.filtered_search_params,
+                   filter=settings.filter,
                    overfetch=settings.overfetch, device=device)
 
     def cpu_index(self):
@@ -329,14 +400,12 @@ class FaissIndex(CandidateIndex):
         return self._search_overfetch(q, k, exclude, allowed)
 
     def _rows_to_ids(self, rows: np.ndarray) -> np.ndarray:
-        out = np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], -1)
-        return out.astype(np.int64)
+        if self._identity:  # row == item id; -1 (no result) stays -1
+            return rows.astype(np.int64, copy=False)
+        return np.where(rows >= 0, self.ids[rows], -1)  # ids[-1] is masked out by the where
 
     def _excluded_rows(self, ex: Collection[int]) -> np.ndarray:
-        if self._identity:
-            rows = np.fromiter((int(i) for i in ex), np.int64, len(ex))
-        else:
-            rows = np.array([self._row_of[int(i)] for i in ex if int(i) in self._row_of], np.int64)
+        rows = self._ids_to_rows(np.fromiter((int(i) for i in ex), np.int64, len(ex)))
         return rows[(rows >= 0) & (rows < self.n_items)]
 
     def _search_overfetch(self, q, k, exclude, allowed):
@@ -371,10 +440,13 @@ class FaissIndex(CandidateIndex):
         return _pad(out_s, self._rows_to_ids(out_r), k)
 
     def _ids_to_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of item ids; -1 for ids not in this index."""
+        ids = np.asarray(ids, np.int64)
         if self._identity:
             return ids
-        pos = {int(i): r for r, i in enumerate(self.ids)}
-        return np.vectorize(lambda i: pos.get(int(i), -1))(ids).astype(np.int64)
+        at = np.clip(np.searchsorted(self._sorted_ids, ids), 0, max(self.n_items - 1, 0))
+        found = self._sorted_ids[at] == ids
+        return np.where(found, self._id_order[at], -1).astype(np.int64)
 
     def _selector(self, ex_rows: np.ndarray | None, allowed_bits: np.ndarray | None):
         import faiss
@@ -394,33 +466,37 @@ class FaissIndex(CandidateIndex):
                 keep.append(notsel)
         return sel, keep
 
-    def _params(self, sel, allowed_fraction: float = 1.0):
-        """Search parameters carrying the selector. With a restrictive ``allowed`` mask the search
-        widens (nprobe / efSearch divided by the allowed fraction, capped): otherwise the probed
+    def _params(self, sel, allowed_fraction: float | None = None):
+        """Search parameters carrying the selector. With an ``allowed`` mask (``allowed_fraction``
+        given) ``filtered_search_params`` replace ``search_params`` and the search widens further
+        (nprobe / efSearch divided by the allowed fraction, capped): otherwise the probed
         neighbourhood of the query may hold few allowed items and recall against filtered exact
         search drops. A refine stage (``...,RFlat``) gets the selector on its base index (the
         refinement only re-ranks what the base returned) and keeps ``k_factor_rf``."""
         import faiss
 
+        if allowed_fraction is None:
+            return self._params_for(faiss.downcast_index(self.index), sel, 1.0, self.search_params)
         boost = 1.0 / max(allowed_fraction, 1e-3)
-        return self._params_for(faiss.downcast_index(self.index), sel, boost)
+        params = {**self.search_params, **self.filtered_search_params}
+        return self._params_for(faiss.downcast_index(self.index), sel, boost, params)
 
-    def _params_for(self, index, sel, boost: float):
+    def _params_for(self, index, sel, boost: float, sp: Mapping[str, Any]):
         import faiss
 
         if isinstance(index, faiss.IndexPreTransform):
-            return self._params_for(faiss.downcast_index(index.index), sel, boost)
+            return self._params_for(faiss.downcast_index(index.index), sel, boost, sp)
         if isinstance(index, faiss.IndexRefine):
-            base = self._params_for(faiss.downcast_index(index.base_index), sel, boost)
-            k_factor = float(self.search_params.get("k_factor_rf", index.k_factor))
+            base = self._params_for(faiss.downcast_index(index.base_index), sel, boost, sp)
+            k_factor = float(sp.get("k_factor_rf", index.k_factor))
             params = faiss.IndexRefineSearchParameters(k_factor=k_factor, base_index_params=base)
             params.base_ref = base  # the C++ object only points at the base parameters: keep them alive
             return params
         if isinstance(index, faiss.IndexIVF):
-            nprobe = int(self.search_params.get("nprobe", index.nprobe))
+            nprobe = int(sp.get("nprobe", index.nprobe))
             return faiss.SearchParametersIVF(sel=sel, nprobe=int(min(index.nlist, np.ceil(nprobe * boost))))
         if isinstance(index, faiss.IndexHNSW):
-            ef = int(self.search_params.get("efSearch", index.hnsw.efSearch))
+            ef = int(sp.get("efSearch", index.hnsw.efSearch))
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(min(self.n_items, np.ceil(ef * boost))))
         return faiss.SearchParameters(sel=sel)
 
@@ -428,7 +504,7 @@ class FaissIndex(CandidateIndex):
         rows = list(rows)
         kk = min(k, self.n_items)
         allowed_bits = None if allowed is None else np.packbits(allowed, bitorder="little")
-        frac = 1.0 if allowed is None else float(allowed.mean())
+        frac = None if allowed is None else float(allowed.mean())
         out_s = np.full((len(rows), kk), -np.inf, np.float32)
         out_r = np.full((len(rows), kk), -1, np.int64)
         if exclude is None:  # one selector for the whole batch
@@ -441,6 +517,68 @@ class FaissIndex(CandidateIndex):
                 s, r = self.index.search(q[j:j + 1], kk, params=self._params(sel, frac))
                 out_s[n], out_r[n] = s[0], r[0]
         return _pad(out_s, self._rows_to_ids(out_r), k)
+
+
+class NormRangedIndex(CandidateIndex):
+    """Norm-range partitioning: one ``FaissIndex`` per norm stratum (highest norms first) plus one for
+    the rest; every query searches all parts (each with its own search parameters and the query's
+    filters) and keeps the ``k`` best by score. See the module docstring."""
+
+    backend = "faiss"
+
+    def __init__(self, parts: Sequence[FaissIndex], part_rows: Sequence[np.ndarray], ids: np.ndarray,
+                 strata: Sequence[Mapping[str, Any]]):
+        self.parts = list(parts)
+        self.part_rows = [np.asarray(r, np.int64) for r in part_rows]
+        self.ids = np.asarray(ids, np.int64)
+        self.n_items = int(sum(len(r) for r in self.part_rows))
+        self.dim = self.parts[0].dim
+        self.device = self.parts[0].device
+        self.norm_strata = [dict(st) for st in strata]
+        tail = self.parts[-1]
+        self.factory, self.search_params = tail.factory, tail.search_params
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, settings: IndexSettings, ids: np.ndarray | None = None,
+              seed: int = 0) -> "NormRangedIndex":
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        n = emb.shape[0]
+        ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        order = np.argsort(-np.linalg.norm(emb, axis=1), kind="stable")
+        bounds = np.cumsum([0, *stratum_sizes(settings, n)])
+        part_settings = [settings.stratum(i) for i in range(len(settings.norm_strata))] + [settings.tail()]
+        parts, part_rows = [], []
+        for (a, b), ps in zip(zip(bounds[:-1], bounds[1:]), part_settings):
+            rows = np.sort(order[a:b])
+            parts.append(FaissIndex.build(emb[rows], ps, ids=ids[rows], seed=seed))
+            part_rows.append(rows)
+        return cls(parts, part_rows, ids, settings.norm_strata)
+
+    @property
+    def filter(self) -> str:
+        return self.parts[-1].filter
+
+    @filter.setter
+    def filter(self, value: str) -> None:
+        for p in self.parts:
+            p.filter = value
+
+    def search(self, queries, k, exclude=None, allowed=None):
+        q = self._check(queries, k, exclude, allowed)
+        if exclude is None and allowed is None:  # the hot path: straight to FAISS, ids mapped once per part
+            found = []
+            for p in self.parts:
+                s, r = p.index.search(q, min(k, p.n_items))
+                found.append((s, p._rows_to_ids(r)))
+        else:
+            allowed = None if allowed is None else np.asarray(allowed)
+            found = [p.search(q, k, exclude=exclude, allowed=None if allowed is None else allowed[rows])
+                     for p, rows in zip(self.parts, self.part_rows)]
+        scores = np.concatenate([s for s, _ in found], axis=1)
+        ids = np.concatenate([i for _, i in found], axis=1)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        at = np.arange(q.shape[0])[:, None]
+        return _pad(scores[at, best], ids[at, best], k)
 
 
 def _faiss_gpus() -> int:
@@ -467,6 +605,8 @@ def build_index(embeddings: np.ndarray, settings: IndexSettings, seed: int = 0) 
 
         device = "cuda" if (settings.use_gpu and torch.cuda.is_available()) else "cpu"
         return TorchExactIndex(emb, device=device, dtype=settings.torch_dtype, query_batch=settings.query_batch)
+    if settings.norm_strata:
+        return NormRangedIndex.build(emb, settings, seed=seed)
     return FaissIndex.build(emb, settings, seed=seed)
 
 
@@ -538,6 +678,8 @@ class IndexManifest:
     code_version: str
     embeddings_sha256: str | None = None
     created_at: str = ""
+    norm_strata: list[dict[str, Any]] = field(default_factory=list)  # see IndexSettings.norm_strata
+    filtered_search_params: dict[str, Any] = field(default_factory=dict)  # see IndexSettings
 
 
 def save_index(index: CandidateIndex, out_dir: Path, manifest: IndexManifest) -> None:
@@ -548,14 +690,16 @@ def save_index(index: CandidateIndex, out_dir: Path, manifest: IndexManifest) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(index, FaissIndex):
         faiss.write_index(index.cpu_index(), str(out_dir / INDEX_FILE))
+    elif isinstance(index, NormRangedIndex):
+        for i, part in enumerate(index.parts):
+            faiss.write_index(part.cpu_index(), str(out_dir / PART_FILE.format(i)))
+        np.savez(out_dir / PART_ROWS_FILE, *index.part_rows)
     np.save(out_dir / IDS_FILE, index.ids)
     (out_dir / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
 
 
 def load_index(bundle_dir: Path, *, use_gpu: bool = True) -> CandidateIndex:
     """The index saved under ``bundle_dir/index/`` if any, else exact search over ``item_embeddings.npy``."""
-    import faiss
-
     bundle_dir = Path(bundle_dir)
     idx_dir = bundle_dir / INDEX_DIRNAME
     man_path = idx_dir / "manifest.json"
@@ -569,21 +713,47 @@ def load_index(bundle_dir: Path, *, use_gpu: bool = True) -> CandidateIndex:
     if m.get("backend") == "torch_exact":
         emb = load_embeddings(bundle_dir)
         return TorchExactIndex(emb, ids if len(ids) == len(emb) else None, dtype=m.get("torch_dtype", "auto"))
-    path = idx_dir / INDEX_FILE
+    common = dict(filter=m.get("filter", "overfetch"), overfetch=int(m.get("overfetch", 4)))
+    strata = m.get("norm_strata") or []
+    if not strata:
+        index, device = _read_faiss(idx_dir / INDEX_FILE, len(ids), idx_dir / IDS_FILE, m, use_gpu)
+        return FaissIndex(index, ids, factory=m.get("factory") or "", search_params=m.get("search_params") or {},
+                          filtered_search_params=m.get("filtered_search_params") or {}, device=device, **common)
+    rows_path = idx_dir / PART_ROWS_FILE
+    try:
+        with np.load(rows_path, allow_pickle=False) as z:
+            part_rows = [z[f"arr_{i}"].astype(np.int64) for i in range(len(strata) + 1)]
+    except (OSError, KeyError, ValueError) as e:
+        raise BundleError(f"{rows_path}: missing or unreadable ({type(e).__name__}: {e})") from e
+    if sum(len(r) for r in part_rows) != len(ids):
+        raise BundleError(f"{rows_path}: its parts hold {sum(len(r) for r in part_rows)} rows but "
+                          f"{idx_dir / IDS_FILE} has {len(ids)} ids")
+    params = [st.get("search_params") or {} for st in strata] + [m.get("search_params") or {}]
+    filtered = [st.get("filtered_search_params") or {} for st in strata] + [m.get("filtered_search_params") or {}]
+    factories = [st.get("factory") or "" for st in strata] + [m.get("factory") or ""]
+    parts = []
+    for i, rows in enumerate(part_rows):
+        index, device = _read_faiss(idx_dir / PART_FILE.format(i), len(rows), rows_path, m, use_gpu)
+        parts.append(FaissIndex(index, ids[rows], factory=factories[i], search_params=params[i],
+                                filtered_search_params=filtered[i], device=device, **common))
+    return NormRangedIndex(parts, part_rows, ids, strata)
+
+
+def _read_faiss(path: Path, n_expected: int, ids_path: Path, m: Mapping[str, Any], use_gpu: bool):
+    """(FAISS index read from ``path``, moved to the GPU when FAISS has one; device string)."""
+    import faiss
+
     if not path.exists():
         raise BundleError(f"{path}: missing (index/manifest.json says backend={m.get('backend')!r})")
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as e:
         raise BundleError(f"{path}: cannot be read as a FAISS index ({str(e).splitlines()[0] if str(e) else e})") from e
-    if index.ntotal != len(ids):
-        raise BundleError(f"{path}: holds {index.ntotal} vectors but {idx_dir / IDS_FILE} has {len(ids)} ids")
-    device = "cpu"
+    if index.ntotal != n_expected:
+        raise BundleError(f"{path}: holds {index.ntotal} vectors but {ids_path} has {n_expected} ids")
     if use_gpu and _faiss_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-        device = f"cuda (faiss, {_faiss_gpus()} GPU)"
-    return FaissIndex(index, ids, factory=m.get("factory") or "", search_params=m.get("search_params") or {},
-                      filter=m.get("filter", "overfetch"), overfetch=int(m.get("overfetch", 4)), device=device)
+        return faiss.index_cpu_to_all_gpus(index), f"cuda (faiss, {_faiss_gpus()} GPU)"
+    return index, "cpu"
 
 
 def _load_ids(path: Path) -> np.ndarray:

@@ -16,7 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toy_bundle import make_bundle  # noqa: E402
 
 from serving.build_index import run  # noqa: E402
-from serving.index import BundleError, FaissIndex, IndexConfigError, TorchExactIndex, load_index  # noqa: E402
+from serving.index import (  # noqa: E402
+    BundleError, FaissIndex, IndexConfigError, NormRangedIndex, TorchExactIndex, load_index,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -76,10 +78,12 @@ def test_missing_latest_names_file(tmp_path):
 
 @pytest.mark.parametrize("index", ["ivf_large", "ivf"])
 def test_shipped_ivf_configs_fail_early_naming_the_setting(tmp_path, index):
-    """The shipped IVF configs (ivf_large: IVF1024,PQ64x4fs,RFlat) fail before building on a catalogue
-    or bundle they do not fit."""
+    """The shipped IVF configs (ivf_large: norm strata, then IVF1024,PQ64x4fsr,RFlat) fail before building
+    on a catalogue or bundle they do not fit, naming the part."""
     bundle = make_bundle(tmp_path / "b", n_items=300, dim=16, encoder=False)
-    with pytest.raises(IndexConfigError, match=r"index.factory='IVF1024,[^']*': nlist=1024 is larger than the catalogue \(300 items\)"):
+    match = {"ivf": r"index.factory='IVF1024,Flat': nlist=1024 is larger than the catalogue \(300 items\)",
+             "ivf_large": r"index.norm_strata\[0\].factory='IVF256,Flat': nlist=256 is larger than the catalogue \(15 items\)"}
+    with pytest.raises(IndexConfigError, match=match[index]):
         run(cfg_for(tmp_path, f"bundle={bundle}", f"index={index}"))
     with pytest.raises(IndexConfigError, match="index.dim=64 does not match the bundle's embedding dimension 16"):
         run(cfg_for(tmp_path, f"bundle={bundle}", f"index={index}", "index.dim=64"))
@@ -90,7 +94,21 @@ def test_new_factory_form_builds_and_reloads(tmp_path):
     """An IVF with an HNSW coarse quantiser and a refined PQ fast-scan index build, save and reload."""
     bundle = make_bundle(tmp_path / "b", n_items=300, dim=16, encoder=False)
     res = run(cfg_for(tmp_path, f"bundle={bundle}", "index=ivf_large", "index.factory='IVF8_HNSW16,PQ16x4fs,RFlat'",
-                      "index.search_params.nprobe=8", "index.train_size=null", "index.recall_queries=20"))
+                      "index.search_params.nprobe=8", "index.filtered_search_params.nprobe=8", "index.norm_strata=[]",
+                      "index.train_size=null", "index.recall_queries=20"))
     assert res.manifest.factory == "IVF8_HNSW16,PQ16x4fs,RFlat" and res.manifest.recall_at_k >= 0.9
     idx = load_index(bundle)
     assert isinstance(idx, FaissIndex) and idx.search_params["nprobe"] == 8 and idx.search_params["k_factor_rf"] >= 1
+
+
+def test_norm_ranged_index_builds_and_reloads(tmp_path):
+    """ivf_large's form (a norm stratum + the rest) at toy scale: built from the config, saved, reloaded."""
+    bundle = make_bundle(tmp_path / "b", n_items=400, dim=16, encoder=False)
+    res = run(cfg_for(tmp_path, f"bundle={bundle}", "index=ivf_large", "index.factory='IVF8,PQ16x4fsr,RFlat'",
+                      "index.search_params.nprobe=8", "index.filtered_search_params.nprobe=8",
+                      "index.norm_strata=[{share:0.1,factory:'IVF4,Flat',search_params:{nprobe:4}}]",
+                      "index.train_size=null", "index.recall_queries=20"))
+    assert res.manifest.norm_strata[0]["factory"] == "IVF4,Flat" and res.manifest.recall_at_k >= 0.9
+    idx = load_index(bundle)
+    assert isinstance(idx, NormRangedIndex) and [len(r) for r in idx.part_rows] == [40, 360]
+    assert idx.parts[0].search_params == {"nprobe": 4} and idx.parts[1].filtered_search_params == {"nprobe": 8}
