@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toy_bundle import make_bundle  # noqa: E402
 
+from tests.serving.test_index import brute as exact_brute  # noqa: E402
+
 from serving.index import (  # noqa: E402
     BundleError, IndexConfigError, IndexManifest, IndexSettings, NormRangedIndex, build_index, load_index,
     save_index,
@@ -40,12 +42,7 @@ def queries():
 
 
 def brute(emb, q, k, exclude=None, allowed=None):
-    s = q @ emb.T
-    if allowed is not None:
-        s[:, ~allowed] = -np.inf
-    for j, ex in enumerate(exclude or []):
-        s[j, list(ex)] = -np.inf
-    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return exact_brute(emb, q, k, exclude=exclude, allowed=allowed)[1]
 
 
 def test_parts_split_the_catalogue_by_norm(emb):
