@@ -359,6 +359,7 @@ class Recommender:
         i = b.items.key_to_id.get(item_key)
         if i is None:
             return None
-        scores, ids = b.index.search(b.item_embeddings[i][None, :], k, exclude=[{i}], allowed=b.items.available)
+        allowed = None if b.items.all_available else b.items.available  # a mask makes a large index slower
+        scores, ids = b.index.search(b.item_embeddings[i][None, :], k, exclude=[{i}], allowed=allowed)
         return [RecItem(str(b.items.keys[j]), float(s), "similar", f"similar to {item_key}")
                 for s, j in zip(scores[0].tolist(), ids[0].tolist()) if j >= 0]
