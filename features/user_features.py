@@ -15,6 +15,10 @@ a value outside the fitted vocabulary), so a model embeds each one with ``nn.Emb
 ``UserFeatureSpec.fit(history, users, items, cfg)`` learns vocabularies and bucket edges from the training
 history only; ``spec.transform(history, users, items, n_users)`` codes any history (e.g. train + valid for
 the test stage, or every event for the serving bundle) with those fixed vocabularies and edges.
+``spec.transform_running(history, users, items)`` codes the features as known right after each event
+(point in time): a model trained on every position of a sequence must not see, at position t, features
+computed from events after t (counts, top category, mean price of later purchases), which it never has
+when serving.
 ``spec.to_json()`` is written to bundles as ``user_features.json``, the codes as ``user_features.parquet``.
 """
 from __future__ import annotations
@@ -42,6 +46,7 @@ class UserFeatureConfig:
     derived: list[str] = field(default_factory=lambda: list(DERIVED))
     max_vocab: int = 50                     # categorical values kept (most frequent), the rest = unknown
     n_buckets: int = 8                      # quantile buckets for numeric features
+    point_in_time: bool = False             # sequence training: features as of each position (transform_running)
 
     @classmethod
     def from_cfg(cls, c: Mapping | None) -> "UserFeatureConfig":
@@ -91,6 +96,51 @@ def _derived_values(history: pd.DataFrame, items: pd.DataFrame, names: list[str]
             out["top_category"] = top.set_index("user_id")["category"].astype(str).reindex(out.index)
         else:
             out["top_category"] = None
+    return out
+
+
+def _running_values(history: pd.DataFrame, items: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Raw derived values as known right after each event of ``history`` (ordered by user, then time;
+    row i = event i): counts, shares and the mean purchase price over the user's events up to and
+    including it; ``top_category`` the most frequent category so far (ties: the smaller name);
+    ``recency`` the days from the event to the user's next one (the moment the next prediction is made;
+    the history's end after the last event)."""
+    h = history.reset_index(drop=True)
+    uid = h["user_id"].to_numpy()
+    g = h.groupby("user_id", sort=False)
+    n = g.cumcount().to_numpy() + 1
+    out = pd.DataFrame(index=h.index)
+    if "activity" in names:
+        out["activity"] = np.log1p(n.astype(float))
+    if "orders" in names:
+        col = h["order_id"] if "order_id" in h and h["order_id"].notna().any() else h["ts"]
+        first = ~pd.DataFrame({"u": uid, "o": col.to_numpy()}).duplicated()
+        out["orders"] = np.log1p(first.groupby(uid).cumsum().to_numpy().astype(float))
+    if "recency" in names:
+        end = h["ts"].max() if len(h) else None
+        nxt = g["ts"].shift(-1).fillna(end)
+        out["recency"] = np.log1p((nxt - h["ts"]).dt.total_seconds().to_numpy() / 86400.0)
+    if "mean_price" in names:
+        buy = ((h["event"] == "purchase") & h["price"].notna()) if "price" in h else pd.Series(False, index=h.index)
+        spent = h["price"].where(buy, 0.0).groupby(uid).cumsum() if "price" in h else buy.astype(float)
+        bought = buy.groupby(uid).cumsum()
+        out["mean_price"] = np.log1p((spent / bought.where(bought > 0)).clip(lower=0)).to_numpy()
+    if "return_share" in names:
+        out["return_share"] = (h["event"] == "return").groupby(uid).cumsum().to_numpy() / n
+    if "top_category" in names:
+        cats = items.set_index("item_id")["category"].reindex(h["item_id"].to_numpy()).to_numpy()
+        top = np.empty(len(h), object)
+        user, counts, best, best_n = None, {}, None, 0
+        for i, (u, c) in enumerate(zip(uid, cats)):
+            if u != user:
+                user, counts, best, best_n = u, {}, None, 0
+            if not pd.isna(c):
+                c = str(c)
+                counts[c] = k = counts.get(c, 0) + 1
+                if k > best_n or (k == best_n and c < best):
+                    best, best_n = c, k
+            top[i] = best
+        out["top_category"] = top
     return out
 
 
@@ -176,13 +226,31 @@ class UserFeatureSpec:
             else:
                 col = u[self.source[name].split(":", 1)[1]]
             col = col[(col.index >= 0) & (col.index < n_users)].dropna()
-            rows = col.index.to_numpy(np.int64)
-            if self.kinds[name] == "categorical":
-                code = {v: i + 1 for i, v in enumerate(self.vocab[name])}
-                out[rows, j] = np.fromiter((code.get(str(v), 0) for v in col.to_numpy()), np.int64, len(col))
-            else:
-                out[rows, j] = np.searchsorted(np.asarray(self.edges[name], float), col.to_numpy(float), side="left") + 1
+            out[col.index.to_numpy(np.int64), j] = self._codes(name, col.to_numpy())
         return out
+
+    def transform_running(self, history: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
+        """Codes ``[len(history), len(names)]`` int64: row i = the features as known right after event i of
+        ``history`` (ordered by user, then time). Attributes are the same on every row of a user."""
+        out = np.zeros((len(history), len(self.names)), np.int64)
+        derived = [n for n in self.names if self.source[n] == "derived"]
+        raw = _running_values(history, items, derived) if derived else pd.DataFrame()
+        u = users.drop_duplicates("user_id").set_index("user_id")
+        for j, name in enumerate(self.names):
+            if self.source[name] == "derived":
+                vals = raw[name].to_numpy() if name in raw else np.full(len(history), np.nan)
+            else:
+                vals = u[self.source[name].split(":", 1)[1]].reindex(history["user_id"].to_numpy()).to_numpy()
+            known = ~pd.isna(vals)
+            out[known, j] = self._codes(name, vals[known])
+        return out
+
+    def _codes(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Codes of known (non-missing) raw values of feature ``name`` (0 = outside the vocabulary)."""
+        if self.kinds[name] == "categorical":
+            code = {v: i + 1 for i, v in enumerate(self.vocab[name])}
+            return np.fromiter((code.get(str(v), 0) for v in values), np.int64, len(values))
+        return np.searchsorted(np.asarray(self.edges[name], float), np.asarray(values, float), side="left") + 1
 
     def table(self, codes: np.ndarray, users: pd.DataFrame) -> pd.DataFrame:
         """``user_id``, ``user_key`` and one int64 column per feature (the bundle's ``user_features.parquet``)."""

@@ -96,28 +96,33 @@ class TwoTower(nn.Module):
             w = w * torch.exp(-self.cfg.recency_decay * steps_back)
         return w
 
-    def user_feature_vector(self, user_feat: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """Mean of the user-feature embeddings ``[B, d]`` (None when the model has no user features)."""
+    def user_feature_vector(self, user_feat: torch.Tensor | None, batch: int, length: int | None = None
+                            ) -> torch.Tensor | None:
+        """Mean of the user-feature embeddings: ``[B, d]`` from codes ``[B, F]``, or ``[B, L, d]`` from codes
+        ``[B, L, F]`` (one set per position, ``length`` = L; only in ``user_states``). None without user features."""
         if not len(self.user_feat_emb):
             return None
+        f = len(self.user_feat_emb)
         if user_feat is None:
-            raise ValueError(f"this two-tower model needs user_feat [B, {len(self.user_feat_emb)}] (model.user_features.enabled)")
-        if user_feat.shape != (batch, len(self.user_feat_emb)):
-            raise ValueError(f"user_feat: expected shape ({batch}, {len(self.user_feat_emb)}), got {tuple(user_feat.shape)}")
-        return sum(emb(user_feat[:, j]) for j, emb in enumerate(self.user_feat_emb)) / len(self.user_feat_emb)
+            raise ValueError(f"this two-tower model needs user_feat [B, {f}] (model.user_features.enabled)")
+        if user_feat.shape != (batch, f) and (length is None or user_feat.shape != (batch, length, f)):
+            want = f"({batch}, {f})" + ("" if length is None else f" or ({batch}, {length}, {f})")
+            raise ValueError(f"user_feat: expected shape {want}, got {tuple(user_feat.shape)}")
+        return sum(emb(user_feat[..., j]) for j, emb in enumerate(self.user_feat_emb)) / f
 
     def _user_out(self, pooled: torch.Tensor, uf: torch.Tensor | None) -> torch.Tensor:
         if uf is None:
             return F.normalize(pooled + self.user_mlp(pooled), dim=-1)
-        uf = uf.unsqueeze(1).expand_as(pooled) if pooled.dim() == 3 else uf
+        uf = uf.unsqueeze(1).expand_as(pooled) if uf.dim() < pooled.dim() else uf
         return F.normalize(pooled + self.user_mlp(torch.cat([pooled, uf], -1)), dim=-1)
 
     def user_states(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
-        """User embedding after each prefix ``[B, L, d]`` (causal running mean, then the MLP)."""
+        """User embedding after each prefix ``[B, L, d]`` (causal running mean, then the MLP); ``user_feat``
+        ``[B, F]`` (the same for every prefix) or ``[B, L, F]`` (as of each prefix: point in time)."""
         e = self.hist_emb(item_seq)                           # [B, L, d]
         w = self._weights(item_seq)                           # same weights as encode (ratios cancel)
         pooled = torch.cumsum(e * w.unsqueeze(-1), 1) / torch.cumsum(w, 1).clamp(min=1).unsqueeze(-1)
-        return self._user_out(pooled, self.user_feature_vector(user_feat, item_seq.shape[0]))
+        return self._user_out(pooled, self.user_feature_vector(user_feat, item_seq.shape[0], item_seq.shape[1]))
 
     def encode(self, item_seq: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding from the whole (left-padded) sequence ``[B, d]``."""

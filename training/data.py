@@ -145,7 +145,8 @@ class SequenceData:
     item_attributes: torch.Tensor | None = None
     n_attributes: int = 0
     info: dict = field(default_factory=dict)
-    train_user_feat: torch.Tensor | None = None   # [U, F] user-feature codes of the training rows
+    train_user_feat: torch.Tensor | None = None   # [U, F] user-feature codes of the training rows, or [U, L, F]
+                                                  # (point in time: the codes as of each input position)
     user_features: UserFeatureSpec | None = None  # their spec (names, vocabularies, edges)
 
     def to(self, device) -> "SequenceData":
@@ -164,7 +165,10 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
 
     With ``user_features.enabled`` the user-feature spec is fitted on the training part only; training rows
     and the valid split get the codes of the training part, the test split those of train + valid (what is
-    known when the test period starts), with the same vocabularies and edges.
+    known when the test period starts), with the same vocabularies and edges. With
+    ``user_features.point_in_time`` every input position of a training row gets the codes as known right
+    after that position's event instead (``UserFeatureSpec.transform_running``): no feature computed from
+    the events the row is trained to predict.
     """
     if max_len <= 0:
         raise ValueError(f"model.max_len must be > 0, got {max_len}")
@@ -183,6 +187,7 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     seqs = left_padded(tu, ti, max_len + 1, users)
     has_target = (seqs[:, :-1] > 0).any(1) & (seqs[:, 1:] > 0).any(1)
     seqs, users = seqs[has_target], users[has_target]
+    event_at = left_padded(tu, np.arange(len(tu)), max_len + 1, users)[:, :-1]  # train row of each input + 1 (0 = pad)
     pop = np.bincount(ti + 1, minlength=n_items + 1).astype(np.float32)
     attrs, n_attr = None, 0
     if use_attributes:
@@ -210,7 +215,11 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
         before_test = spec.transform(train, people, items, n_users)
         before_test_end = spec.transform(pd.concat([train, parts["valid"]]), people, items, n_users)
         data.user_features = spec
-        data.train_user_feat = torch.from_numpy(before_test[users])
+        if user_features.point_in_time:
+            running = np.vstack([np.zeros((1, len(spec.names)), np.int64), spec.transform_running(train, people, items)])
+            data.train_user_feat = torch.from_numpy(running[event_at])  # [U, L, F]
+        else:
+            data.train_user_feat = torch.from_numpy(before_test[users])
         data.valid.user_feat = torch.from_numpy(before_test[valid.users.numpy()])
         data.test.user_feat = torch.from_numpy(before_test_end[test.users.numpy()])
         data.info["user_features"] = list(spec.names)

@@ -52,3 +52,18 @@ def test_user_features_enter_the_user_tower_and_unknown_codes_add_nothing():
         m.encode(seq)
     with pytest.raises(ValueError, match="user_feat: expected shape"):
         m.encode(seq, uf[:, :1])
+
+
+def test_user_states_take_features_per_position():
+    import pytest
+
+    m = _model(user_feature_cards=[3, 5])
+    seq = torch.tensor([[0, 0, 1, 2, 3, 4]])
+    last = torch.tensor([[1, 4]])
+    per_pos = torch.zeros(1, 6, 2, dtype=torch.long)
+    per_pos[0, -1] = last[0]                                    # only the last position knows the features
+    states = m.user_states(seq, per_pos)
+    assert torch.allclose(states[:, -1], m.encode(seq, last), atol=1e-5)
+    assert torch.allclose(states[:, -2], m.user_states(seq, torch.zeros(1, 2, dtype=torch.long))[:, -2], atol=1e-5)
+    with pytest.raises(ValueError, match=r"user_feat: expected shape \(1, 2\) or \(1, 6, 2\)"):
+        m.user_states(seq, torch.zeros(1, 5, 2, dtype=torch.long))

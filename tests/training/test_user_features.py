@@ -62,3 +62,41 @@ def test_bad_settings_name_the_field(setting, message):
 def test_unknown_attribute_column_is_named():
     with pytest.raises(UserFeatureError, match="attributes: \\['age'\\]"):
         UserFeatureSpec.fit(TRAIN, USERS, ITEMS, UserFeatureConfig(enabled=True, attributes=["age"]))
+
+
+def test_running_codes_use_only_events_up_to_each_position():
+    """Point in time: the codes after event i of a user equal the codes of the history cut after event i
+    (nothing from later events); after the last event they equal ``transform`` of the whole history."""
+    spec = UserFeatureSpec.fit(TRAIN, USERS, ITEMS, UserFeatureConfig(enabled=True, n_buckets=3))
+    h = TRAIN.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    running = spec.transform_running(h, USERS, ITEMS)
+    assert running.shape == (len(h), len(spec.names))
+    whole = spec.transform(h, USERS, ITEMS, 4)
+    last = h.groupby("user_id").tail(1).index
+    np.testing.assert_array_equal(running[last], whole[h.loc[last, "user_id"]])
+    rec = spec.names.index("recency")
+    for i in range(len(h)):
+        u = h.loc[i, "user_id"]
+        prefix = h[(h["user_id"] != u) | (h.index <= i)]        # the user's later events removed
+        cut = spec.transform(prefix, USERS, ITEMS, 4)[u]
+        keep = [j for j in range(len(spec.names)) if j != rec]  # recency: to the next event, not to the data's end
+        np.testing.assert_array_equal(running[i, keep], cut[keep], err_msg=f"event {i}")
+
+
+def test_point_in_time_training_rows_have_codes_per_position(tiny_artifacts):
+    from training.data import load_sequence_data
+
+    cfg = UserFeatureConfig(enabled=True, n_buckets=4, point_in_time=True)
+    data = load_sequence_data(tiny_artifacts / "processed" / "tiny", max_len=6, user_features=cfg)
+    static = load_sequence_data(tiny_artifacts / "processed" / "tiny", max_len=6,
+                                user_features=UserFeatureConfig(enabled=True, n_buckets=4))
+    f = len(data.user_features.names)
+    assert data.train_user_feat.shape == (len(data.train_seqs), 6, f)
+    assert static.train_user_feat.shape == (len(data.train_seqs), f)
+    inputs = data.train_seqs[:, :-1]
+    assert (data.train_user_feat[inputs == 0] == 0).all()       # padding positions: unknown
+    act = data.user_features.names.index("activity")
+    a = data.train_user_feat[:, :, act]
+    real = inputs > 0
+    assert ((a[:, 1:] >= a[:, :-1]) | ~real[:, :-1]).all()       # activity only grows along a sequence
+    assert data.valid.user_feat.shape == (len(data.valid), f)    # evaluation: features as of the history's end
