@@ -363,10 +363,7 @@ class FaissIndex(CandidateIndex):
                 train = emb[np.sort(rng.choice(n, settings.train_size, replace=False))]
             index.train(train)
         index.add(emb)
-        device = "cpu"
-        if settings.use_gpu and _faiss_gpus() > 0:
-            index = faiss.index_cpu_to_all_gpus(index)
-            device = f"cuda (faiss, {_faiss_gpus()} GPU)"
+        index, device = to_gpu_if_present(index, settings.use_gpu)
         return cls(index, np.arange(n) if ids is None else ids, factory=settings.factory,
                    search_params=settings.search_params, filtered_search_params=settings.filtered_search_params,
                    filter=settings.filter,
@@ -590,6 +587,20 @@ def _faiss_gpus() -> int:
         return 0
 
 
+def to_gpu_if_present(index, use_gpu: bool):
+    """(``index`` on every GPU FAISS sees, "cuda (...)") when ``use_gpu`` and FAISS has a GPU, else (``index``,
+    "cpu"). FAISS GPU lacks some index types (fast-scan PQ, refine stages): those stay on the CPU, logged."""
+    import faiss
+
+    if not use_gpu or _faiss_gpus() == 0:
+        return index, "cpu"
+    try:
+        return faiss.index_cpu_to_all_gpus(index), f"cuda (faiss, {_faiss_gpus()} GPU)"
+    except RuntimeError as e:  # e.g. "not implemented" for IndexIVFPQFastScan / IndexRefineFlat
+        log.warning("FAISS GPU cannot hold a %s (%s): searching it on the CPU", type(index).__name__, _faiss_error(e))
+        return index, "cpu (no FAISS GPU version of this index)"
+
+
 # --------------------------------------------------------------------------------------------------
 # Building, saving, loading
 
@@ -751,9 +762,7 @@ def _read_faiss(path: Path, n_expected: int, ids_path: Path, m: Mapping[str, Any
         raise BundleError(f"{path}: cannot be read as a FAISS index ({str(e).splitlines()[0] if str(e) else e})") from e
     if index.ntotal != n_expected:
         raise BundleError(f"{path}: holds {index.ntotal} vectors but {ids_path} has {n_expected} ids")
-    if use_gpu and _faiss_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index), f"cuda (faiss, {_faiss_gpus()} GPU)"
-    return index, "cpu"
+    return to_gpu_if_present(index, use_gpu)
 
 
 def _load_ids(path: Path) -> np.ndarray:

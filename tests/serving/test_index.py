@@ -211,3 +211,18 @@ def test_empty_or_corrupt_bundle_names_the_file(tmp_path):
     (bad / "index" / "index.faiss").write_bytes(b"not an index")
     with pytest.raises(BundleError, match="index.faiss: cannot be read"):
         load_index(bad)
+
+
+def test_index_type_without_a_faiss_gpu_version_stays_on_the_cpu(monkeypatch, emb, queries):
+    """Where FAISS has a GPU but no GPU version of the index type (fast-scan PQ, refine), the build and the
+    load keep the CPU index instead of failing."""
+    import serving.index as index_mod
+
+    def no_gpu_clone(index):
+        raise RuntimeError("Error in clone_Index: not implemented for this type of index")
+
+    monkeypatch.setattr(index_mod, "_faiss_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu_clone)
+    idx = build_index(emb, settings(factory="IVF16,PQ16x4fs,RFlat", search_params={"nprobe": 16, "k_factor_rf": 8}))
+    assert idx.device.startswith("cpu") and "no FAISS GPU" in idx.device
+    assert idx.search(queries, 5)[1].shape == (8, 5)
