@@ -220,6 +220,52 @@ def _faiss_error(e: Exception) -> str:
 # Backends
 
 
+class _IdRows:
+    """Item id -> row of an index: the identity when rows are the ids, else a binary search (a dict would
+    cost ~100 bytes per item)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.n = len(ids)
+        self.identity = bool(np.array_equal(ids, np.arange(self.n)))
+        if not self.identity:
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted = ids[self._order]
+
+    def __call__(self, ids) -> np.ndarray:
+        """Rows of ``ids``; -1 for ids not in the index."""
+        ids = np.asarray(ids, np.int64)
+        if self.identity:
+            return ids
+        at = np.clip(np.searchsorted(self._sorted, ids), 0, max(self.n - 1, 0))
+        return np.where(self._sorted[at] == ids, self._order[at], -1).astype(np.int64)
+
+    def existing(self, ids: Collection[int]) -> np.ndarray:
+        """Rows of those of ``ids`` that are in the index (e.g. an exclude set)."""
+        rows = self(np.fromiter((int(i) for i in ids), np.int64, len(ids)))
+        return rows[(rows >= 0) & (rows < self.n)]
+
+
+def _row_selector(n_rows: int, ex_rows: np.ndarray | None, allowed_bits: np.ndarray | None):
+    """(FAISS IDSelector over rows 0..n_rows-1: in the ``allowed_bits`` bitmap and not in ``ex_rows``, or None;
+    the objects it points to, which the caller keeps alive while searching)."""
+    import faiss
+
+    keep = []  # FAISS selectors do not own their inputs
+    sel = None
+    if allowed_bits is not None:
+        sel = faiss.IDSelectorBitmap(n_rows, faiss.swig_ptr(allowed_bits))
+        keep.append(allowed_bits)
+    if ex_rows is not None and len(ex_rows):
+        ex_rows = np.ascontiguousarray(ex_rows, dtype=np.int64)
+        batch = faiss.IDSelectorBatch(len(ex_rows), faiss.swig_ptr(ex_rows))
+        notsel = faiss.IDSelectorNot(batch)
+        keep += [ex_rows, batch]
+        sel = notsel if sel is None else faiss.IDSelectorAnd(sel, notsel)
+        if isinstance(sel, faiss.IDSelectorAnd):
+            keep.append(notsel)
+    return sel, keep
+
+
 class CandidateIndex:
     """Common interface: ``search(queries, k, exclude=None, allowed=None) -> (scores, item_ids)``."""
 
@@ -340,10 +386,8 @@ class FaissIndex(CandidateIndex):
         self.filter = filter
         self.overfetch = int(overfetch)
         self.device = device
-        self._identity = bool(np.array_equal(self.ids, np.arange(self.n_items)))
-        if not self._identity:  # id -> row by binary search (a dict would cost ~100 bytes per item)
-            self._id_order = np.argsort(self.ids, kind="stable")
-            self._sorted_ids = self.ids[self._id_order]
+        self._id_rows = _IdRows(self.ids)
+        self._identity = self._id_rows.identity
         self._apply_search_params()
 
     # building / saving --------------------------------------------------------------------------
@@ -402,13 +446,12 @@ class FaissIndex(CandidateIndex):
         return np.where(rows >= 0, self.ids[rows], -1)  # ids[-1] is masked out by the where
 
     def _excluded_rows(self, ex: Collection[int]) -> np.ndarray:
-        rows = self._ids_to_rows(np.fromiter((int(i) for i in ex), np.int64, len(ex)))
-        return rows[(rows >= 0) & (rows < self.n_items)]
+        return self._id_rows.existing(ex)
 
     def _search_overfetch(self, q, k, exclude, allowed):
         b = q.shape[0]
         max_ex = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        frac = 1.0 if allowed is None else max(float(allowed.mean()), 1e-6)
+        frac = 1.0 if allowed is None else max(np.count_nonzero(allowed) / len(allowed), 1e-6)
         kk = int(min(self.n_items, np.ceil((k * self.overfetch) / min(1.0, frac * 4) ) + max_ex))
         kk = max(kk, min(k, self.n_items))
         s, r = self.index.search(q, kk)
@@ -422,7 +465,7 @@ class FaissIndex(CandidateIndex):
         out_s = np.full((b, k), -np.inf, np.float32)
         out_r = np.full((b, k), -1, np.int64)
         short = []
-        n_allowed = self.n_items if allowed is None else int(allowed.sum())
+        n_allowed = self.n_items if allowed is None else int(np.count_nonzero(allowed))
         for j in range(b):
             keep = np.flatnonzero(valid[j])[:k]
             out_s[j, :len(keep)] = s[j, keep]
@@ -438,30 +481,10 @@ class FaissIndex(CandidateIndex):
 
     def _ids_to_rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows of item ids; -1 for ids not in this index."""
-        ids = np.asarray(ids, np.int64)
-        if self._identity:
-            return ids
-        at = np.clip(np.searchsorted(self._sorted_ids, ids), 0, max(self.n_items - 1, 0))
-        found = self._sorted_ids[at] == ids
-        return np.where(found, self._id_order[at], -1).astype(np.int64)
+        return self._id_rows(ids)
 
     def _selector(self, ex_rows: np.ndarray | None, allowed_bits: np.ndarray | None):
-        import faiss
-
-        keep = []  # hold references: FAISS selectors do not own their inputs
-        sel = None
-        if allowed_bits is not None:
-            sel = faiss.IDSelectorBitmap(self.n_items, faiss.swig_ptr(allowed_bits))
-            keep.append(allowed_bits)
-        if ex_rows is not None and len(ex_rows):
-            ex_rows = np.ascontiguousarray(ex_rows, dtype=np.int64)
-            batch = faiss.IDSelectorBatch(len(ex_rows), faiss.swig_ptr(ex_rows))
-            notsel = faiss.IDSelectorNot(batch)
-            keep += [ex_rows, batch]
-            sel = notsel if sel is None else faiss.IDSelectorAnd(sel, notsel)
-            if isinstance(sel, faiss.IDSelectorAnd):
-                keep.append(notsel)
-        return sel, keep
+        return _row_selector(self.n_items, ex_rows, allowed_bits)
 
     def _params(self, sel, allowed_fraction: float | None = None):
         """Search parameters carrying the selector. With an ``allowed`` mask (``allowed_fraction``
@@ -501,7 +524,7 @@ class FaissIndex(CandidateIndex):
         rows = list(rows)
         kk = min(k, self.n_items)
         allowed_bits = None if allowed is None else np.packbits(allowed, bitorder="little")
-        frac = None if allowed is None else float(allowed.mean())
+        frac = None if allowed is None else np.count_nonzero(allowed) / len(allowed)
         out_s = np.full((len(rows), kk), -np.inf, np.float32)
         out_r = np.full((len(rows), kk), -1, np.int64)
         if exclude is None:  # one selector for the whole batch
@@ -532,6 +555,8 @@ class NormRangedIndex(CandidateIndex):
         self.dim = self.parts[0].dim
         self.device = self.parts[0].device
         self.norm_strata = [dict(st) for st in strata]
+        self._id_rows = _IdRows(self.ids)
+        self._row_maps = None  # per part, its global rows as a FAISS vector (IDSelectorTranslated), made on first use
         tail = self.parts[-1]
         self.factory, self.search_params = tail.factory, tail.search_params
 
@@ -567,6 +592,8 @@ class NormRangedIndex(CandidateIndex):
             for p in self.parts:
                 s, r = p.index.search(q, min(k, p.n_items))
                 found.append((s, p._rows_to_ids(r)))
+        elif self.filter == "selector" and not self.device.startswith("cuda"):
+            found = self._search_shared_selector(q, k, exclude, None if allowed is None else np.asarray(allowed))
         else:
             allowed = None if allowed is None else np.asarray(allowed)
             found = [p.search(q, k, exclude=exclude, allowed=None if allowed is None else allowed[rows])
@@ -576,6 +603,32 @@ class NormRangedIndex(CandidateIndex):
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         at = np.arange(q.shape[0])[:, None]
         return _pad(scores[at, best], ids[at, best], k)
+
+    def _search_shared_selector(self, q, k, exclude, allowed):
+        """Filtered search with one selector over the catalogue's rows per query, seen by every part through
+        ``IDSelectorTranslated`` (part row -> catalogue row): the mask is packed once, not split per part."""
+        import faiss
+
+        if self._row_maps is None:
+            self._row_maps = []
+            for rows in self.part_rows:
+                v = faiss.Int64Vector()
+                faiss.copy_array_to_vector(np.ascontiguousarray(rows, np.int64), v)
+                self._row_maps.append(v)
+        bits = None if allowed is None else np.packbits(allowed, bitorder="little")
+        frac = None if allowed is None else np.count_nonzero(allowed) / len(allowed)
+        per_query = exclude is not None
+        groups = [[j] for j in range(q.shape[0])] if per_query else [list(range(q.shape[0]))]
+        out = [(np.full((q.shape[0], min(k, p.n_items)), -np.inf, np.float32),
+                np.full((q.shape[0], min(k, p.n_items)), -1, np.int64)) for p in self.parts]
+        for rows in groups:
+            ex_rows = self._id_rows.existing(exclude[rows[0]]) if per_query else None
+            sel, _keep = _row_selector(self.n_items, ex_rows, bits)
+            for (s_out, i_out), p, row_map in zip(out, self.parts, self._row_maps):
+                translated = faiss.IDSelectorTranslated(row_map, sel)
+                s, r = p.index.search(q[rows], s_out.shape[1], params=p._params(translated, frac))
+                s_out[rows], i_out[rows] = s, p._rows_to_ids(r)
+        return out
 
 
 def _faiss_gpus() -> int:

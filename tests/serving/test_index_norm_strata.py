@@ -69,15 +69,22 @@ def test_exact_parts_give_exact_results_with_filters(filt, emb, queries):
     np.testing.assert_array_equal(ids, brute(emb, queries, 10, exclude=exclude, allowed=allowed))
 
 
-def test_item_ids_and_padding(emb, queries):
+@pytest.mark.parametrize("filt", ["overfetch", "selector"])
+def test_item_ids_and_padding(filt, emb, queries):
     ids = np.arange(len(emb)) * 7 + 1000  # item ids that are not row numbers
-    idx = NormRangedIndex.build(emb, settings(), ids=ids)
+    idx = NormRangedIndex.build(emb, settings(filter=filt), ids=ids)
     _, got = idx.search(queries, 10)
     np.testing.assert_array_equal(got, ids[brute(emb, queries, 10)])
     allowed = np.zeros(len(emb), bool)
     allowed[[2, 40, 41]] = True
     _, got = idx.search(queries[:1], 5, exclude=[{ids[40]}], allowed=allowed)
     assert sorted(got[0, :2].tolist()) == sorted(ids[[2, 41]].tolist()) and (got[0, 2:] == -1).all()
+    exclude = [set(ids[brute(emb, queries[j:j + 1], 3)[0]].tolist()) for j in range(len(queries))]
+    allowed = np.zeros(len(emb), bool)
+    allowed[::2] = True
+    _, got = idx.search(queries, 10, exclude=exclude, allowed=allowed)
+    np.testing.assert_array_equal(got, ids[brute(emb, queries, 10, exclude=[{(i - 1000) // 7 for i in e} for e in exclude],
+                                                allowed=allowed)])
     s, got = idx.search(queries[:1], 2000)  # k larger than the catalogue
     assert (got[0, :1500] >= 0).all() and (got[0, 1500:] == -1).all() and np.isneginf(s[0, 1500:]).all()
 
