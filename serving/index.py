@@ -625,7 +625,7 @@ class NormRangedIndex(CandidateIndex):
             ex_rows = self._id_rows.existing(exclude[rows[0]]) if per_query else None
             sel, _keep = _row_selector(self.n_items, ex_rows, bits)
             for (s_out, i_out), p, row_map in zip(out, self.parts, self._row_maps):
-                translated = faiss.IDSelectorTranslated(row_map, sel)
+                translated = None if sel is None else faiss.IDSelectorTranslated(row_map, sel)  # empty exclude set
                 s, r = p.index.search(q[rows], s_out.shape[1], params=p._params(translated, frac))
                 s_out[rows], i_out[rows] = s, p._rows_to_ids(r)
         return out

@@ -85,6 +85,9 @@ def test_item_ids_and_padding(filt, emb, queries):
     _, got = idx.search(queries, 10, exclude=exclude, allowed=allowed)
     np.testing.assert_array_equal(got, ids[brute(emb, queries, 10, exclude=[{(i - 1000) // 7 for i in e} for e in exclude],
                                                 allowed=allowed)])
+    exclude[0] = set()                              # a query with nothing to exclude, beside one with
+    _, got = idx.search(queries[:2], 10, exclude=exclude[:2])
+    np.testing.assert_array_equal(got[0], ids[brute(emb, queries[:1], 10)[0]])
     s, got = idx.search(queries[:1], 2000)  # k larger than the catalogue
     assert (got[0, :1500] >= 0).all() and (got[0, 1500:] == -1).all() and np.isneginf(s[0, 1500:]).all()
 
