@@ -251,14 +251,15 @@ def main() -> None:
         r["bench_s"] = round(time.perf_counter() - t0, 1)
         print(f"[{n} items done in {r['bench_s']} s] {json.dumps(r)}", file=sys.stderr, flush=True)
 
-    cols = ["items", "index", "factory", "search_params", "build_s", "build_threads", "index_mb", "rss_growth_mb", "recall_at_100", "exact_qps_b1", "index_qps_b1",
+    cols = ["items", "index", "norm_strata", "factory", "search_params", "build_s", "build_threads", "index_mb", "rss_growth_mb", "recall_at_100", "exact_qps_b1", "index_qps_b1",
             "speedup_vs_exact", "exact_qps_b256", "index_qps_b256", "speedup_vs_exact_b256"]
     print(f"threads={args.threads}, dim={args.dim}, k=100, medians of {args.repeats} rounds; device={os.uname().nodename}")
     print(f"search params: from conf/index, tuned on validation queries (seed {args.seed + VALIDATION_SEED_OFFSET}); "
           f"measured here on held-out queries (seeds {args.seed}, {args.seed + 7})")
     print(" | ".join(cols))
     for r in results.values():
-        print(" | ".join(str(r[c]) for c in cols))
+        strata = "; ".join(f"top {st['share']:.0%} norms: {st['factory']} {st['search_params']}" for st in r["norm_strata"])
+        print(" | ".join(str(r[c]) if c != "norm_strata" else (strata or "-") for c in cols))
     print("\nfilters (exclude 60 items + allow 5 categories), queries/s at batch 1 and recall@100 vs filtered exact:")
     for n, r in results.items():
         f = r["filters"]
