@@ -115,6 +115,7 @@ class IndexSettings:
 
 
 def _stratum_cfg(i: int, st: Any, backend: str) -> dict[str, Any]:
+    """``index.norm_strata[i]`` checked and completed (missing parameter groups = {}); errors name the field."""
     where = f"index.norm_strata[{i}]"
     if backend != "faiss":
         raise IndexConfigError(f"index.norm_strata: only for index.backend=faiss, not {backend!r}")
