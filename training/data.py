@@ -187,7 +187,6 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     seqs = left_padded(tu, ti, max_len + 1, users)
     has_target = (seqs[:, :-1] > 0).any(1) & (seqs[:, 1:] > 0).any(1)
     seqs, users = seqs[has_target], users[has_target]
-    event_at = left_padded(tu, np.arange(len(tu)), max_len + 1, users)[:, :-1]  # train row of each input + 1 (0 = pad)
     pop = np.bincount(ti + 1, minlength=n_items + 1).astype(np.float32)
     attrs, n_attr = None, 0
     if use_attributes:
@@ -216,6 +215,7 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
         before_test_end = spec.transform(pd.concat([train, parts["valid"]]), people, items, n_users)
         data.user_features = spec
         if user_features.point_in_time:
+            event_at = left_padded(tu, np.arange(len(tu)), max_len + 1, users)[:, :-1]  # train row of each input + 1 (0 = pad)
             running = np.vstack([np.zeros((1, len(spec.names)), np.int64), spec.transform_running(train, people, items)])
             data.train_user_feat = torch.from_numpy(running[event_at])  # [U, L, F]
         else:
