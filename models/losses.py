@@ -19,18 +19,10 @@ import torch
 import torch.nn.functional as F
 
 
-def full_softmax_ce(
-    hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
-    ignore_padding: bool = False,
-) -> torch.Tensor:
-    """Mean CE of ``hidden [P, d]`` against all items ``table [N+1, d]`` (row 0 padding); ``targets`` in 1..N.
-
-    ``ignore_padding``: rows whose target is 0 (padding) are left out of the mean (same value as dropping them
-    first, without a data-dependent shape).
-    """
+def full_softmax_ce(hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                    label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean CE of ``hidden [P, d]`` against all items ``table [N+1, d]`` (row 0 padding); ``targets`` in 1..N."""
     logits = hidden @ table[1:].T
-    if ignore_padding:
-        return F.cross_entropy(logits.float(), targets - 1, label_smoothing=label_smoothing, ignore_index=-1)
     return F.cross_entropy(logits.float(), targets - 1, label_smoothing=label_smoothing)
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One short run on a CUDA machine that exercises the GPU paths and prints their figures:
-#   1. exact retrieval with torch on the GPU (fp16/bf16 vs CPU fp32), ranker forward on CUDA, ORT provider,
+#   1. training speed (scripts/bench_train.py): time to the plain SASRec's best validation NDCG@10; runs first
+#      and alone, so that its timings do not share the GPU with anything
+#   2. SASRec training with the shipped defaults (bf16-mixed), GPU full-ranking evaluation, Toys + Sports
+#      (in the background while 3 and 4 run)
+#   3. exact retrieval with torch on the GPU (fp16/bf16 vs CPU fp32), ranker forward on CUDA, ORT provider,
 #      and the serving path in-process on a 1M-item catalogue (scripts/bench_serve_gpu.py)
-#   2. audience scoring of 10M synthetic users on the GPU (goal <= 60 s)
-#   3. SASRec training with the shipped defaults (bf16-mixed), GPU full-ranking evaluation, Toys + Sports
-#      (in the background while 1, 2 and 4 run: their timings share the GPU with it)
-#   4. training speed (scripts/bench_train.py): time to the plain SASRec's best validation NDCG@10
+#   4. audience scoring of 10M synthetic users on the GPU (goal <= 60 s)
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
@@ -28,7 +29,13 @@ else
 fi
 "$PY" -c "import torch; print('[gpu_check] torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
-echo "[gpu_check] 3/4 (background) SASRec defaults on Toys and Sports ($TRAINER)"
+echo "[gpu_check] 1/4 training speed: plain SASRec (sets the target valid NDCG) vs the speed variants (bench_train --preset fast)"
+# Each variant after plain stops as soon as it reaches plain's best valid NDCG@10 (trainer.stop_at_valid_ndcg).
+# shellcheck disable=SC2086
+"$PY" scripts/bench_train.py --data amazon_toys --trainer "$BENCH_TRAINER" --preset fast ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+  $BENCH_ARGS paths.runs="$OUT/bench_runs" > "$OUT/bench_train.log" 2>&1 || echo "[gpu_check] bench_train FAILED"
+grep -v -i warn "$OUT/bench_train.log" | tail -n 14
+echo "[gpu_check] 2/4 (background) SASRec defaults on Toys and Sports ($TRAINER)"
 for d in amazon_toys amazon_sports; do
   # shellcheck disable=SC2086
   "$PY" -m training.train model=sasrec data=$d $TRAINER trainer.eval.sampled_negatives=0 \
@@ -36,24 +43,18 @@ for d in amazon_toys amazon_sports; do
     || echo "[gpu_check] train $d FAILED: $(tail -n 2 "$OUT/train_$d.log")" &
 done
 
-echo "[gpu_check] 1/4 retrieval + ranker"
+echo "[gpu_check] 3/4 retrieval + ranker"
 "$PY" scripts/gpu_check_retrieval.py --sizes "$SIZES" > "$OUT/retrieval.log" 2>&1 || echo "[gpu_check] retrieval FAILED"
 grep -v -i warn "$OUT/retrieval.log" | tail -n 25
 
-echo "[gpu_check] 1b serving path in-process (encoder -> exact GPU retrieval -> ranker -> rules), $SERVE_ITEMS items"
+echo "[gpu_check] 3b serving path in-process (encoder -> exact GPU retrieval -> ranker -> rules), $SERVE_ITEMS items"
 "$PY" scripts/bench_serve_gpu.py --n-items "$SERVE_ITEMS" --requests 1000 > "$OUT/serve_path.log" 2>&1 || echo "[gpu_check] serve path FAILED"
 grep -v -i warn "$OUT/serve_path.log" | tail -n 12
 
-echo "[gpu_check] 2/4 audience scoring, $USERS users on $DEV"
+echo "[gpu_check] 4/4 audience scoring, $USERS users on $DEV"
 "$PY" scripts/bench_audience.py --device "$DEV" --users "$USERS" --repeats 1 > "$OUT/audience.log" 2>&1 || echo "[gpu_check] audience FAILED"
 grep -v -i warn "$OUT/audience.log" | tail -n 15
 
-echo "[gpu_check] 4/4 training speed: plain SASRec (sets the target valid NDCG) vs the speed variants (bench_train --preset fast)"
-# Each variant after plain stops as soon as it reaches plain's best valid NDCG@10 (trainer.stop_at_valid_ndcg).
-# shellcheck disable=SC2086
-"$PY" scripts/bench_train.py --data amazon_toys --trainer "$BENCH_TRAINER" --preset fast ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
-  $BENCH_ARGS paths.runs="$OUT/bench_runs" > "$OUT/bench_train.log" 2>&1 || echo "[gpu_check] bench_train FAILED"
-grep -v -i warn "$OUT/bench_train.log" | tail -n 14
 echo "[gpu_check] waiting for the SASRec default runs"
 wait
 "$PY" - "$OUT" <<'PYEOF'

@@ -231,27 +231,62 @@ class TrainBatches:
     """Shuffled mini-batches of rows of on-device tensors; deterministic per (seed, epoch).
 
     Under DDP each rank takes every ``world_size``-th batch of the same permutation.
+
+    ``pack``: the name of a left-padded sequence tensor ``[N, W + 1]`` (0 = padding) whose targets
+    ``[:, 1:]`` the loss reads. Each batch then also carries ``"target_rows"``: the flat positions of its
+    non-padding targets in the batch's ``[B, W]`` target matrix, computed on the CPU for the whole epoch
+    and moved to the device once per epoch. The loss picks those rows only (a sequence of 6 items in a
+    window of 50 costs 6 rows of the item softmax, not 50) with shapes known in advance: no per-step
+    GPU->CPU sync, which a boolean mask would cost.
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, pack: str | None = None) -> None:
         self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
         self.epoch, self.rank, self.world = 0, 0, 1
+        self.pack_counts, self.pack_width = None, 0
+        if pack is not None:
+            targets = tensors[pack][:, 1:].cpu()
+            counts = (targets > 0).sum(1)
+            width = targets.shape[1]
+            right_aligned = torch.arange(width).unsqueeze(0) >= (width - counts).unsqueeze(1)
+            if not torch.equal(right_aligned, targets > 0):
+                raise ValueError(f"TrainBatches(pack={pack!r}): sequences must be left-padded (padding 0 only "
+                                 "before the first item)")
+            self.pack_counts, self.pack_width = counts, width
 
     def __len__(self) -> int:
         n = len(next(iter(self.tensors.values())))
         return max(1, -(-n // self.batch_size) // self.world)
 
+    def _target_rows(self, perm: torch.Tensor, batches: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Flat target positions of every batch in ``batches`` (CPU), concatenated, and their offsets."""
+        parts, offsets = [], [0]
+        for b in batches:
+            n = self.pack_counts[perm[b * self.batch_size: (b + 1) * self.batch_size]]
+            rows = torch.repeat_interleave(torch.arange(len(n)), n)
+            start = torch.cumsum(n, 0) - n                                   # first flat slot of each row
+            col = self.pack_width - n[rows] + (torch.arange(len(rows)) - start[rows])
+            parts.append(rows * self.pack_width + col)
+            offsets.append(offsets[-1] + len(rows))
+        return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)), offsets
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         first = next(iter(self.tensors.values()))
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(len(first), generator=g).to(first.device)
+        perm_cpu = torch.randperm(len(first), generator=g)
+        perm = perm_cpu.to(first.device)
         self.epoch += 1
         n_batches = len(self) * self.world
-        for b in range(self.rank, n_batches, self.world):
+        mine = [b for b in range(self.rank, n_batches, self.world) if b * self.batch_size < len(first)]
+        flat, offsets = (self._target_rows(perm_cpu, mine) if self.pack_counts is not None else (None, None))
+        if flat is not None:
+            flat = flat.to(first.device)
+        for j, b in enumerate(mine):
             idx = perm[b * self.batch_size: (b + 1) * self.batch_size]
-            if len(idx) == 0:
-                continue
-            yield {k: v[idx] for k, v in self.tensors.items()}
+            batch = {k: v[idx] for k, v in self.tensors.items()}
+            if flat is not None:
+                batch["target_rows"] = flat[offsets[j]: offsets[j + 1]]
+            yield batch
 
 
 class EvalBatches:
@@ -280,7 +315,7 @@ class SequenceDataModule(pl.LightningDataModule):
                  valid_max_users: int | None = None) -> None:
         super().__init__()
         self.data, self.batch_size, self.eval_batch_size, self.seed = data, batch_size, eval_batch_size, seed
-        self._train = TrainBatches(self._tensors(), batch_size, seed)
+        self._train = TrainBatches(self._tensors(), batch_size, seed, pack="seqs")
         # per-epoch validation (early stopping, checkpoints) on a fixed seeded subset of the valid users when
         # valid_max_users is set (cheap validation); the final valid/test metrics always use every user
         self._valid_rows = None

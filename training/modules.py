@@ -19,6 +19,18 @@ from models.two_tower import TwoTower, TwoTowerConfig
 from training.metrics import RankingAccumulator, mask_history
 
 
+def non_padding(states: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states ``[B, L, d]`` and targets ``[B, L]`` of the positions whose target is an item (not padding).
+
+    ``rows``: those positions, flat, counted on the CPU by ``TrainBatches(pack=...)``; with them the shapes are
+    known in advance and a CUDA step needs no GPU->CPU sync (a boolean mask would cost one).
+    """
+    if rows is not None:
+        return states.reshape(-1, states.shape[-1]).index_select(0, rows), targets.reshape(-1).index_select(0, rows)
+    keep = targets > 0
+    return states[keep], targets[keep]
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf; the last good checkpoint is left untouched."""
 
@@ -210,12 +222,7 @@ class SASRecModule(RetrievalModule):
         out_table = table if self.net.out_emb is None else self.net.output_table()
         kind = self.loss_cfg["type"]
         smoothing = float(self.loss_cfg.get("label_smoothing", 0.0))
-        if kind == "full_ce" and seqs.is_cuda:
-            # every position, padding ignored: no data-dependent shapes, so no GPU->CPU sync per step
-            return full_softmax_ce(hidden.reshape(-1, hidden.shape[-1]), out_table, targets.reshape(-1), smoothing,
-                                   ignore_padding=True)
-        keep = targets > 0
-        h, t = hidden[keep], targets[keep]
+        h, t = non_padding(hidden, targets, batch.get("target_rows"))
         if kind == "full_ce":
             return full_softmax_ce(h, out_table, t, smoothing)
         if kind == "sampled_softmax":
@@ -263,8 +270,7 @@ class TwoTowerModule(RetrievalModule):
         seqs = batch["seqs"]
         inputs, targets = seqs[:, :-1], seqs[:, 1:]
         users = self.net.user_states(inputs, batch.get("user_feat"))  # [B, L, d]: state after each prefix
-        keep = targets > 0
-        u, t = users[keep], targets[keep]
+        u, t = non_padding(users, targets, batch.get("target_rows"))
         cap = int(self.loss_cfg.get("max_positives", 0))
         if cap and len(t) > cap:                               # the in-batch logits are P x P: bound P
             pick = torch.randperm(len(t), device=t.device)[:cap]

@@ -78,18 +78,6 @@ def test_in_batch_softmax_with_random_negatives_adds_columns():
     assert F.cross_entropy(torch.tensor([[1.0, 1.0]]), torch.tensor([0])).item() == loss.item()
 
 
-def test_full_ce_over_all_positions_ignoring_padding_equals_dropping_padding():
-    torch.manual_seed(0)
-    table = torch.randn(9, 4)
-    hidden = torch.randn(6, 4)
-    targets = torch.tensor([0, 3, 0, 8, 1, 0])
-    keep = targets > 0
-    for smoothing in (0.0, 0.1):
-        a = full_softmax_ce(hidden, table, targets, smoothing, ignore_padding=True)
-        b = full_softmax_ce(hidden[keep], table, targets[keep], smoothing)
-        assert torch.allclose(a, b, atol=1e-6)
-
-
 def test_sampled_softmax_with_label_smoothing_and_accidental_hits_is_finite():
     torch.manual_seed(0)
     table = torch.randn(4, 3)

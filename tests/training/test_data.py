@@ -54,9 +54,52 @@ def test_train_batches_cover_every_row_once_per_epoch_and_shard_under_ddp():
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
+def test_packed_target_rows_are_exactly_the_non_padding_targets_of_each_batch():
+    g = torch.Generator().manual_seed(0)
+    n, width = 23, 7
+    lengths = torch.randint(2, width + 2, (n,), generator=g)
+    seqs = torch.zeros(n, width + 1, dtype=torch.long)
+    for r, length in enumerate(lengths.tolist()):
+        seqs[r, width + 1 - length:] = torch.randint(1, 50, (length,), generator=g)
+    for world in (1, 2):
+        seen = []
+        for rank in range(world):
+            tb = TrainBatches({"seqs": seqs}, batch_size=4, seed=3, pack="seqs")
+            tb.rank, tb.world = rank, world
+            for batch in tb:
+                targets = batch["seqs"][:, 1:]
+                rows = batch["target_rows"]
+                assert torch.equal(rows, torch.nonzero(targets.reshape(-1) > 0).squeeze(1))
+                seen.append(batch["seqs"])
+        assert sum(len(s) for s in seen) <= n
+
+
+def test_packing_needs_left_padded_sequences():
+    seqs = torch.tensor([[0, 3, 0, 4], [0, 0, 1, 2]])          # a gap inside the first sequence
+    with pytest.raises(ValueError, match="left-padded"):
+        TrainBatches({"seqs": seqs}, batch_size=2, seed=0, pack="seqs")
+
+
 def test_price_buckets():
     items = pd.DataFrame({"item_id": [0, 1, 2, 3], "price_median": [1.0, 2.0, None, 100.0]})
     b, n = price_buckets(items, 4, 2)
     assert b[0] == 0 and b[3] == 0 and n == 2
     assert int(b[4]) == 2 and int(b[1]) == 1
     assert price_buckets(items.assign(price_median=None), 4, 3) == (None, 0)
+
+
+@pytest.mark.parametrize("loss", ["full_ce", "sampled_softmax"])
+def test_sasrec_loss_on_packed_target_rows_equals_the_masked_loss(loss):
+    from training.modules import SASRecModule
+
+    torch.manual_seed(0)
+    net = {"n_items": 30, "max_len": 6, "hidden": 8, "blocks": 1, "heads": 1, "dropout": 0.0, "emb_dropout": 0.0}
+    module = SASRecModule(net, {}, {}, {"type": loss, "label_smoothing": 0.1, "num_negatives": 8}).eval()
+    module.popularity.copy_(torch.rand(31))
+    seqs = torch.tensor([[0, 0, 0, 4, 5, 6, 7], [0, 0, 0, 0, 0, 9, 3], [1, 2, 3, 4, 5, 6, 7]])
+    batch = next(iter(TrainBatches({"seqs": seqs}, batch_size=3, seed=0, pack="seqs")))
+    torch.manual_seed(1)
+    packed = module.training_loss(batch)
+    torch.manual_seed(1)
+    masked = module.training_loss({"seqs": batch["seqs"]})
+    assert torch.allclose(packed, masked, atol=1e-6)
