@@ -10,7 +10,7 @@
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
-#   BENCH_ONLY=b2048_noclip,b1024_noclip bash scripts/gpu_check.sh   # a subset of the speed variants
+#   BENCH_ONLY=b2048_noclip,b4096_noclip bash scripts/gpu_check.sh   # a subset of the speed variants
 #
 # The device machine has torch/lightning/pandas/onnxruntime(CPU) but no hydra: carry the wheels
 # (hydra-core, omegaconf, antlr4) as the device README says and put them on PYTHONPATH first.
