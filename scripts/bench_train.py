@@ -38,19 +38,20 @@ PLAIN = ("model.hidden=64 model.blocks=2 model.heads=1 model.max_len=50 model.dr
 
 # Speed variants on top of our defaults (conf/model/sasrec.yaml; bf16-mixed on trainer=gpu), ordered by promise so
 # that a capped GPU run loses the least useful last. Epochs to the target are device-independent up to bf16, so the
-# CPU ranked them (fp32, 2026-11-27, `--trainer cpu --target 0.0739 --variant ...`): our defaults at batch 256
-# first reach plain's valid NDCG@10 (0.0739, from the H200) at epoch 10 (760 optimiser steps); batch 2048 at
-# lr 4e-3 at epoch 8 (80 steps), at lr 2.8e-3 at epoch 11 (110); batch 1024 at lr 2e-3 at epoch 11 (209);
-# batch 4096 at lr 4e-3 at epoch 13 (65). On a GPU, where a step costs little more at 2048 than at 256, fewer
-# steps is what buys time.
+# CPU ranked them (fp32, 2026-11-27, `--trainer cpu --target 0.0739 --variant ...`). First epoch at plain's valid
+# NDCG@10 (0.0739, from the H200), and optimiser steps until then:
+#   defaults, batch 256:   epoch 10, 760 steps       batch 2048, lr 6e-3: epoch 7, 70 steps
+#   batch 4096, lr 8e-3:   epoch 8, 40 steps         batch 2048, lr 4e-3: epoch 8, 80 steps
+#   batch 1024, lr 2e-3:   epoch 11, 209 steps       (batch 2048 at 2.8e-3: 11; batch 4096 at 4e-3: 13)
+# On a GPU a step costs little more at 2048 than at 256, so fewer steps is what buys time.
 CHEAP_VALID = "trainer.eval.valid_max_users=4096"
 NOCLIP = "trainer.gradient_clip_val=null"
-B2048 = f"model.batch_size=2048 model.lr=0.004 {NOCLIP}"
+B2048 = f"model.batch_size=2048 model.lr=0.006 {NOCLIP}"
 FAST = {
     "defaults": "",
     "b2048_noclip": B2048,
-    "b2048_lr2.8_noclip": f"model.batch_size=2048 model.lr=0.0028 {NOCLIP}",
-    "b4096_noclip": f"model.batch_size=4096 model.lr=0.004 {NOCLIP}",
+    "b4096_noclip": f"model.batch_size=4096 model.lr=0.008 {NOCLIP}",
+    "b2048_lr4_noclip": f"model.batch_size=2048 model.lr=0.004 {NOCLIP}",
     "b1024_noclip": f"model.batch_size=1024 model.lr=0.002 {NOCLIP}",
     "b2048_noclip_cheapval": f"{B2048} {CHEAP_VALID}",
     "b2048_noclip_compile": f"{B2048} trainer.compile=true",
