@@ -245,11 +245,9 @@ class TrainBatches:
         self.epoch, self.rank, self.world = 0, 0, 1
         self.pack_counts, self.pack_width = None, 0
         if pack is not None:
-            targets = tensors[pack][:, 1:].cpu()
-            counts = (targets > 0).sum(1)
-            width = targets.shape[1]
-            right_aligned = torch.arange(width).unsqueeze(0) >= (width - counts).unsqueeze(1)
-            if not torch.equal(right_aligned, targets > 0):
+            real = tensors[pack][:, 1:].cpu() > 0
+            counts, width = real.sum(1), real.shape[1]
+            if not torch.equal(torch.arange(width).unsqueeze(0) >= (width - counts).unsqueeze(1), real):
                 raise ValueError(f"TrainBatches(pack={pack!r}): sequences must be left-padded (padding 0 only "
                                  "before the first item)")
             self.pack_counts, self.pack_width = counts, width
@@ -261,13 +259,12 @@ class TrainBatches:
     def _target_rows(self, perm: torch.Tensor, batches: list[int]) -> tuple[torch.Tensor, list[int]]:
         """Flat target positions of every batch in ``batches`` (CPU), concatenated, and their offsets."""
         parts, offsets = [], [0]
+        cols = torch.arange(self.pack_width)
         for b in batches:
             n = self.pack_counts[perm[b * self.batch_size: (b + 1) * self.batch_size]]
-            rows = torch.repeat_interleave(torch.arange(len(n)), n)
-            start = torch.cumsum(n, 0) - n                                   # first flat slot of each row
-            col = self.pack_width - n[rows] + (torch.arange(len(rows)) - start[rows])
-            parts.append(rows * self.pack_width + col)
-            offsets.append(offsets[-1] + len(rows))
+            real = cols.unsqueeze(0) >= (self.pack_width - n).unsqueeze(1)   # left-padded: the last n columns
+            parts.append(torch.nonzero(real.reshape(-1)).squeeze(1))
+            offsets.append(offsets[-1] + len(parts[-1]))
         return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)), offsets
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
