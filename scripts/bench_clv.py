@@ -12,20 +12,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import hydra
 import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import hydra  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from features.profiles.clv import calibration_holdout  # noqa: E402
-from features.profiles.transactions import read_cdnow, read_online_retail  # noqa: E402
+from features.profiles.clv import calibration_holdout
+from features.profiles.transactions import read_cdnow, read_online_retail
 
 READERS = {"cdnow": read_cdnow, "online_retail": read_online_retail}
 

@@ -9,19 +9,14 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
 import time
-from pathlib import Path
 
+import hydra
 import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import hydra  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from features.profiles.build import build_profiles  # noqa: E402
+from features.profiles.build import build_profiles
 
 
 def synthetic_log(n_users: int, events_per_user: float, n_items: int, seed: int) -> dict[str, pd.DataFrame]:
