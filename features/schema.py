@@ -3,8 +3,9 @@
 A prepared dataset lives in ``<artifacts>/processed/<name>/``:
 
 - ``events.parquet``   one row per interaction, columns ``EVENT_COLUMNS``, sorted by
-  (``user_id``, ``ts``, ``src_row``). ``user_id``/``item_id`` are dense ints from 0, numbered in the
-  natural order of the original keys (numeric order when every key is a number).
+  (``user_id``, ``ts``, ``src_row``). ``user_id``/``item_id`` are dense ints from 0: ``user_id`` in the
+  order of the pseudonymised ``user_key`` (a dense id reveals nothing about the raw customer id),
+  ``item_id`` in the natural order of the item keys (numeric order when every key is a number).
   ``ts`` is UTC; where the source has no time it is an order position
   (``1970-01-01 + position seconds``) and the manifest says ``"time_kind": "order"``.
   ``src_row`` is the row's 0-based position over all input rows (files in config order): a stable

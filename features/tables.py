@@ -14,23 +14,21 @@ They are written to ``<processed>/tables/<name>.parquet`` (rejected rows to
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from features.adapters.base import DataConfigError, RawData, empty_quarantine
-from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.adapters.base import DataConfigError, empty_quarantine
 from features.privacy import pseudo_key, pseudonymise
-
-log = logging.getLogger(__name__)
 
 
 def read_any(path: Path, what: str) -> pd.DataFrame:
     if not path.exists():
         raise DataConfigError(f"{what} file not found: {path}")
+    if path.is_dir():
+        raise DataConfigError(f"{what} path {path} is a directory, not a file")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
@@ -87,32 +85,3 @@ def read_tables(cfg: Any) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[s
         counts[name] = {"n_input_rows": n, "n_rows": len(t), "n_quarantined": len(q)}
     q = pd.concat(quarantine, ignore_index=True) if quarantine else empty_quarantine()
     return tables, q, counts
-
-
-def write_tables(raw: RawData, cfg: Any, out_dir: Path, fp: str, hashes: dict, resolved: dict):
-    """Write a ``kind: tables`` dataset: ``tables/*.parquet``, ``quarantine.parquet``, manifest."""
-    from features.prepare import PrepareResult, _write
-
-    q = raw.rejected
-    n_rows = sum(len(t) for t in raw.tables.values())
-    if raw.n_input_rows != n_rows + len(q):
-        raise RuntimeError(f"reconciliation failed for {cfg.data.name}: {raw.n_input_rows} input rows but "
-                           f"{n_rows} valid + {len(q)} quarantined")
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "tables").mkdir()
-        for name, t in raw.tables.items():
-            _write(t, tmp / "tables" / f"{name}.parquet")
-        _write(q, tmp / "quarantine.parquet")
-        manifest = {
-            "schema_version": 1, "name": str(cfg.data.name), "kind": "tables", "adapter": str(cfg.data.adapter),
-            "files": raw.files, "n_input_rows": int(raw.n_input_rows), "n_rows": int(n_rows),
-            "n_events": 0, "n_quarantined": int(len(q)), "n_dropped": {},
-            "quarantine_by_reason": {k: int(v) for k, v in q["reason"].value_counts().sort_index().items()},
-            "tables": {name: int(len(t)) for name, t in sorted(raw.tables.items())},
-            "config": resolved, "inputs": hashes, "fingerprint": fp,
-            "outputs": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.parquet"))},
-            "code_version": code_version(), "device": "cpu",
-        }
-        write_json(tmp / "manifest.json", manifest)
-    log.info("prepared %s: %d input rows -> %d valid, %d quarantined", cfg.data.name, raw.n_input_rows, n_rows, len(q))
-    return PrepareResult(out_dir, manifest, False)
