@@ -1,20 +1,40 @@
-"""The online sequence store and its durable, append-only event log.
+"""The online sequence store and the durable, append-only log it is built on.
 
-Every accepted event is appended as one CSV line to ``serve.store.event_log`` (under an exclusive
-``flock``, flushed and fsync'ed before the API answers 202), with the columns
+``DurableLog(path)`` is a line-oriented, append-only file shared by processes (every ingress replica,
+and other logs of the service such as the experiments' exposure log, use it):
+
+- ``append(lines)`` writes whole lines under an exclusive ``flock`` and fsyncs before returning, so
+  a caller that answers "accepted" only after ``append`` returned never acknowledges anything a crash
+  can lose. A write that fails (disk full, fsync error) is truncated away again before the error is
+  raised: nothing half-written stays behind a live process.
+- A *torn tail* (bytes after the last newline, left by a writer killed in the middle of a write) is
+  repaired under the lock, when the log is opened and before every append: the torn bytes are moved
+  to ``<path>.torn`` (one JSON line per repair: time, offset, bytes) and the log is truncated to its
+  last newline. The torn bytes were never acknowledged (their ``append`` never returned), so a torn
+  tail costs nothing acknowledged, and nothing appended later is glued onto it. Repairs are counted
+  (``torn_repairs``, ``torn_bytes``), logged as a warning and exported in ``/metrics``.
+- ``read_lines(offset)`` returns the complete lines from ``offset`` on and the offset after them; a
+  line still being written is never returned.
+
+A batch is written with one ``write``; if a writer dies during it, the lines of that batch that are
+complete stay in the log (each line is one record: a reader never sees half a record), the rest goes
+to ``<path>.torn``. Since the batch was not acknowledged, its client retries it.
+
+``EventStore`` keeps every accepted event in ``serve.store.event_log`` as one CSV line:
 
     user_key,item_key,event,ts,received_at,event_id
 
 ``user_key`` is the pseudonymised user id (never the raw one) and ``item_key`` the original item key,
 so the log survives bundle swaps and the data layer can ingest it: ``python -m features.prepare
 data=serve_events [data.path=<log>]`` (``conf/data/serve_events.yaml``: the table adapter with
-``data.user_key_pseudonymised=true``, so the keys are not hashed a second time).
+``data.user_key_pseudonymised=true``, so the keys are not hashed a second time). Keys with control
+characters or unpaired surrogates are refused (``ValueError``), so every event is one physical line.
 
 The in-memory store is rebuilt from the log: on start it replays the whole file, and before every
 read it "catches up" by reading lines appended since its last offset (one ``os.stat`` when nothing
 changed). So every ingress replica on the machine, and a restarted one, sees every accepted event;
-the replica that accepted an event sees it at once. Only complete lines (ending in a newline) are
-read, so a crash in the middle of a write never yields a half event.
+the replica that accepted an event sees it at once. Each line is parsed on its own: a malformed line
+is counted (``n_bad_lines``) and skipped, and never swallows the lines after it.
 """
 from __future__ import annotations
 
@@ -23,18 +43,190 @@ import csv
 import datetime as dt
 import fcntl
 import io
+import json
 import logging
 import os
 import threading
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("user_key", "item_key", "event", "ts", "received_at", "event_id")
 PURCHASE_EVENTS = frozenset({"purchase"})
+_TAIL_CHUNK = 1 << 16
+
+
+class DurableLog:
+    """An append-only file of text lines: durable appends, torn tails repaired (see the module docstring).
+
+    ``header`` (one line, without newline) is written first when the file is empty. ``fsync=False``
+    skips the fsync (benchmarks and tests only: an acknowledged line could then be lost by a power cut).
+    """
+
+    def __init__(self, path: str | Path, *, header: str | None = None, fsync: bool = True):
+        self.path = Path(path)
+        self.quarantine_path = self.path.with_name(self.path.name + ".torn")
+        self.header = header
+        self.fsync = bool(fsync)
+        self.torn_repairs = 0
+        self.torn_bytes = 0
+        if header is not None:
+            _check_line(header)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                self._repair(fd)
+                if os.fstat(fd).st_size == 0 and header is not None:
+                    _write_all(fd, (header + "\n").encode())
+                    if self.fsync:
+                        os.fsync(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        if created and self.fsync:
+            _fsync_dir(self.path.parent)
+
+    def append(self, lines: Iterable[str]) -> None:
+        """Append ``lines`` (each without its newline) and fsync; durable once this returns.
+
+        A line with a newline, carriage return or an unpaired surrogate is refused (``ValueError``)
+        before anything is written.
+        """
+        data = b"".join(_check_line(line).encode("utf-8") + b"\n" for line in lines)
+        if not data:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                self._repair(fd)
+                start = os.fstat(fd).st_size
+                try:
+                    if start == 0 and self.header is not None:
+                        data = (self.header + "\n").encode() + data
+                    _write_all(fd, data)
+                    if self.fsync:
+                        os.fsync(fd)
+                except BaseException:
+                    _truncate_quietly(fd, start)
+                    raise
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def read_lines(self, offset: int = 0, size: int | None = None) -> tuple[list[str], int]:
+        """The complete lines between ``offset`` and ``size`` (default: the current size) and the
+        offset after the last of them. Bytes that are not UTF-8 are replaced (U+FFFD)."""
+        with open(self.path, "rb") as f:
+            if size is None:
+                size = os.fstat(f.fileno()).st_size
+            if size <= offset:
+                return [], offset
+            f.seek(offset)
+            chunk = f.read(size - offset)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return [], offset
+        text = chunk[:end].decode("utf-8", errors="replace")
+        return text.split("\n"), offset + end + 1
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    # -------------------------------------------------------------------------------------------
+    def _repair(self, fd: int) -> None:
+        """Under the lock: move bytes after the last newline to the quarantine file, truncate."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        with open(self.path, "rb") as f:
+            keep = 0
+            pos = size
+            while pos > 0:
+                start = max(0, pos - _TAIL_CHUNK)
+                f.seek(start)
+                i = f.read(pos - start).rfind(b"\n")
+                if i >= 0:
+                    keep = start + i + 1
+                    break
+                pos = start
+            f.seek(keep)
+            torn = f.read(size - keep)
+        record = {"repaired_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "log": self.path.name, "offset": keep, "n_bytes": len(torn),
+                  "text": torn.decode("utf-8", errors="backslashreplace")}
+        with open(self.quarantine_path, "a", encoding="utf-8") as q:
+            q.write(json.dumps(record, ensure_ascii=True) + "\n")
+            q.flush()
+            os.fsync(q.fileno())
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        self.torn_repairs += 1
+        self.torn_bytes += len(torn)
+        log.warning("%s: torn tail of %d bytes at offset %d (a writer died mid-write; never acknowledged) "
+                    "moved to %s", self.path, len(torn), keep, self.quarantine_path)
+
+
+def _check_line(line: str) -> str:
+    if "\n" in line or "\r" in line:
+        raise ValueError(f"a log line may not contain a newline: {line[:80]!r}")
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"a log line must be valid Unicode (unpaired surrogate at {e.start}): {line[:80]!r}") from None
+    return line
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _truncate_quietly(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:  # the repair at the next open/append moves what is left aside
+        log.error("could not truncate a failed append back to %d bytes: %s", size, e)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_key(value: str, field: str) -> str:
+    """``value`` if it can be one field of a log line: printable Unicode (no control characters, no
+    unpaired surrogates), else ``ValueError`` naming ``field``."""
+    for i, ch in enumerate(value):
+        cat = unicodedata.category(ch)
+        if cat == "Cs":
+            raise ValueError(f"{field}: unpaired surrogate U+{ord(ch):04X} at position {i}")
+        if cat == "Cc":
+            raise ValueError(f"{field}: control character U+{ord(ch):04X} at position {i}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,12 +249,19 @@ def _parse_ts(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
+def _csv_line(fields: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(fields)
+    return buf.getvalue()[:-1]
+
+
 class EventStore:
-    """Per-user recent events (bounded) and recent item counts, backed by the durable log."""
+    """Per-user recent events (bounded) and recent item counts, backed by a ``DurableLog``."""
 
     def __init__(self, log_path: str | Path, *, max_per_user: int = 200, fsync: bool = True,
                  trending_window_s: float = 3600.0):
-        self.path = Path(log_path)
+        self.log = DurableLog(log_path, header=",".join(LOG_COLUMNS), fsync=fsync)
+        self.path = self.log.path
         self.max_per_user = int(max_per_user)
         self.fsync = bool(fsync)
         self.trending_window_s = float(trending_window_s)
@@ -74,69 +273,56 @@ class EventStore:
         self._lock = threading.Lock()
         self.n_events = 0
         self.n_bad_lines = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
         self.catch_up()
 
     # writing ------------------------------------------------------------------------------------
     def append(self, events: list[OnlineEvent]) -> list[OnlineEvent]:
-        """Durably append events (fills ``received_at`` and ``event_id``), then apply them here."""
+        """Durably append events (fills ``received_at`` and ``event_id``), then apply them here.
+
+        ``ValueError`` (nothing written) for a key with a control character or an unpaired
+        surrogate, or a timestamp that has no ISO 8601 form."""
         now = time.time()
         stamped = [OnlineEvent(e.user_key, e.item_key, e.event, e.ts, now, uuid.uuid4().hex) for e in events]
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        lines = []
         for e in stamped:
-            w.writerow([e.user_key, e.item_key, e.event, _iso(e.ts), _iso(e.received_at), e.event_id])
-        data = buf.getvalue().encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            check_key(e.user_key, "user_key")
+            check_key(e.item_key, "item_key")
+            check_key(e.event, "event")
             try:
-                if os.fstat(fd).st_size == 0:
-                    os.write(fd, (",".join(LOG_COLUMNS) + "\n").encode())
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                ts = _iso(e.ts)
+            except (OverflowError, OSError, ValueError):
+                raise ValueError(f"ts: {e.ts!r} is not a representable time") from None
+            lines.append(_csv_line([e.user_key, e.item_key, e.event, ts, _iso(e.received_at), e.event_id]))
+        self.log.append(lines)
         self.catch_up()
         return stamped
 
     # reading ------------------------------------------------------------------------------------
     def catch_up(self) -> int:
         """Apply lines appended to the log since the last call; returns how many events were applied."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        size = self.log.size()
         if size == self._size_seen:
             return 0
         with self._lock:
             if size < self._offset:  # the log was truncated or replaced: start over
                 log.warning("%s shrank (%d < %d bytes): replaying it", self.path, size, self._offset)
                 self._reset()
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(size - self._offset)
-            end = chunk.rfind(b"\n")
-            if end < 0:
-                self._size_seen = size if not chunk else -1
+            try:
+                lines, new_offset = self.log.read_lines(self._offset, size)
+            except FileNotFoundError:
                 return 0
-            complete = chunk[: end + 1]
-            self._offset += len(complete)
-            self._size_seen = size if end + 1 == len(chunk) else -1
+            self._offset = new_offset
+            self._size_seen = size if new_offset == size else -1
             applied = 0
-            for row in csv.reader(io.StringIO(complete.decode("utf-8", errors="replace"))):
-                if not row or row[0] == LOG_COLUMNS[0]:
+            for line in lines:
+                if not line or line.startswith(LOG_COLUMNS[0] + ","):
                     continue
                 try:
+                    row = next(csv.reader([line]))
+                    if len(row) != len(LOG_COLUMNS):
+                        raise ValueError(f"{len(row)} fields")
                     e = OnlineEvent(row[0], row[1], row[2], _parse_ts(row[3]), _parse_ts(row[4]), row[5])
-                except (IndexError, ValueError):
+                except (csv.Error, StopIteration, ValueError, OverflowError):
                     self.n_bad_lines += 1
                     continue
                 self._apply(e)
