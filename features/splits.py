@@ -8,6 +8,13 @@
   ``excluded``). Users with fewer than ``min_targets`` (3) target events keep everything in train.
 - ``temporal`` (global cut-off dates): train = ts < valid_start, valid = valid_start <= ts <
   test_start, test = ts >= test_start; all event types. Not made where time is only an order.
+
+The **shop protocol** (``trainer.eval.split=shop``; no files of its own, it reads the temporal split):
+predict, from every event before a cut-off, the set of items of each user's next basket(s) after it.
+``shop_targets`` keeps, per user with at least one event before the cut-off, the purchase lines of the
+first ``baskets`` baskets in the period after it (valid: [valid_start, test_start), history = train;
+test: from test_start, history = train + valid). A basket is an order (``order_id``) or, where the data
+has no order ids, a calendar day (UTC). Returns and other event types are never targets.
 """
 from __future__ import annotations
 
@@ -71,6 +78,34 @@ def temporal_split(events: pd.DataFrame, valid_start: str, test_start: str) -> S
     rows = {"train": np.flatnonzero((ts < v).to_numpy()), "valid": np.flatnonzero(((ts >= v) & (ts < t)).to_numpy()),
             "test": np.flatnonzero((ts >= t).to_numpy())}
     return Split("temporal", rows, 0)
+
+
+SHOP = "shop"                      # the shop protocol's name (``trainer.eval.split``)
+SHOP_TARGET_EVENTS = ("purchase",)
+
+
+def next_baskets(part: pd.DataFrame, baskets: int = 1, target_events=SHOP_TARGET_EVENTS) -> pd.DataFrame:
+    """The ``target_events`` rows of each user's first ``baskets`` baskets in ``part`` (ordered by the
+    basket's first event). A basket is an ``order_id`` or, for rows without one, a UTC calendar day."""
+    if baskets < 1:
+        raise ValueError(f"baskets must be >= 1, got {baskets}")
+    ev = part[part["event"].isin(list(target_events))].sort_values(["user_id", "ts", "src_row"], kind="stable")
+    if ev.empty:
+        return ev.reset_index(drop=True)
+    day = "day:" + ev["ts"].dt.floor("D").dt.strftime("%Y-%m-%d")
+    key = ev["order_id"].astype("object").where(ev["order_id"].notna(), day) if "order_id" in ev else day
+    firsts = pd.DataFrame({"user_id": ev["user_id"].to_numpy(), "basket": key.to_numpy()}).drop_duplicates()
+    firsts["n"] = firsts.groupby("user_id").cumcount()
+    firsts = firsts[firsts["n"] < baskets]
+    keep = pd.MultiIndex.from_arrays([ev["user_id"], key]).isin(pd.MultiIndex.from_frame(firsts[["user_id", "basket"]]))
+    return ev[keep].reset_index(drop=True)
+
+
+def shop_targets(history: pd.DataFrame, period: pd.DataFrame, baskets: int = 1,
+                 target_events=SHOP_TARGET_EVENTS) -> pd.DataFrame:
+    """The shop protocol's targets: ``next_baskets`` of ``period`` for the users with a ``history``."""
+    targets = next_baskets(period, baskets, target_events)
+    return targets[targets["user_id"].isin(history["user_id"].unique())].reset_index(drop=True)
 
 
 def make_splits(events: pd.DataFrame, cfg: Any, time_kind: str) -> list[Split]:

@@ -1,6 +1,8 @@
 """Closed-form baselines that every report shows next to the deep models.
 
 - ``Popularity``: score = number of training interactions of the item (same list for everyone).
+- ``BuyAgain``: the user's own past items first, by frequency then recency, every other item after
+  them by popularity (what a replenishment shop's "buy it again" shelf shows).
 - ``EASE`` (Steck, WWW 2019): item-item weights ``B = I - P / diag(P)``, ``P = (XᵀX + λI)⁻¹``, zero
   diagonal; a user's scores are ``x_u B``. Needs a dense ``n_items²`` matrix: ``fits_memory`` says when
   it does not, and ``ItemKNN`` (sparse cosine top-k neighbours) takes over.
@@ -35,6 +37,38 @@ class Popularity:
 
     def score(self, hist: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.counts, (hist.shape[0], self.n_items)).copy()
+
+
+@dataclass
+class BuyAgain:
+    """The user's own past items by frequency, ties by recency; then every other item by popularity.
+
+    ``score(hist)`` reads each CSR row's entries in the order given, which must be chronological (the
+    evaluation harness builds them so; duplicates = repeated events). For an item of the history:
+    ``count + (last position + 1) / (len + 1)`` (>= 1); for any other item ``-1 + pop / (max pop + 1)``
+    (in [-1, 0)), so every history item ranks above every other item. With the history removed from the
+    ranking (discovery protocol) it is the popularity baseline.
+    """
+
+    n_items: int
+    counts: np.ndarray | None = None
+
+    def fit(self, x: sp.csr_matrix) -> "BuyAgain":
+        self.counts = np.asarray(x.sum(0)).ravel().astype(np.float64)
+        return self
+
+    def score(self, hist: sp.csr_matrix) -> np.ndarray:
+        n_rows = hist.shape[0]
+        lens = np.diff(hist.indptr)
+        rows = np.repeat(np.arange(n_rows), lens)
+        pos = np.arange(len(hist.indices)) - np.repeat(hist.indptr[:-1], lens)
+        count = np.zeros((n_rows, self.n_items))
+        last = np.full((n_rows, self.n_items), -1.0)
+        np.add.at(count, (rows, hist.indices), 1.0)
+        np.maximum.at(last, (rows, hist.indices), pos.astype(np.float64))
+        fallback = -1.0 + self.counts / (self.counts.max(initial=0.0) + 1.0)
+        own = count + (last + 1.0) / (lens[:, None] + 1.0)
+        return np.where(count > 0, own, fallback[None, :]).astype(np.float64)
 
 
 def ease_bytes(n_items: int) -> int:

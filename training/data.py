@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from features.processed import load_items, load_split, load_users, processed_dir
+from features.splits import SHOP, shop_targets
 from features.user_features import UserFeatureConfig, UserFeatureSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,11 @@ def left_padded(users: np.ndarray, items: np.ndarray, width: int, rows: np.ndarr
 
 @dataclass
 class EvalSet:
-    """One evaluation split: input sequences, targets and the history to exclude (CSR over rows)."""
+    """One evaluation split: input sequences, targets and the history to exclude (CSR over rows).
+
+    ``rel_ptr``/``rel_items``: the relevant *set* of each row (CSR; the shop protocol's next basket(s));
+    ``None`` when each row has one relevant item, ``targets``.
+    """
 
     users: torch.Tensor        # [R] user ids
     inputs: torch.Tensor       # [R, max_len] item indices, left-padded
@@ -66,39 +71,61 @@ class EvalSet:
     hist_ptr: torch.Tensor     # [R + 1]
     hist_items: torch.Tensor   # [nnz] item indices of each row's history
     user_feat: torch.Tensor | None = None  # [R, F] user-feature codes (features.user_features), or None
+    rel_ptr: torch.Tensor | None = None    # [R + 1] relevant sets (CSR), or None (one target per row)
+    rel_items: torch.Tensor | None = None  # [nnz] their item indices
 
     def __len__(self) -> int:
         return len(self.users)
 
     def to(self, device) -> "EvalSet":
-        uf = None if self.user_feat is None else self.user_feat.to(device)
-        return EvalSet(*(t.to(device) for t in (self.users, self.inputs, self.targets, self.hist_ptr, self.hist_items)), uf)
+        move = {k: (None if v is None else v.to(device)) for k, v in vars(self).items()}
+        return EvalSet(**move)
+
+    @staticmethod
+    def _take_csr(ptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lens = ptr[1:] - ptr[:-1]
+        sel = lens[rows]
+        new_ptr = torch.cat([torch.zeros(1, dtype=ptr.dtype, device=sel.device), torch.cumsum(sel, 0)])
+        offs = torch.arange(int(new_ptr[-1]), device=sel.device) - torch.repeat_interleave(new_ptr[:-1], sel)
+        return new_ptr, items[torch.repeat_interleave(ptr[:-1][rows], sel) + offs]
 
     def take(self, rows: torch.Tensor) -> "EvalSet":
-        """The rows ``rows`` (increasing) as a new ``EvalSet`` (history CSR rebuilt)."""
+        """The rows ``rows`` (increasing) as a new ``EvalSet`` (CSRs rebuilt)."""
         rows = rows.to(self.users.device)
-        lens = self.hist_ptr[1:] - self.hist_ptr[:-1]
-        sel = lens[rows]
-        ptr = torch.cat([torch.zeros(1, dtype=self.hist_ptr.dtype, device=sel.device), torch.cumsum(sel, 0)])
-        offs = torch.arange(int(ptr[-1]), device=sel.device) - torch.repeat_interleave(ptr[:-1], sel)
-        items = self.hist_items[torch.repeat_interleave(self.hist_ptr[:-1][rows], sel) + offs]
+        ptr, items = self._take_csr(self.hist_ptr, self.hist_items, rows)
+        rel_ptr = rel_items = None
+        if self.rel_ptr is not None:
+            rel_ptr, rel_items = self._take_csr(self.rel_ptr, self.rel_items, rows)
         uf = None if self.user_feat is None else self.user_feat[rows]
-        return EvalSet(self.users[rows], self.inputs[rows], self.targets[rows], ptr, items, uf)
+        return EvalSet(self.users[rows], self.inputs[rows], self.targets[rows], ptr, items, uf, rel_ptr, rel_items)
 
     def user_feat_rows(self, start: int, stop: int) -> torch.Tensor | None:
         """User-feature codes of rows ``start:stop`` (None without user features)."""
         return None if self.user_feat is None else self.user_feat[start:stop]
 
+    @staticmethod
+    def _csr_coords(ptr: torch.Tensor, items: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = int(ptr[start]), int(ptr[stop])
+        lens = ptr[start + 1: stop + 1] - ptr[start:stop]
+        rows = torch.repeat_interleave(torch.arange(stop - start, device=lens.device), lens)
+        return rows, items[a:b]
+
     def history_mask_coords(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in batch, item index) pairs of the history of rows ``start:stop``."""
-        a, b = int(self.hist_ptr[start]), int(self.hist_ptr[stop])
-        lens = self.hist_ptr[start + 1: stop + 1] - self.hist_ptr[start:stop]
-        rows = torch.repeat_interleave(torch.arange(stop - start, device=lens.device), lens)
-        return rows, self.hist_items[a:b]
+        return self._csr_coords(self.hist_ptr, self.hist_items, start, stop)
+
+    def relevant_coords(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in batch, item index) pairs of the relevant items of rows ``start:stop``."""
+        if self.rel_ptr is None:
+            return torch.arange(stop - start, device=self.targets.device), self.targets[start:stop]
+        return self._csr_coords(self.rel_ptr, self.rel_items, start, stop)
 
 
-def _eval_set(history: pd.DataFrame, held_out: pd.DataFrame, max_len: int) -> EvalSet:
-    held_out = held_out.sort_values("user_id", kind="stable").drop_duplicates("user_id", keep="last")
+def _eval_set(history: pd.DataFrame, held_out: pd.DataFrame, max_len: int, target_sets: bool = False) -> EvalSet:
+    """Rows = the users of ``held_out``; one target each (their last held-out event), or with ``target_sets``
+    every distinct held-out item of the user as the row's relevant set."""
+    everything = held_out.sort_values("user_id", kind="stable")
+    held_out = everything.drop_duplicates("user_id", keep="last")
     users = held_out["user_id"].to_numpy(np.int64).copy()
     history = _ordered(history[history["user_id"].isin(users)])
     hu, hi = history["user_id"].to_numpy(np.int64), history["item_id"].to_numpy(np.int64)
@@ -106,12 +133,20 @@ def _eval_set(history: pd.DataFrame, held_out: pd.DataFrame, max_len: int) -> Ev
     # CSR of the full history, rows in the order of `users` (sorted ids, history sorted by user too)
     counts = pd.Series(hu).value_counts().reindex(users, fill_value=0).to_numpy()
     ptr = np.concatenate([[0], np.cumsum(counts)])
+    rel_ptr = rel_items = None
+    if target_sets:
+        rel = everything.drop_duplicates(["user_id", "item_id"]).sort_values(["user_id", "item_id"], kind="stable")
+        n_rel = rel["user_id"].value_counts().reindex(users, fill_value=0).to_numpy()
+        rel_ptr = torch.from_numpy(np.concatenate([[0], np.cumsum(n_rel)]).astype(np.int64))
+        rel_items = torch.from_numpy(rel["item_id"].to_numpy(np.int64) + 1)
     return EvalSet(
         users=torch.from_numpy(users),
         inputs=torch.from_numpy(inputs),
         targets=torch.from_numpy(held_out["item_id"].to_numpy(np.int64) + 1),
         hist_ptr=torch.from_numpy(ptr.astype(np.int64)),
         hist_items=torch.from_numpy(hi + 1),
+        rel_ptr=rel_ptr,
+        rel_items=rel_items,
     )
 
 
@@ -160,8 +195,12 @@ class SequenceData:
 
 def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attributes: bool = False,
                        max_users: int | None = None, max_attributes: int = 8,
-                       user_features: UserFeatureConfig | None = None) -> SequenceData:
+                       user_features: UserFeatureConfig | None = None, shop_baskets: int = 1) -> SequenceData:
     """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs).
+
+    ``split="shop"``: the temporal split's files, evaluated on the shop protocol (``features.splits``): each
+    row's relevant set is the purchases of the user's next ``shop_baskets`` basket(s) after the cut-off,
+    its history every event before the cut-off.
 
     With ``user_features.enabled`` the user-feature spec is fitted on the training part only; training rows
     and the valid split get the codes of the training part, the test split those of train + valid (what is
@@ -172,13 +211,13 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     """
     if max_len <= 0:
         raise ValueError(f"model.max_len must be > 0, got {max_len}")
-    if split not in ("loo", "temporal"):
-        raise ValueError(f"eval.split must be 'loo' or 'temporal', got {split!r}")
+    if split not in ("loo", "temporal", SHOP):
+        raise ValueError(f"eval.split must be 'loo', 'temporal' or '{SHOP}', got {split!r}")
     items = load_items(pdir)
     n_items = int(items["item_id"].max()) + 1 if len(items) else 0
     if n_items == 0:
         raise ValueError(f"no items in {pdir / 'items.parquet'}")
-    parts = {p: load_split(pdir, split, p) for p in ("train", "valid", "test")}
+    parts = {p: load_split(pdir, "temporal" if split == SHOP else split, p) for p in ("train", "valid", "test")}
     if max_users is not None:
         parts = {p: df[df["user_id"] < max_users] for p, df in parts.items()}
     train = _ordered(parts["train"])
@@ -196,8 +235,13 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
                 f"model.use_attributes=true but the items of {pdir.name} have no attributes "
                 f"(items.parquet column 'attributes' is empty): set model.use_attributes=false"
             )
-    valid = _eval_set(train, parts["valid"], max_len)
-    test = _eval_set(pd.concat([train, parts["valid"]]), parts["test"], max_len)
+    before_test = pd.concat([train, parts["valid"]])
+    if split == SHOP:   # relevant sets: the purchases of each user's next basket(s) after the cut-off
+        valid = _eval_set(train, shop_targets(train, parts["valid"], shop_baskets), max_len, target_sets=True)
+        test = _eval_set(before_test, shop_targets(before_test, parts["test"], shop_baskets), max_len, target_sets=True)
+    else:
+        valid = _eval_set(train, parts["valid"], max_len)
+        test = _eval_set(before_test, parts["test"], max_len)
     all_users = pd.concat([df["user_id"] for df in parts.values()])
     n_users = int(all_users.max()) + 1 if len(all_users) else 0
     data = SequenceData(

@@ -1,8 +1,10 @@
 """Full-ranking evaluation: ``python -m training.evaluate run=<run folder>`` re-evaluates a run's best checkpoint.
 
 ``evaluate_split`` is the one evaluation routine (baselines use it directly; the Lightning validation
-loop uses the same masking and accumulator): score every item for a batch of users with a batched
-matrix product (on the GPU when there is one), set the training history to -inf, rank the target.
+loop feeds the same ``training.metrics.RankingEvaluator``): score every item for a batch of users with a
+batched matrix product (on the GPU when there is one), hand the scores, the relevant items and the
+history to the evaluator (which masks the history when ``exclude_history``, target-blind). ``protocol``
+is what every ``metrics.json`` / ``eval.json`` states about how its numbers were computed.
 The result is written to ``<run>/eval.json`` (metrics, protocol, device) and returned.
 """
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import code_version, write_json
+from features.splits import SHOP, SHOP_TARGET_EVENTS
 from training.data import EvalSet
-from training.metrics import RankingAccumulator, mask_history
+from training.metrics import TIES, RankingEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +32,39 @@ ScoreFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (inputs [B, L], st
 
 def evaluate_split(score_fn: ScoreFn, split: EvalSet, n_items: int, *, popularity: torch.Tensor | None,
                    exclude_history: bool, ks=(10, 20, 50, 100), batch_size: int = 1024,
-                   sampled_negatives: int = 0, prefix: str = "") -> dict[str, float]:
+                   sampled_negatives: int = 0, prefix: str = "", model: str = "model") -> dict[str, float]:
     """Metrics of ``score_fn`` on one evaluation split (see ``training.metrics`` for the definitions)."""
-    acc = RankingAccumulator(n_items=n_items, ks=tuple(ks), popularity=popularity,
-                             sampled_negatives=sampled_negatives, seed=0)
+    ev = RankingEvaluator(n_items=n_items, ks=tuple(ks), model=model, exclude_history=exclude_history,
+                          popularity=popularity, sampled_negatives=sampled_negatives, seed=0)
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             stop = min(start + batch_size, len(split))
-            scores = score_fn(split.inputs[start:stop], start, stop).float()
-            targets = split.targets[start:stop].to(scores.device) - 1
-            if exclude_history:
-                rows, cols = split.history_mask_coords(start, stop)
-                mask_history(scores, rows.to(scores.device), cols.to(scores.device) - 1, targets)
-            acc.update(scores, targets)
-    return acc.compute(prefix)
+            scores = score_fn(split.inputs[start:stop], start, stop)
+            dev = scores.device
+            rel_rows, rel_items = split.relevant_coords(start, stop)
+            h_rows, h_items = split.history_mask_coords(start, stop)
+            ev.update(scores, (rel_rows.to(dev), rel_items.to(dev) - 1), (h_rows.to(dev), h_items.to(dev) - 1))
+    return ev.compute(prefix)
 
 
 def protocol(cfg: DictConfig) -> dict:
     """How the numbers were computed (stated in every metrics file)."""
     e = cfg.trainer.eval
-    return {"split": str(e.split), "ranking": "full (all items)", "exclude_history": bool(e.exclude_history),
-            "target_never_excluded": True, "ties": "optimistic (rank = 1 + #items scoring strictly higher)",
-            "sampled_negatives": int(e.sampled_negatives)}
+    split = str(e.split)
+    exclude = bool(e.exclude_history)
+    out = {"split": split, "ranking": "full (all items)",
+           "history": ("discovery: every history item removed from the ranking, relevant ones too (a repeat is a miss)"
+                       if exclude else "repeat-aware: nothing removed from the ranking"),
+           "exclude_history": exclude, "ties": TIES, "max_users": cfg.trainer.get("max_users"),
+           "sampled_negatives": int(e.sampled_negatives)}
+    if split == SHOP:
+        out["relevant"] = (f"the {'/'.join(SHOP_TARGET_EVENTS)} lines of each user's next basket after the cut-off "
+                           "(users with an event before it); history = every event before the cut-off")
+    elif split == "loo":
+        out["relevant"] = "each user's last target event (leave-one-out)"
+    else:
+        out["relevant"] = "each user's last event of the period (temporal, any event type)"
+    return out
 
 
 @dataclass
@@ -82,7 +96,7 @@ def run(cfg: DictConfig) -> EvalResult:
         items = module.item_embeddings().float()
     e = rcfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
-                  batch_size=int(e.batch_size))
+                  batch_size=int(e.batch_size), model=str(rcfg.model.name))
     metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
     metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))

@@ -1,106 +1,235 @@
-"""Ranking metrics for next-item retrieval, computed from full score matrices in batches.
+"""The one evaluator of every ranking metric: retrieval models, baselines and the ranker.
 
-Main protocol (full ranking): every item is scored; the items of the user's training history are set
-to -inf (``exclude_history``; the held-out target itself is never excluded); the target's rank is
-``1 + #items scoring strictly higher``. From the rank:
+Protocol (stated in every ``metrics.json`` by ``training.evaluate.protocol``):
 
-- ``hr@k``   = 1 if rank <= k
-- ``ndcg@k`` = 1 / log2(rank + 1) if rank <= k (one relevant item, so IDCG = 1)
-- ``mrr``    = 1 / rank
-- ``coverage@10`` = distinct items in all top-10 lists / number of items
-- ``pop@10`` = mean training popularity (count) of the recommended top-10 items
+- **Rows and relevant sets.** Each row (a user at an evaluation time) has a *set* of relevant items:
+  one for leave-one-out and temporal, the purchase lines of the next basket(s) for the shop protocol
+  (``features.splits.next_baskets``). Every row has at least one relevant item.
+- **History mask, target-blind.** ``exclude_history=True`` ("discovery"): every item of the row's
+  history is set to -inf, relevant items included, so a relevant item the user already had is a miss.
+  ``exclude_history=False`` ("repeat-aware"): nothing is removed. The mask never looks at the targets.
+- **Ties at their expected position.** An item's rank is ``1 + #items scoring strictly higher +
+  (#other items with exactly its score) / 2``: the mean position of its tie group when ties are broken
+  at random. A constant model ranks every item at ``(N + 1) / 2``. Masked (-inf) items never hit.
+- **Non-finite scores are an error.** NaN or +-inf in a model's scores (before masking) raise
+  ``NonFiniteScoresError`` naming the model and the number of rows affected.
+- **Metrics** (per row, then the mean over rows; ``rank_i`` the rank of relevant item ``i``):
+  ``hr@k`` = 1 if some ``rank_i <= k``; ``recall@k`` = #{``rank_i <= k``} / |relevant|;
+  ``ndcg@k`` = sum over ``rank_i <= k`` of ``1 / log2(rank_i + 1)``, divided by the ideal
+  ``sum_{j=1..min(k, |relevant|)} 1 / log2(j + 1)``; ``mrr`` = ``1 / min_i rank_i`` (0 if every relevant
+  item is masked). With one relevant item ``recall@k == hr@k``.
+- **Diagnostics**: ``coverage@10`` (distinct items in all top-10 lists / N), ``pop@10`` (mean training
+  count of the top-10 items), ``repeat_share`` (share of relevant items that are in the history, whatever
+  the mask), ``n_users`` (rows).
+- **Sampled protocol** (older papers; secondary, only where every row has one relevant item): the
+  relevant item is ranked, ties at their expected position, against ``sampled_negatives`` items drawn
+  uniformly from the row's unmasked non-relevant items; reported as ``sampled_hr@k``, ``sampled_ndcg@k``,
+  ``sampled_mrr``.
 
-Sampled protocol (older papers only): the target is ranked against ``n`` uniformly drawn items that are
-neither the target nor in the history.
+API (stable; callers: ``training.evaluate``, ``training.modules``, ``training.train``, ``training.ranker``).
+Item columns are 0-based; ``rows``/``cols`` pairs are batch-local row indices and item columns::
+
+    check_finite(scores, model, what="scores") -> None                  # raises NonFiniteScoresError
+    mask_history(scores, rows, cols) -> None                            # in place, target-blind
+    expected_ranks(scores, rows, cols) -> Tensor[P] float64             # rank of each (row, col) pair
+    row_metrics(ranks, rows, n_relevant, ks) -> dict[str, Tensor[B]]    # per-row hr/recall/ndcg@k, mrr
+    RankingEvaluator(n_items, ks=(10, 20, 50, 100), model="model", exclude_history=True,
+                     popularity=None, sampled_negatives=0, seed=0)
+        .update(scores [B, N], relevant=(rows, cols), history=(rows, cols) | None)  # masks scores in place
+        .compute(prefix="") -> dict[str, float]
+    evaluate_candidate_lists(scores [M], offsets [R + 1], relevant [M] bool, n_relevant [R],
+                             ks=(10,), model="ranker") -> dict[str, float]    # ragged re-ranked lists
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
+TIES = "expected position (rank = 1 + #strictly higher + #other items with an equal score / 2)"
+_CHUNK_ELEMS = 1 << 24          # score elements compared at once in expected_ranks (bounds memory)
+
+Pairs = tuple[torch.Tensor, torch.Tensor]
 
 
-def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1-based rank of ``targets [B]`` (column indices) in ``scores [B, N]`` (higher = better)."""
-    t = scores.gather(1, targets.unsqueeze(1))
-    return (scores > t).sum(1) + 1
+class NonFiniteScoresError(ValueError):
+    """A model produced NaN or infinite scores; the message names the model and the number of bad rows."""
 
 
-def metrics_from_ranks(ranks: torch.Tensor, ks: tuple[int, ...] = (10, 20, 50, 100)) -> dict[str, float]:
-    """Mean HR@k, NDCG@k and MRR of 1-based ``ranks``."""
-    r = ranks.double()
-    out = {"mrr": (1.0 / r).mean().item()}
-    for k in ks:
-        hit = r <= k
-        out[f"hr@{k}"] = hit.double().mean().item()
-        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(r + 1.0), torch.zeros_like(r)).mean().item()
+def check_finite(scores: torch.Tensor, model: str, what: str = "scores") -> None:
+    """Raise ``NonFiniteScoresError`` when any of ``scores`` (``[B, N]`` or flat) is NaN or +-inf."""
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        n_rows = int(bad.reshape(len(scores), -1).any(1).sum()) if scores.ndim > 1 else int(bad.sum())
+        unit = "rows" if scores.ndim > 1 else "entries"
+        raise NonFiniteScoresError(
+            f"model {model!r} produced non-finite {what} (NaN or inf) in {n_rows} of {len(scores)} {unit}"
+        )
+
+
+def mask_history(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    """Set ``scores[rows, cols]`` to -inf in place: every history item, whatever the targets are."""
+    scores[rows, cols] = NEG_INF
+
+
+def unique_pairs(rows: torch.Tensor, cols: torch.Tensor, n_cols: int) -> Pairs:
+    """``(rows, cols)`` without duplicate pairs, sorted by row then column."""
+    key = torch.unique(rows.long() * n_cols + cols.long())
+    return key // n_cols, key % n_cols
+
+
+def expected_ranks(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """1-based rank of ``scores[rows, cols]`` within its row, ties at their expected position; +inf where
+    the score is -inf (masked). ``scores [B, N]`` must be finite or -inf."""
+    values = scores[rows, cols]
+    out = torch.empty(len(rows), dtype=torch.float64, device=scores.device)
+    step = max(1, _CHUNK_ELEMS // max(1, scores.shape[1]))
+    for a in range(0, len(rows), step):
+        block = scores[rows[a:a + step]]
+        v = values[a:a + step].unsqueeze(1)
+        higher = (block > v).sum(1)
+        equal = (block == v).sum(1)                 # includes the item itself
+        out[a:a + step] = higher.double() + (equal.double() + 1.0) / 2.0
+    out[values == NEG_INF] = float("inf")
     return out
 
 
-def mask_history(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor) -> None:
-    """Set ``scores[rows, cols]`` to -inf in place, except each row's target (``targets`` are column indices)."""
-    keep = scores.gather(1, targets.unsqueeze(1)).clone()
-    scores[rows, cols] = NEG_INF
-    scores.scatter_(1, targets.unsqueeze(1), keep)
+def _discounts(k: int, device) -> torch.Tensor:
+    """``[k + 1]``: the ideal DCG of 0..k relevant items."""
+    d = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=device))
+    return torch.cat([torch.zeros(1, dtype=torch.float64, device=device), d.cumsum(0)])
+
+
+def row_metrics(ranks: torch.Tensor, rows: torch.Tensor, n_relevant: torch.Tensor,
+                ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per-row ``hr@k``, ``recall@k``, ``ndcg@k`` and ``mrr`` from the ranks of the relevant items.
+
+    ``ranks [P]`` (from ``expected_ranks``; inf = masked) of the pairs whose rows are ``rows [P]``;
+    ``n_relevant [B]`` the size of each row's relevant set (masked ones included)."""
+    n_rel = n_relevant.to(ranks.device).long()
+    if bool((n_rel <= 0).any()):
+        raise ValueError(f"{int((n_rel <= 0).sum())} evaluation rows have no relevant item")
+    b = len(n_rel)
+    rows = rows.to(ranks.device)
+    out = {}
+    first = torch.full((b,), float("inf"), dtype=torch.float64, device=ranks.device)
+    first = first.scatter_reduce(0, rows, ranks, reduce="amin")
+    out["mrr"] = torch.where(torch.isfinite(first), 1.0 / first, torch.zeros_like(first))
+    ideal = _discounts(max(ks), ranks.device)
+    gain = torch.where(torch.isfinite(ranks), 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+    for k in ks:
+        hit = (ranks <= k).double()
+        n_hit = torch.zeros(b, dtype=torch.float64, device=ranks.device).index_add_(0, rows, hit)
+        dcg = torch.zeros(b, dtype=torch.float64, device=ranks.device).index_add_(0, rows, gain * hit)
+        out[f"hr@{k}"] = (n_hit > 0).double()
+        out[f"recall@{k}"] = n_hit / n_rel
+        out[f"ndcg@{k}"] = dcg / ideal[n_rel.clamp(max=k)]
+    return out
 
 
 @dataclass
-class RankingAccumulator:
-    """Sums per-batch ranks and top-k lists; ``compute()`` returns the metrics over all rows seen."""
+class RankingEvaluator:
+    """Full-ranking metrics over batches of score matrices; ``compute()`` averages over every row seen."""
 
     n_items: int
     ks: tuple[int, ...] = (10, 20, 50, 100)
-    popularity: torch.Tensor | None = None       # [n_items] counts (column-aligned with scores)
-    sampled_negatives: int = 0                   # > 0: also compute the sampled protocol
+    model: str = "model"                         # named in the error on non-finite scores
+    exclude_history: bool = True                 # True: discovery (history masked); False: repeat-aware
+    popularity: torch.Tensor | None = None       # [n_items] training counts (column-aligned with scores)
+    sampled_negatives: int = 0                   # > 0: also the sampled protocol (one relevant item per row)
     seed: int = 0
-    _ranks: list = field(default_factory=list)
-    _sampled_ranks: list = field(default_factory=list)
+    _sums: dict = field(default_factory=dict)
+    _rows: int = 0
+    _relevant: int = 0
+    _repeats: int = 0
     _top10_counts: torch.Tensor | None = None
     _pop_sum: float = 0.0
+    _sampled: list = field(default_factory=list)
+    _sampled_skipped: bool = False
 
-    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """``scores [B, n_items]`` with history already masked; ``targets [B]`` column indices."""
-        scores = scores.float()
-        self._ranks.append(ranks_of_targets(scores, targets).cpu())
-        top = scores.topk(min(10, scores.shape[1]), dim=1).indices
-        counts = torch.bincount(top.reshape(-1), minlength=self.n_items)
+    def update(self, scores: torch.Tensor, relevant: Pairs, history: Pairs | None = None) -> None:
+        """One batch: ``scores [B, n_items]`` straight from the model (masked here, in place when
+        ``exclude_history``); ``relevant`` and ``history`` are ``(rows, cols)`` pairs of the batch."""
+        if scores.shape[1] != self.n_items:
+            raise ValueError(f"scores have {scores.shape[1]} columns, the evaluator {self.n_items} items")
+        scores = scores if scores.dtype == torch.float64 else scores.float()   # fp64 kept: no rounding ties
+        check_finite(scores, self.model)
+        dev = scores.device
+        b = scores.shape[0]
+        rows, cols = unique_pairs(relevant[0].to(dev), relevant[1].to(dev), self.n_items)
+        n_rel = torch.bincount(rows, minlength=b)
+        if history is not None:
+            h_rows, h_cols = history[0].to(dev), history[1].to(dev)
+            self._repeats += int(torch.isin(rows * self.n_items + cols, h_rows.long() * self.n_items + h_cols.long()).sum())
+            if self.exclude_history:
+                mask_history(scores, h_rows, h_cols)
+        ranks = expected_ranks(scores, rows, cols)
+        for name, v in row_metrics(ranks, rows, n_rel, tuple(self.ks)).items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(v.sum())
+        self._rows += b
+        self._relevant += len(rows)
+        top = scores.topk(min(10, self.n_items), dim=1).indices
+        counts = torch.bincount(top.reshape(-1), minlength=self.n_items).cpu()
         self._top10_counts = counts if self._top10_counts is None else self._top10_counts + counts
         if self.popularity is not None:
-            self._pop_sum += self.popularity.to(scores.device)[top].float().mean(1).sum().item()
+            self._pop_sum += float(self.popularity.to(dev)[top].float().mean(1).sum())
         if self.sampled_negatives > 0:
-            self._sampled_ranks.append(self._sampled_rank(scores, targets).cpu())
+            if bool((n_rel == 1).all()):
+                self._sampled.append(self._sampled_ranks(scores, cols).cpu())
+            else:
+                self._sampled_skipped = True
 
-    def _sampled_rank(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Rank among ``sampled_negatives`` items drawn uniformly without replacement from the
-        items that are neither masked (history) nor the target."""
-        g = torch.Generator(device=scores.device).manual_seed(self.seed + sum(len(r) for r in self._sampled_ranks))
+    def _sampled_ranks(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Rank of each row's one relevant item among ``sampled_negatives`` items drawn uniformly without
+        replacement from the row's items that are neither masked nor relevant (ties: expected position)."""
+        g = torch.Generator(device=scores.device).manual_seed(self.seed + sum(len(r) for r in self._sampled))
         keys = torch.rand(scores.shape, generator=g, device=scores.device)
-        keys[~torch.isfinite(scores)] = -1.0
+        keys[scores == NEG_INF] = -1.0
         keys.scatter_(1, targets.unsqueeze(1), -1.0)
-        k = min(self.sampled_negatives, scores.shape[1])
-        top_keys, cand = keys.topk(k, dim=1)
+        top_keys, cand = keys.topk(min(self.sampled_negatives, scores.shape[1]), dim=1)
         use = top_keys >= 0
         t = scores.gather(1, targets.unsqueeze(1))
-        return ((scores.gather(1, cand) > t) & use).sum(1) + 1
+        neg = scores.gather(1, cand)
+        rank = ((neg > t) & use).sum(1).double() + 1.0 + ((neg == t) & use).sum(1).double() / 2.0
+        return torch.where(t.squeeze(1) == NEG_INF, torch.full_like(rank, float("inf")), rank)
 
     def compute(self, prefix: str = "") -> dict[str, float]:
-        if not self._ranks:
+        if not self._rows:
             return {}
-        ranks = torch.cat(self._ranks)
-        out = metrics_from_ranks(ranks, self.ks)
-        out["coverage@10"] = (self._top10_counts > 0).sum().item() / self.n_items
+        out = {name: total / self._rows for name, total in self._sums.items()}
+        out["coverage@10"] = int((self._top10_counts > 0).sum()) / self.n_items
         if self.popularity is not None:
-            out["pop@10"] = self._pop_sum / len(ranks)
-        if self._sampled_ranks:
-            s = metrics_from_ranks(torch.cat(self._sampled_ranks), (1, 5, 10))
-            out.update({f"sampled_{k}": v for k, v in s.items()})
-        out["n_users"] = float(len(ranks))
+            out["pop@10"] = self._pop_sum / self._rows
+        out["repeat_share"] = self._repeats / max(1, self._relevant)
+        if self._sampled and not self._sampled_skipped:
+            ranks = torch.cat(self._sampled)
+            s = row_metrics(ranks, torch.arange(len(ranks)), torch.ones(len(ranks), dtype=torch.long), (1, 5, 10))
+            out.update({f"sampled_{k}": float(v.mean()) for k, v in s.items() if not k.startswith("recall")})
+        out["n_users"] = float(self._rows)
         return {f"{prefix}{k}": v for k, v in out.items()}
 
 
-def ndcg_at(rank: int, k: int) -> float:
-    """NDCG@k of one 1-based rank (for hand checks)."""
-    return 1.0 / math.log2(rank + 1) if rank <= k else 0.0
+def evaluate_candidate_lists(scores, offsets, relevant, n_relevant, ks: tuple[int, ...] = (10,),
+                             model: str = "ranker") -> dict[str, float]:
+    """Metrics of ragged re-ranked lists: request ``r`` owns ``scores[offsets[r]:offsets[r + 1]]`` and the
+    matching ``relevant`` flags; ``n_relevant[r]`` (>= its flags) counts every relevant item of the request,
+    also those missing from its list, so they count against recall and NDCG. Same definitions as above."""
+    s = torch.as_tensor(np.asarray(scores), dtype=torch.float64).reshape(-1)
+    check_finite(s, model)
+    off = torch.as_tensor(np.asarray(offsets), dtype=torch.long)
+    rel = torch.as_tensor(np.asarray(relevant)).reshape(-1).bool()
+    n_rel = torch.as_tensor(np.asarray(n_relevant), dtype=torch.long)
+    sizes = off[1:] - off[:-1]
+    r = len(sizes)
+    row_of = torch.repeat_interleave(torch.arange(r), sizes)
+    col_of = torch.arange(len(s)) - off[:-1][row_of]
+    padded = torch.full((r, int(sizes.max()) if r else 0), NEG_INF, dtype=torch.float64)
+    padded[row_of, col_of] = s
+    flag_count = torch.bincount(row_of[rel], minlength=r)
+    if bool((flag_count > n_rel).any()):
+        raise ValueError("n_relevant is smaller than the number of relevant flags in some request")
+    ranks = expected_ranks(padded, row_of[rel], col_of[rel])
+    per_row = row_metrics(ranks, row_of[rel], n_rel, tuple(ks))
+    return {k: float(v.mean()) for k, v in per_row.items()}

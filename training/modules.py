@@ -1,7 +1,7 @@
 """LightningModules: the loss, optimiser and evaluation steps around the plain ``models`` networks.
 
-``RetrievalModule`` holds what every next-item retriever shares (full-ranking validation/test with
-history exclusion, AdamW + warmup/cosine, NaN guard); ``SASRecModule`` and ``TwoTowerModule`` add
+``RetrievalModule`` holds what every next-item retriever shares (full-ranking validation/test through
+``training.metrics.RankingEvaluator``, AdamW + warmup/cosine, NaN guard); ``SASRecModule`` and ``TwoTowerModule`` add
 their network and loss. Scores are over item *columns* 0..N-1 (= item_id); networks use indices
 item_id + 1 with 0 as padding.
 """
@@ -16,7 +16,7 @@ import torch
 from models.losses import full_softmax_ce, in_batch_softmax, sampled_softmax, uniform_log_q
 from models.sasrec import SASRec, SASRecConfig
 from models.two_tower import TwoTower, TwoTowerConfig
-from training.metrics import RankingAccumulator, mask_history
+from training.metrics import RankingEvaluator
 
 
 def non_padding(states: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +45,7 @@ class RetrievalModule(pl.LightningModule):
         super().__init__()
         self.optim = dict(optim)
         self.evaluation = dict(evaluation)
-        self._acc: RankingAccumulator | None = None
+        self._acc: RankingEvaluator | None = None
         self.last_eval: dict[str, float] = {}
 
     # -- to be provided by subclasses
@@ -142,10 +142,11 @@ class RetrievalModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation (validation and test share it)
-    def _new_acc(self, sampled: bool) -> RankingAccumulator:
+    def _new_acc(self, sampled: bool) -> RankingEvaluator:
         pop = self.popularity[1:] if hasattr(self, "popularity") else None
-        return RankingAccumulator(
-            n_items=self.n_items, ks=tuple(self.evaluation["ks"]), popularity=pop,
+        return RankingEvaluator(
+            n_items=self.n_items, ks=tuple(self.evaluation["ks"]), model=type(self).__name__,
+            exclude_history=bool(self.evaluation["exclude_history"]), popularity=pop,
             sampled_negatives=int(self.evaluation["sampled_negatives"]) if sampled else 0, seed=0,
         )
 
@@ -158,11 +159,9 @@ class RetrievalModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict, split) -> None:
         scores = self.score_batch(batch["inputs"], self._items, batch.get("user_feat"))
-        targets = batch["targets"] - 1
-        if self.evaluation["exclude_history"]:
-            rows, cols = split.history_mask_coords(batch["start"], batch["stop"])
-            mask_history(scores, rows, cols - 1, targets)
-        self._acc.update(scores, targets)
+        rel_rows, rel_items = split.relevant_coords(batch["start"], batch["stop"])
+        h_rows, h_items = split.history_mask_coords(batch["start"], batch["stop"])
+        self._acc.update(scores, (rel_rows, rel_items - 1), (h_rows, h_items - 1))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.trainer.datamodule.valid_epoch)

@@ -113,7 +113,7 @@ def _write_final(run_dir: Path, metrics: dict, manifest: dict) -> None:
 def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> dict:
     import scipy.sparse as sp
 
-    from models.baselines import EASE, ItemKNN, Popularity, ease_bytes, interaction_matrix
+    from models.baselines import EASE, BuyAgain, ItemKNN, Popularity, ease_bytes, interaction_matrix
 
     data, _ = load_data(cfg, pdir)
     seqs = data.train_seqs.numpy()
@@ -127,6 +127,8 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
     name, t0 = str(cfg.model.name), time.perf_counter()
     if name == "pop":
         model, algo = Popularity(data.n_items).fit(x), "popularity"
+    elif name == "buy_again":
+        model, algo = BuyAgain(data.n_items).fit(x), "buy_again"
     elif name == "ease":
         if EASE.fits_memory(data.n_items, int(float(cfg.model.max_dense_gib) * 2**30)):
             model, algo = EASE(data.n_items, float(cfg.model.l2), device).fit(x), "ease"
@@ -135,7 +137,7 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
                         cfg.model.max_dense_gib)
             model, algo = ItemKNN(data.n_items, int(cfg.model.knn_k), float(cfg.model.knn_shrink)).fit(x), "itemknn"
     else:
-        raise ValueError(f"model.name={name!r} is not a known baseline (pop, ease)")
+        raise ValueError(f"model.name={name!r} is not a known baseline (pop, buy_again, ease)")
     fit_s = time.perf_counter() - t0
 
     def scorer(split):
@@ -149,7 +151,7 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
 
     e = cfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
-                  batch_size=int(e.batch_size))
+                  batch_size=int(e.batch_size), model=name)
     metrics = evaluate_split(scorer(data.valid), data.valid, data.n_items, prefix="valid/", **common)
     metrics.update(evaluate_split(scorer(data.test), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))
@@ -225,7 +227,7 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         items = module.item_embeddings().float()
     e = cfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
-                  batch_size=int(e.batch_size))
+                  batch_size=int(e.batch_size), model=str(cfg.model.name))
     metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
     metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))
