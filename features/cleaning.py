@@ -6,7 +6,10 @@ bad rows go to quarantine with a reason code, rows removed by a rule are counted
 Steps run in this order (each sees the survivors of the previous one):
 
 1. ``normalise``: null tokens, event mapping (unknown codes → ``unknown_event``), returns by order
-   prefix, timestamps to UTC (``bad_timestamp``), numbers (``bad_number``), price unit scale.
+   prefix, timestamps to UTC (``bad_timestamp``; mixed UTC offsets converted row by row; times outside
+   ``data.time.min``/``max`` → ``implausible_timestamp``), numbers (``bad_number``), price unit scale.
+   A setting that no row of a file satisfies (no time parses, a column of the wrong type) fails with
+   the file, column and a value named.
 2. ``validate``: negative quantity that is not a return (``negative_quantity``), zero quantity,
    negative price; a return's quantity is stored positive. (Before the missing-value step, so a
    bad row is quarantined even when it also lacks a user.)
@@ -25,7 +28,6 @@ from features.adapters.base import ROW_FIELDS, DataConfigError, RawData
 from features.quarantine import Ledger
 from features.schema import EVENT_TYPES
 
-EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 MISSING_POLICIES = ("quarantine", "drop", "fill", "keep")
 
 
@@ -78,7 +80,7 @@ def normalise(raw: RawData, cfg: Any, ledger: Ledger) -> pd.DataFrame:
         if col in df.columns and _is_text(df[col]):
             df[col] = text_transform(df[col], lambda c: c.str.strip().replace("", None))
     df = _normalise_events(df, cfg, ledger)
-    df = _normalise_time(df, raw.time_kind, cfg, ledger)
+    df = _normalise_time(df, raw, cfg, ledger)
     df = _normalise_numbers(df, cfg, ledger)
     return df
 
@@ -115,38 +117,116 @@ def _normalise_events(df: pd.DataFrame, cfg: Any, ledger: Ledger) -> pd.DataFram
     return df
 
 
-def _normalise_time(df: pd.DataFrame, time_kind: str, cfg: Any, ledger: Ledger) -> pd.DataFrame:
+def _normalise_time(df: pd.DataFrame, raw: RawData, cfg: Any, ledger: Ledger) -> pd.DataFrame:
     t_cfg = _get(cfg, "time", {})
-    if time_kind == "order":
+    if raw.time_kind == "order":
         # No time in the source: the position in the input is the order (1 s per row from the epoch).
         df["ts"] = pd.Series(df["src_row"].to_numpy(np.int64) * 1_000_000, index=df.index).astype("datetime64[us]").dt.tz_localize("UTC")
         return df
     raw_ts = df["ts"]
     unit = _get(t_cfg, "unit")
     fmt = _get(t_cfg, "format")
+    tz = str(_get(t_cfg, "timezone", "UTC"))
+    check_timezone(tz)
     if unit:
         if _is_text(raw_ts):
             num = per_value(raw_ts, lambda c: pd.to_numeric(c, errors="coerce"))
-        else:
+        elif pd.api.types.is_numeric_dtype(raw_ts.dtype):
             num = raw_ts
+        else:
+            _fail_ts(df, raw, f"holds {raw_ts.dtype} values, not unix times (data.time.unit={unit})")
         ts = pd.to_datetime(num.astype("float64"), unit=str(unit), errors="coerce")
     elif pd.api.types.is_datetime64_any_dtype(raw_ts.dtype):
         ts = raw_ts
     elif _is_text(raw_ts):
-        ts = per_value(raw_ts, lambda c: pd.to_datetime(c, format=fmt or "ISO8601", errors="coerce"))
+        ts = per_value(raw_ts, lambda c: parse_times(c, fmt, tz))
     else:
-        raise DataConfigError(f"data.columns.ts holds {raw_ts.dtype} values; set data.time.unit for unix times")
+        _fail_ts(df, raw, f"holds {raw_ts.dtype} values, not times; set data.time.unit (s, ms, us) for unix times")
     if getattr(ts.dt, "tz", None) is None:
-        tz = str(_get(t_cfg, "timezone", "UTC"))
-        try:
-            ts = ts.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
-        except Exception as e:  # noqa: BLE001 - unknown zone name
-            raise DataConfigError(f"data.time.timezone={tz!r} is not a known time zone: {e}") from e
+        ts = ts.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
     ts = ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     bad = (ts.isna() & raw_ts.notna()).to_numpy()
+    _fail_if_no_time_parses(df, raw, bad, fmt, unit)
     df = ledger.quarantine(df, bad, "bad_timestamp", "unparseable or non-existent local time", "ts")
-    df["ts"] = ts[~bad]
+    ts = ts[~bad]
+    lo, hi = time_bounds(t_cfg)
+    out = ((ts < lo) | (ts > hi)).to_numpy() if lo is not None or hi is not None else np.zeros(len(ts), bool)
+    if out.any():
+        df = ledger.quarantine(df, out, "implausible_timestamp",
+                               f"time outside data.time.min..max ({lo or '-'} .. {hi or '-'})", "ts")
+        ts = ts[~out]
+    df["ts"] = ts
     return df
+
+
+# An explicit UTC offset (or Z) after a clock time: 10:00+01:00, 10:00:00.5Z, 10:00 -0500.
+_OFFSET = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def parse_times(text: pd.Series, fmt: str | None, tz: str) -> pd.Series:
+    """Text times → UTC. Values with an explicit offset (``Z``, ``+01:00``; offsets may differ from row to
+    row) are converted with their own offset; values without one are local times of ``data.time.timezone``.
+    Unparseable values become NaT (quarantined by the caller)."""
+    text = text.astype("str").str.strip()
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    if fmt and ("%z" in fmt or "%Z" in fmt):
+        aware = np.ones(len(text), dtype=bool)
+    elif fmt:
+        aware = np.zeros(len(text), dtype=bool)
+    else:
+        aware = text.str.contains(_OFFSET, regex=True).to_numpy(bool)
+    if aware.any():
+        out[aware] = pd.to_datetime(text[aware], format=fmt or "ISO8601", errors="coerce", utc=True).astype(out.dtype)
+    if (~aware).any():
+        local = pd.to_datetime(text[~aware], format=fmt or "ISO8601", errors="coerce")
+        if getattr(local.dt, "tz", None) is None:
+            local = local.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+        out[~aware] = local.dt.tz_convert("UTC").astype(out.dtype)
+    return out
+
+
+def check_timezone(tz: str) -> None:
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(tz)
+    except Exception as e:  # noqa: BLE001 - unknown zone name
+        raise DataConfigError(f"data.time.timezone={tz!r} is not a known time zone: {e}") from e
+
+
+def time_bounds(t_cfg: Any) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """``data.time.min`` / ``data.time.max`` as UTC timestamps (None = no bound)."""
+    out = []
+    for key in ("min", "max"):
+        v = _get(t_cfg, key)
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            t = pd.Timestamp(str(v))
+        except (ValueError, TypeError) as e:
+            raise DataConfigError(f"data.time.{key}={v!r} is not a date or time (ISO 8601, e.g. 1990-01-01)") from e
+        out.append(t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC"))
+    if out[0] is not None and out[1] is not None and out[0] >= out[1]:
+        raise DataConfigError(f"data.time.min={out[0]} is not before data.time.max={out[1]}")
+    return out[0], out[1]
+
+
+def _fail_ts(df: pd.DataFrame, raw: RawData, what: str) -> None:
+    i = int(df["src_file"].iloc[0]) if len(df) else 0
+    value = df["ts"].dropna().iloc[0] if df["ts"].notna().any() else None
+    raise DataConfigError(f"{raw.where(i, 'ts')} (data.columns.ts) {what}; e.g. {value!r}")
+
+
+def _fail_if_no_time_parses(df: pd.DataFrame, raw: RawData, bad: np.ndarray, fmt: Any, unit: Any) -> None:
+    """A file in which no time parses is a config problem (format, unit, column), not bad rows: fail."""
+    files = df["src_file"].to_numpy()
+    notna = df["ts"].notna().to_numpy()
+    for i in np.unique(files[bad]):
+        mine = files == i
+        if not (notna[mine] & ~bad[mine]).any():
+            value = df["ts"].to_numpy()[mine & bad][0]
+            setting = f"data.time.unit={unit}" if unit else f"data.time.format={fmt or 'ISO 8601'}"
+            raise DataConfigError(f"{raw.where(int(i), 'ts')}: no value parses as a time ({setting}), "
+                                  f"e.g. {str(value)!r}")
 
 
 def _normalise_numbers(df: pd.DataFrame, cfg: Any, ledger: Ledger) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 Reads the dataset through its adapter, cleans it (``features.cleaning``), pseudonymises user keys and
 assigns dense ids (``features.entities``), builds the item and user tables and the splits, and writes
 everything atomically with a manifest (see ``features.schema`` for the layout). The manifest records
-the pseudonymisation key's fingerprint (``key_fingerprint``, see ``features.privacy``). A re-run whose
+the pseudonymisation key's fingerprint (``pseudo_key_fingerprint``, see ``features.privacy``). A re-run whose
 inputs (content hashes), config and key are unchanged is skipped unless ``force=true``.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def run(cfg: Any) -> PrepareResult:
     raw = load_raw(data_cfg)
     if data_cfg.get("kind", "events") == "tables":
         return write_tables_only(raw, cfg, out_dir, fp, hashes, resolved)  # validated tables only (hillstrom)
-    ledger = Ledger(raw.files)
+    ledger = Ledger(raw.files, columns=raw.columns)
     stats = input_stats(raw)
     df = clean(raw, data_cfg, ledger)
     raw.frame = pd.DataFrame()  # the uncleaned rows are no longer needed (peak memory)
@@ -181,7 +181,7 @@ def run(cfg: Any) -> PrepareResult:
             "outputs": outputs,
             "fingerprint": fp,
             "pseudonymisation_key": key_source.split(":", 1)[0],
-            "key_fingerprint": key_fingerprint(key),
+            "pseudo_key_fingerprint": key_fingerprint(key),
             "code_version": code_version(),
             "device": "cpu",
         }
@@ -211,7 +211,7 @@ def write_tables_only(raw: RawData, cfg: Any, out_dir: Path, fp: str, hashes: di
             "quarantine_by_reason": {k: int(v) for k, v in q["reason"].value_counts().sort_index().items()},
             "tables": {name: int(len(t)) for name, t in sorted(raw.tables.items())},
             "config": resolved, "inputs": hashes, "fingerprint": fp,
-            "pseudonymisation_key": key_source.split(":", 1)[0], "key_fingerprint": key_fingerprint(key),
+            "pseudonymisation_key": key_source.split(":", 1)[0], "pseudo_key_fingerprint": key_fingerprint(key),
             "outputs": {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.parquet"))},
             "code_version": code_version(), "device": "cpu",
         }

@@ -6,8 +6,8 @@ Ingestion and serving call the same function, so a raw storefront user id can be
 The key comes from ``SHOPREC_PSEUDO_KEY``. When it is not set, a random local key is generated once
 and kept in ``${SHOPREC_ARTIFACTS:-artifacts}/secrets/pseudonymisation.key`` (mode 0600, a warning
 names the file): the source holds no usable default key. Every manifest of an artifact that holds
-pseudonyms records the key's fingerprint (``key_fingerprint``, a hash of the key that does not reveal
-it); a job that reads such an artifact calls ``check_key_fingerprint``, and a different key is an error
+pseudonyms records the key's fingerprint (``pseudo_key_fingerprint``, a hash that does not reveal the
+key); a job that reads such an artifact calls ``check_key_fingerprint``, and a different key is an error
 naming both fingerprints instead of every known user silently looking new.
 """
 from __future__ import annotations
@@ -77,13 +77,13 @@ def _read_or_create_local_key(path: Path) -> bytes:
 def key_fingerprint(key: bytes | None = None) -> str:
     """A short public fingerprint of the key (16 hex characters): equal keys, equal fingerprints."""
     key = key if key is not None else pseudo_key()[0]
-    return hashlib.sha256(b"shoprec-pseudonymisation-key:" + key).hexdigest()[:16]
+    return hashlib.sha256(b"shoprec-key-id:" + key).hexdigest()[:16]
 
 
 def check_key_fingerprint(recorded: str | None, where: str, key: bytes | None = None) -> None:
     """Fail when the artifact described by ``where`` was pseudonymised with another key than this process's.
 
-    ``recorded`` is the artifact manifest's ``key_fingerprint``; an artifact written before fingerprints
+    ``recorded`` is the artifact manifest's ``pseudo_key_fingerprint``; an artifact written before fingerprints
     were recorded (None) is accepted with a warning.
     """
     source = "given key"

@@ -6,7 +6,10 @@ Every later stage reads processed data through these functions, never by globbin
     d = processed_dir(cfg)                       # ${paths.processed}/${data.name}
     train = load_split(d, "loo", "train")        # same columns as events.parquet
 
-The layout and the meaning of each column are documented in ``features.schema``.
+The layout and the meaning of each column are documented in ``features.schema``. Readers of tables
+that hold pseudonyms (``load_users``, ``load_table``) check that this process uses the pseudonymisation
+key the data was prepared with (``features.privacy.check_key_fingerprint``): another key is an error
+naming both fingerprints, not a silent "every user is new".
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from features.artifacts import read_json
+from features.privacy import check_key_fingerprint
 from features.schema import SPLIT_KINDS, SPLIT_NAMES
 
 
@@ -54,7 +58,9 @@ def load_items(processed: str | Path) -> pd.DataFrame:
 
 def load_users(processed: str | Path) -> pd.DataFrame:
     """One row per dense user id: user_id, user_key (pseudonymised), source attributes."""
-    return pd.read_parquet(_file(processed, "users.parquet"))
+    path = _file(processed, "users.parquet")
+    check_same_key(processed)
+    return pd.read_parquet(path)
 
 
 def load_quarantine(processed: str | Path) -> pd.DataFrame:
@@ -64,7 +70,16 @@ def load_quarantine(processed: str | Path) -> pd.DataFrame:
 
 def load_table(processed: str | Path, name: str) -> pd.DataFrame:
     """An extra validated table of a dataset (e.g. ``campaigns`` of completejourney): ``tables/<name>.parquet``."""
-    return pd.read_parquet(_file(processed, f"tables/{name}.parquet"))
+    path = _file(processed, f"tables/{name}.parquet")
+    check_same_key(processed)
+    return pd.read_parquet(path)
+
+
+def check_same_key(processed: str | Path) -> None:
+    """``features.privacy.KeyMismatchError`` when the dataset was pseudonymised with another key than this
+    process's (``pseudo_key_fingerprint`` of its manifest; a folder without a manifest is not checked)."""
+    if (Path(processed) / "manifest.json").exists():
+        check_key_fingerprint(load_manifest(processed).get("pseudo_key_fingerprint"), f"prepared dataset {Path(processed)}")
 
 
 def load_split(processed: str | Path, kind: str, part: str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -4,16 +4,23 @@
 the row as text. ``drop``: valid rows removed by a configured rule (duplicates, bots, k-core, rows
 without a user ...), counted per rule. Together they give the reconciliation
 ``n_input_rows == n_events + n_quarantined + sum(n_dropped)``.
+
+No clear-text user id reaches the quarantine: the user field of a typed row is pseudonymised, and a
+line that could not be parsed into the expected fields is split with a real CSV parser
+(``mask_line``), then every field that may hold the user id is replaced by its pseudonym.
 """
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
+from typing import Collection
 
 import numpy as np
 import pandas as pd
 
 from features.adapters.base import ROW_FIELDS, empty_quarantine
-from features.privacy import pseudonymise
+from features.privacy import canonical, pseudonymise, pseudonymise_one
 
 
 @dataclass
@@ -21,6 +28,7 @@ class Ledger:
     files: list[str]
     parts: list[pd.DataFrame] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    columns: list[dict[str, str]] = field(default_factory=list)  # per file: canonical field -> source column
 
     def add_rejected(self, rejected: pd.DataFrame) -> None:
         if len(rejected):
@@ -41,7 +49,9 @@ class Ledger:
             vals = bad[field_name].astype("object").to_numpy()
             if field_name == "user":
                 vals = pseudonymise(pd.Series(vals, dtype="object")).astype("object").to_numpy()
-            msgs = [f"{f} row {r}: {message} ({field_name}={v!r})" for f, r, v in zip(files, bad["file_row"].to_numpy(), vals)]
+            src = [self._column(i, field_name) for i in bad["src_file"].to_numpy()]
+            msgs = [f"{f} row {r}, column {c!r}: {message} ({v!r})"
+                    for f, r, c, v in zip(files, bad["file_row"].to_numpy(), src, vals)]
         else:
             msgs = [f"{f} row {r}: {message}" for f, r in zip(files, bad["file_row"].to_numpy())]
         self.parts.append(pd.DataFrame({
@@ -49,6 +59,10 @@ class Ledger:
             "reason": reason, "message": msgs, "raw": raw,
         }))
         return df.loc[~mask]
+
+    def _column(self, file_index: int, field_name: str) -> str:
+        cols = self.columns[file_index] if file_index < len(self.columns) else {}
+        return cols.get(field_name, field_name)
 
     def drop(self, df: pd.DataFrame, mask: np.ndarray | pd.Series, rule: str) -> pd.DataFrame:
         """Remove the rows of ``df`` where ``mask`` holds, counting them under ``rule``."""
@@ -80,3 +94,55 @@ def _isnull(v: object) -> bool:
         return bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
+
+
+def mask_line(text: str, sep: str, user_pos: int, n_fields: int | None = None,
+              known_users: Collection[str] = ()) -> str:
+    """A malformed input line as text, with every field that may hold the user id pseudonymised.
+
+    The line is split with the ``csv`` module (quotes and escaped quotes respected; ``sep`` of one
+    character), never naively on ``sep``: a quoted ``"Bag, jumbo"`` is one field. A line with ``k`` fields
+    too many or too few may have the user id up to ``k`` places from ``user_pos``: all of those fields are
+    masked, and so is any field equal to a user id seen in the file's valid rows (``known_users``,
+    canonical text). A field that holds ``sep`` (quoted, or merged by a stray quote) is masked part by
+    part under the naive reading too, so that neither reading leaves an id in clear. Masked values read
+    ``pseudo:<pseudonym>``.
+    """
+    fields = split_line(text, sep)
+    parts = [f.split(sep) if len(sep) == 1 and sep in f else [f] for f in fields]
+    n_naive = sum(len(p) for p in parts)
+    csv_window = _window(user_pos, len(fields), n_fields)
+    naive_window = _window(user_pos, n_naive, n_fields)
+    out, j = [], 0
+    for i, sub in enumerate(parts):
+        masked = []
+        for value in sub:
+            v = value.strip()
+            hit = (i in csv_window and len(sub) == 1) or j in naive_window or canonical(v) in known_users
+            masked.append("pseudo:" + pseudonymise_one(v) if v and hit else value)
+            j += 1
+        if len(sub) > 1 and i in csv_window:  # the whole quoted field is where the user should be
+            masked = ["pseudo:" + pseudonymise_one(fields[i].strip())] if fields[i].strip() else masked
+        out.append(sep.join(masked))
+    return join_line(out, sep)
+
+
+def _window(user_pos: int, n: int, n_expected: int | None) -> range:
+    """Positions the user field may have moved to when a line has ``n`` fields instead of ``n_expected``."""
+    shift = 0 if n_expected is None else n - n_expected
+    return range(user_pos + min(shift, 0), user_pos + max(shift, 0) + 1)
+
+
+def split_line(text: str, sep: str) -> list[str]:
+    """The fields of one CSV line (a quoted field may hold ``sep`` and doubled quotes)."""
+    if len(sep) != 1:
+        return text.split(sep)
+    return next(csv.reader([text.rstrip("\r\n")], delimiter=sep, quotechar='"', doublequote=True, strict=False), [])
+
+
+def join_line(fields: list[str], sep: str) -> str:
+    if len(sep) != 1:
+        return sep.join(fields)
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=sep, quotechar='"', lineterminator="").writerow(fields)
+    return buf.getvalue()

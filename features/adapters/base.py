@@ -41,6 +41,13 @@ class RawData:
     item_attributes: tuple[str, ...] = ()  # columns of ``frame`` that describe the item
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra validated tables
     tables_rejected: pd.DataFrame | None = None  # rows rejected from ``tables`` (not event rows)
+    columns: list[dict[str, str]] = field(default_factory=list)  # per file: canonical field -> source column
+
+    def where(self, file_index: int, canonical: str) -> str:
+        """``file, column 'X'`` for messages: the source file and column a canonical field came from."""
+        name = self.files[file_index] if 0 <= file_index < len(self.files) else "?"
+        cols = self.columns[file_index] if file_index < len(self.columns) else {}
+        return f"{name}, column {cols.get(canonical, canonical)!r}"
 
 
 def empty_quarantine() -> pd.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.adapters.base import DataConfigError, RawData, empty_quarantine
-from features.adapters.table import mask_field
+from features.privacy import pseudonymise_one
 
 
 def read_attributes(path: Path, max_share: float) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def load_seq_txt(cfg: Any) -> RawData:
             "src_row": n_tokens + np.arange(len(bad), dtype=np.int64),
             "reason": "malformed_row",
             "message": [f"{path.name} line {n}: a user with no items" for n, _ in bad],
-            "raw": [mask_field(t.strip(), " ", 0) for _, t in bad],
+            "raw": ["pseudo:" + pseudonymise_one(t.split()[0]) for _, t in bad],  # the user, alone on its line
         })
     items_side = None
     if cfg.get("attributes"):

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.adapters.base import EVENT_FIELDS, DataConfigError, RawData, empty_quarantine
-from features.privacy import pseudonymise_one
+from features.privacy import canonical
+from features.quarantine import mask_line, split_line
 from features.tables import read_tables
 
 REQUIRED = ("user", "item")
@@ -78,6 +80,7 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
     sep = str(csv_cfg.get("sep", ","))
     header = bool(csv_cfg.get("header", True))
     names = list(csv_cfg.get("names") or []) or None
+    encoding = str(csv_cfg.get("encoding", "utf8"))
     if not header and not names:
         raise DataConfigError(f"data.csv.names must be given when data.csv.header=false (file {path})")
     bad: list[tuple[int | None, str]] = []
@@ -86,23 +89,22 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
         bad.append((row.number, row.text))
         return "skip"
 
+    file_names = header_names(path, sep, encoding) if header else names
+    for canon, src in cols.items():
+        if src not in file_names:
+            raise DataConfigError(f"{path}: missing column {src!r} (data.columns.{canon}); it has {file_names}")
+    if len(set(file_names)) != len(file_names):
+        dup = next(n for n in file_names if file_names.count(n) > 1)
+        raise DataConfigError(f"{path}: column {dup!r} appears twice in the header line")
+    wanted = list(dict.fromkeys(cols.values()))
     try:
-        if header:
-            with open(path, "rb") as fh:
-                first = fh.readline().decode(csv_cfg.get("encoding", "utf8")).rstrip("\r\n")
-            file_names = [c.strip() for c in first.split(sep)]
-        else:
-            file_names = names
-        for canon, src in cols.items():
-            if src not in file_names:
-                raise DataConfigError(f"{path}: missing column {src!r} (data.columns.{canon}); it has {file_names}")
-        wanted = list(dict.fromkeys(cols.values()))
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(
                 use_threads=False,  # keeps line numbers of invalid rows
-                column_names=None if header else names,
-                encoding=csv_cfg.get("encoding", "utf8"),
+                column_names=file_names,  # the header line (parsed above: BOM, quotes, spaces) is skipped
+                skip_rows=1 if header else 0,
+                encoding=encoding,
             ),
             parse_options=pacsv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
@@ -110,23 +112,35 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
                 strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False,
             ),
         )
-    except DataConfigError:
-        raise
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as e:
         raise DataConfigError(f"cannot read {path}: {e}") from e
-    # Line numbers of rejected rows -> data-row numbers (1-based, header not counted); the user
-    # field of the raw text is pseudonymised (no clear-text ids in the quarantine).
+    # Line numbers of rejected rows -> data-row numbers (1-based, header not counted); every field of the
+    # raw text that may hold the user id is pseudonymised (no clear-text ids in the quarantine).
     offset = 1 if header else 0
     user_pos = file_names.index(cols["user"])
-    return table, [(None if n is None else n - offset, mask_field(text, sep, user_pos)) for n, text in bad]
+    known = known_user_text(table.column(cols["user"])) if bad else set()
+    return table, [(None if n is None else n - offset, mask_line(text, sep, user_pos, len(file_names), known))
+                   for n, text in bad]
 
 
-def mask_field(text: str, sep: str, pos: int) -> str:
-    """``text`` split on ``sep`` with field ``pos`` replaced by its pseudonym (when present)."""
-    parts = text.split(sep)
-    if pos < len(parts) and parts[pos].strip():
-        parts[pos] = "pseudo:" + pseudonymise_one(parts[pos])
-    return sep.join(parts)
+def header_names(path: Path, sep: str, encoding: str) -> list[str]:
+    """Column names of a CSV header line, parsed as CSV: a UTF-8 byte-order mark, quoted names and spaces
+    around names are accepted."""
+    enc = "utf-8-sig" if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") else encoding
+    try:
+        with open(path, encoding=enc, newline="") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError, LookupError) as e:
+        raise DataConfigError(f"cannot read the header line of {path} (data.csv.encoding={encoding}): {e}") from e
+    if not first.strip():
+        raise DataConfigError(f"{path}: the first line is empty; expected a header line (or set data.csv.header=false "
+                              f"and data.csv.names)")
+    return [n.strip() for n in split_line(first, sep)]
+
+
+def known_user_text(col: pa.ChunkedArray) -> set[str]:
+    """The distinct user values of a text column, canonical (to recognise an id in a malformed line)."""
+    return {canonical(v) for v in pc.unique(col).to_pylist() if v is not None and str(v).strip()}
 
 
 def read_event_files(cfg: Any) -> tuple[pd.DataFrame, list[str], int, pd.DataFrame]:
@@ -142,6 +156,8 @@ def read_event_files(cfg: Any) -> tuple[pd.DataFrame, list[str], int, pd.DataFra
         path = spec["path"]
         if not path.exists():
             raise DataConfigError(f"input file not found: {path}")
+        if path.is_dir():
+            raise DataConfigError(f"input path {path} is a directory, not a file (data.path or data.files[].path)")
         fmt = file_format(path, spec["format"])
         cols = spec["columns"]
         if fmt == "parquet":
@@ -260,6 +276,7 @@ def read_side_table(spec: Any, what: str) -> pd.DataFrame:
 
 def load_table_source(cfg: Any) -> RawData:
     frame, names, n_input, rejected = read_event_files(cfg)
+    columns = [spec["columns"] for spec in _file_specs(cfg)]
     time_kind = str((cfg.get("time") or {}).get("kind", "time"))
     if time_kind not in ("time", "order"):
         raise DataConfigError(f"data.time.kind={time_kind!r} is not one of ['order', 'time']")
@@ -282,4 +299,5 @@ def load_table_source(cfg: Any) -> RawData:
         item_attributes=tuple(c for c in (cfg.get("item_attributes") or []) if c in frame.columns and c not in known),
         tables=tables,
         tables_rejected=tables_q,
+        columns=columns,
     )
