@@ -5,6 +5,15 @@ ingress (``serving.app``) serves it, and tests can call it directly. Bad input a
 field's location (``detail[].loc``), auth failures 401/403/429, oversized bodies 413, unknown items
 and campaigns 404, and a service still loading its bundle 503. User ids are pseudonymised on arrival
 and never logged.
+
+Client input never causes a 500: ids are 1-128 characters without control characters or unpaired
+surrogates; numbers must be finite (``NaN``, ``Infinity``, ``1e309`` are refused); event times must
+lie in [1970-01-01, 2262-04-11) once their UTC offset is applied (naive times are UTC). Error bodies
+are always valid JSON (non-finite numbers and unpaired surrogates of the echoed input are escaped).
+A batch of events is all or nothing: one bad event answers 422 naming its index and field
+(``loc: ["body", 3, "ts"]``) and none of the batch is logged, so a client can fix and resend it.
+
+``/docs`` is Swagger UI served from the installed ``swagger-ui-py`` package: it needs no internet.
 """
 from __future__ import annotations
 
@@ -20,30 +29,64 @@ import time
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag,
+                      model_validator)
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.schema import EVENT_TYPES
 from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
 from serving.recommender import RecItem, RecQuery, RecResult
-from serving.store import OnlineEvent
+from serving.store import OnlineEvent, key_problem
 
 log = logging.getLogger(__name__)
 
 MAX_K = 200
-Key = Annotated[Union[StrictStr, StrictInt], Field(description="a raw storefront key (string or integer)")]
+MAX_KEY_CHARS = 128
+# Event times the log and every reader of it (pandas datetime64[ns] ends in 2262) can represent.
+EVENT_TS_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EVENT_TS_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.timezone.utc)
+
+
+def _clean_key(v: str | int) -> str:
+    s = str(v).strip()
+    if not s or len(s) > MAX_KEY_CHARS:
+        raise ValueError(f"must be 1 to {MAX_KEY_CHARS} characters (got {len(s)})")
+    problem = key_problem(s)
+    if problem:
+        raise ValueError(problem)
+    return s
+
+
+def _utc_event_time(ts: dt.datetime) -> dt.datetime:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.timezone.utc)
+    try:
+        utc = ts.astimezone(dt.timezone.utc)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{ts.isoformat()} is outside the years 1-9999 once its UTC offset is applied") from None
+    if not EVENT_TS_MIN <= utc < EVENT_TS_MAX:
+        raise ValueError(f"{utc.isoformat()} (UTC) is outside [{EVENT_TS_MIN.date()}, {EVENT_TS_MAX.date()})")
+    return utc
+
+
+Key = Annotated[Union[StrictStr, StrictInt], AfterValidator(_clean_key),
+                Field(description="a raw storefront key (string or integer; 1-128 characters, no control characters)")]
+EventTime = Annotated[dt.datetime, AfterValidator(_utc_event_time)]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
 def _key(v: str | int, field_name: str) -> str:
-    s = str(v).strip()
-    if not s or len(s) > 128:
-        raise RequestValidationError([{"loc": ("body", field_name), "msg": "must be 1 to 128 characters",
-                                       "type": "string_length", "input": None}])
-    return s
+    try:
+        return _clean_key(v)
+    except ValueError as e:
+        raise RequestValidationError([{"loc": ("body", field_name), "msg": str(e), "type": "value_error",
+                                       "input": None}]) from None
 
 
 class Strict(BaseModel):
@@ -66,7 +109,7 @@ class Context(Strict):
 class RecentEvent(Strict):
     item_id: Key
     event: EventType = "view"
-    ts: dt.datetime | None = None
+    ts: EventTime | None = None
 
 
 class RecommendationRequest(Strict):
@@ -102,7 +145,14 @@ class EventIn(Strict):
     user_id: Key
     item_id: Key
     event: EventType
-    ts: dt.datetime | None = Field(None, description="event time (ISO 8601); default: when it arrives")
+    ts: EventTime | None = Field(None, description="event time (ISO 8601; naive = UTC); default: when it arrives")
+
+
+# One event or a list of them; the callable discriminator validates only the matching shape, and the
+# tags are dropped from error locations (``["body", 3, "ts"]``, not ``["body", "batch", 3, "ts"]``).
+_EVENT_TAGS = ("event", "batch")
+EventsBody = Annotated[Union[Annotated[EventIn, Tag("event")], Annotated[list[EventIn], Tag("batch")]],
+                       Discriminator(lambda v: "batch" if isinstance(v, list) else "event")]
 
 
 class EventsAccepted(Strict):
@@ -184,6 +234,78 @@ class MetricsMiddleware:
                                  time.perf_counter() - t0)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with what strict JSON cannot carry escaped: non-finite floats become their name
+    (``"nan"``, ``"inf"``), unpaired surrogates ``\\udXXX``. For error bodies that echo client input."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON response that always serialises (see ``json_safe``)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(json_safe(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = jsonable_encoder(exc.errors())
+    for e in errors:  # drop the union's tag from /v1/events locations
+        loc = e.get("loc")
+        if isinstance(loc, list) and len(loc) > 1 and loc[0] == "body" and loc[1] in _EVENT_TAGS:
+            del loc[1]
+    return SafeJSONResponse({"detail": errors}, status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    headers = getattr(exc, "headers", None)
+    if exc.status_code in (204, 304) or exc.status_code < 200:
+        return Response(status_code=exc.status_code, headers=headers)
+    return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+class _EventLogCollector:
+    """Prometheus collector of the event log's repair counters (read at scrape time)."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        log_ = getattr(self.store, "log", None)
+        yield CounterMetricFamily("shoprec_event_log_torn_repairs", "torn tails of the event log repaired here "
+                                  "(bytes never acknowledged, moved to <log>.torn)",
+                                  value=getattr(log_, "torn_repairs", 0))
+        yield CounterMetricFamily("shoprec_event_log_torn_bytes", "bytes moved out of the event log by repairs",
+                                  value=getattr(log_, "torn_bytes", 0))
+        yield CounterMetricFamily("shoprec_event_log_bad_lines", "malformed complete lines skipped when reading "
+                                  "the event log", value=getattr(self.store, "n_bad_lines", 0))
+        yield GaugeMetricFamily("shoprec_event_log_events", "events read from the event log by this replica",
+                                value=getattr(self.store, "n_events", 0))
+
+
+def _swagger_dir() -> pathlib.Path:
+    import swagger_ui
+
+    return pathlib.Path(swagger_ui.__file__).parent / "static"
+
+
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                 "favicon-32x32.png": "image/png"}
+
+
 def _epoch(ts: dt.datetime | None, default: float) -> float:
     if ts is None:
         return default
@@ -199,7 +321,10 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
     runs there, under its time budget; otherwise in-process.
     """
     cfg = service.cfg
-    app = FastAPI(title="shoprec", version="1", description="Recommendations, events and campaign scores.")
+    app = FastAPI(title="shoprec", version="1", description="Recommendations, events and campaign scores.",
+                  docs_url=None, redoc_url=None)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     if list(cfg.http.cors_origins or []):
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.http.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"])
@@ -246,9 +371,28 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             return JSONResponse({"status": "loading", "error": service.load_error}, status_code=503)
         return JSONResponse({"status": "ready", "bundle": b.name, "n_items": b.n_items})
 
+    try:
+        tel.registry.register(_EventLogCollector(service.store))
+    except ValueError:  # already registered (a second app over the same service)
+        pass
+
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
         return Response(tel.render(), media_type=tel.content_type)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title="shoprec - API",
+                                   swagger_js_url=root + "/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url=root + "/docs/static/swagger-ui.css",
+                                   swagger_favicon_url=root + "/docs/static/favicon-32x32.png")
+
+    @app.get("/docs/static/{name}", include_in_schema=False)
+    async def docs_static(name: str) -> Response:
+        if name not in SWAGGER_FILES:
+            raise HTTPException(404, "not found")
+        return FileResponse(_swagger_dir() / name, media_type=SWAGGER_FILES[name])
 
     @app.post("/v1/recommendations", response_model=RecommendationResponse, dependencies=authed, tags=["recommend"])
     async def recommendations(req: RecommendationRequest) -> Response:
@@ -277,8 +421,11 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             raise HTTPException(404, f"unknown item_id {item_id!r}: not in the catalogue of bundle {rec.bundle.name}")
         return SimilarResponse(item_id=item_id, items=_items(items), bundle=rec.bundle.name)
 
-    @app.post("/v1/events", status_code=202, response_model=EventsAccepted, dependencies=authed, tags=["events"])
-    def events(body: Annotated[Union[EventIn, list[EventIn]], Body()]) -> EventsAccepted:
+    @app.post("/v1/events", status_code=202, response_model=EventsAccepted, dependencies=authed, tags=["events"],
+              description="One event or a list. 202 means every event of the request is durably logged. A batch "
+                          "is all or nothing: one bad event answers 422 naming its index and field "
+                          "(`loc: [\"body\", 3, \"ts\"]`) and nothing of the batch is logged.")
+    def events(body: Annotated[EventsBody, Body()]) -> EventsAccepted:
         batch = body if isinstance(body, list) else [body]
         limit = int(cfg.store.max_events_per_request)
         if len(batch) > limit:
@@ -288,7 +435,11 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         online = [OnlineEvent(service.user_key(_key(e.user_id, "user_id")), _key(e.item_id, "item_id"), e.event,
                               _epoch(e.ts, now)) for e in batch]
         if online:
-            service.store.append(online)
+            try:
+                service.store.append(online)
+            except ValueError as e:  # the store's own check of what the models above already refuse
+                raise RequestValidationError([{"loc": ("body",), "msg": str(e), "type": "value_error",
+                                               "input": None}]) from None
         tel.events.inc(len(online))
         return EventsAccepted(accepted=len(online))
 

@@ -217,15 +217,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def check_key(value: str, field: str) -> str:
-    """``value`` if it can be one field of a log line: printable Unicode (no control characters, no
-    unpaired surrogates), else ``ValueError`` naming ``field``."""
+def key_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a key (a control character or an unpaired surrogate), or None."""
     for i, ch in enumerate(value):
         cat = unicodedata.category(ch)
         if cat == "Cs":
-            raise ValueError(f"{field}: unpaired surrogate U+{ord(ch):04X} at position {i}")
+            return f"unpaired surrogate U+{ord(ch):04X} at position {i}"
         if cat == "Cc":
-            raise ValueError(f"{field}: control character U+{ord(ch):04X} at position {i}")
+            return f"control character U+{ord(ch):04X} at position {i}"
+    return None
+
+
+def check_key(value: str, field: str) -> str:
+    """``value`` if it can be one field of a log line, else ``ValueError`` naming ``field``."""
+    problem = key_problem(value)
+    if problem:
+        raise ValueError(f"{field}: {problem}")
     return value
 
 
