@@ -37,12 +37,11 @@ import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from serving.index import IndexSettings, TorchExactIndex, build_index  # noqa: E402
+from serving.index import IndexSettings, TorchExactIndex, build_index
 
 
 def catalogue_embeddings(n_items: int, dim: int, styles: int, seed: int, noise_decay: float = 1.0):

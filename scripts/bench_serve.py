@@ -33,15 +33,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 KEY = "bench-key"
 os.environ["SHOPREC_API_KEYS"] = KEY
 os.environ.setdefault("SHOPREC_PSEUDO_KEY", "bench-pseudonymisation-key")
 
-from _loadgen import closed_loop  # noqa: E402
+from _loadgen import closed_loop
 
 
 def free_port() -> int:
@@ -104,7 +102,7 @@ def main(argv: list[str]) -> dict:
     from features.privacy import pseudonymise_one
     from serving.app import compose_config
     from serving.run import start, stop
-    from serving.testing import SyntheticBundleSpec, build_synthetic_bundle, raw_user_id
+    from training.synthetic_bundle import SyntheticBundleSpec, build_synthetic_bundle, raw_user_id
 
     base = compose_config(argv)
     b = base.serve.bench

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("SHOPREC_PSEUDO_KEY", "bench-pseudonymisation-key")
 
 
@@ -41,12 +39,11 @@ def main() -> dict:
 
     import torch
 
-    import serving.index as index_mod
     from features.privacy import pseudonymise_one
     from serving.bundle import load_bundle
     from serving.recommender import RecommendSettings, Recommender, RecQuery
     from serving.store import EventStore
-    from serving.testing import SyntheticBundleSpec, build_synthetic_bundle, raw_user_id
+    from training.synthetic_bundle import SyntheticBundleSpec, build_synthetic_bundle, raw_user_id
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="bench_serve_gpu_"))
@@ -54,9 +51,8 @@ def main() -> dict:
     bdir = build_synthetic_bundle(work / "bundles" / "big", SyntheticBundleSpec(
         n_items=a.n_items, dim=a.dim, n_users=a.n_users, n_categories=200, seed=0))
     build_s = time.perf_counter() - t0
-    # exact torch search on the GPU (FAISS is not installed on the device machine)
-    index_mod.load_index = lambda d, **kw: index_mod.TorchExactIndex(index_mod.load_embeddings(d), device=device)
-    bundle = load_bundle(bdir)
+    bundle = load_bundle(bdir)  # no index/ in the bundle: exact torch search, on CUDA when present (no FAISS needed)
+    assert bundle.index.backend == "torch_exact" and bundle.index.device == device
     big = {"retrieve": 1e9, "rank": 1e9, "rules": 1e9}
     rec = Recommender(bundle, EventStore(work / "events.csv", fsync=False),
                       RecommendSettings(n_candidates=a.candidates, popular_candidates=20, budget_ms=big))

@@ -74,7 +74,7 @@ def fuzz(url: str, examples: int) -> dict:
 
 
 def body(i: int) -> dict:
-    from serving.testing import raw_user_id
+    from training.synthetic_bundle import raw_user_id
 
     return {"user_id": raw_user_id(i % 500) if i % 10 else f"new-{i}", "k": 10}
 
@@ -138,7 +138,7 @@ def kill_check(url: str, r, app_name: str) -> dict:
 def main(argv: list[str]) -> dict:
     from serving.app import compose_config
     from serving.run import start, stop
-    from serving.testing import SyntheticBundleSpec, build_synthetic_bundle
+    from training.synthetic_bundle import SyntheticBundleSpec, build_synthetic_bundle
 
     r = compose_config(argv).serve.reliability
     artifacts = Path(tempfile.mkdtemp(prefix="serve_reliability_"))

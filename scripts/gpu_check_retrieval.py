@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +23,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from models.ranker import DCNv2Ranker  # noqa: E402
-from serving.index import TorchExactIndex  # noqa: E402
+from models.ranker import DCNv2Ranker
+from serving.index import TorchExactIndex
 
 
 def timed_ms(fn, repeats: int) -> float:
@@ -97,7 +95,7 @@ def main() -> None:
         torch.onnx.export(net.cpu(), tuple(t[:8] for t in x), str(path), input_names=["dense", "cat", "user_emb", "item_emb"],
                           output_names=["probs"], dynamo=False, opset_version=17,
                           dynamic_axes={k: {0: "n"} for k in ("dense", "cat", "user_emb", "item_emb", "probs")})
-        from serving.ranking import make_session
+        from serving.bundle.sessions import make_session
 
         sess, provider = make_session(path)
         got = sess.run(["probs"], {k: t.numpy() for k, t in zip(["dense", "cat", "user_emb", "item_emb"], x)})[0]

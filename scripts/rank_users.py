@@ -1,8 +1,8 @@
 """Show retrieval + re-ranking for a few users of a bundle (demo): ``python scripts/rank_users.py [--bundle DIR] [--users 3]``.
 
 For each user (pseudonymised key only): the user embedding from ``encoder.onnx`` over the stored
-history, the top ``--candidates`` items from the bundle's index (``serving.index.load_index``), the
-ranker's scores (``serving.ranking.Ranker``) and the top ``--top`` items before and after re-ranking,
+history, the top ``--candidates`` items from the bundle's index, the ranker's scores (the bundle as
+``serving.bundle.load_bundle`` loads it for the service) and the top ``--top`` items before and after re-ranking,
 plus "often bought with" items of the user's last item from ``bought_together.parquet``.
 Last stdout line: a JSON object with the timings.
 """
@@ -15,68 +15,55 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from serving.bundle import BundleError, load_bundle, resolve_bundle_dir
+from serving.ranking import RankRequest
 
-from serving.index import load_index  # noqa: E402
-from serving.ranking import RankRequest, Ranker, make_session  # noqa: E402
+BUNDLES = Path(__file__).resolve().parent.parent / "artifacts" / "bundles"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=None, help="bundle folder (default: artifacts/bundles/LATEST)")
+    p.add_argument("--bundle", default=None, help="bundle folder or version name (default: artifacts/bundles/LATEST)")
     p.add_argument("--users", type=int, default=3)
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    if a.bundle:
-        bundle = Path(a.bundle)
-    else:
-        latest = REPO / "artifacts" / "bundles" / "LATEST"
-        if not latest.exists():
-            sys.exit(f"rank_users: error: {latest} missing; export a bundle first or pass --bundle")
-        bundle = latest.parent / latest.read_text().strip()
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    items = pd.read_parquet(bundle / "items.parquet").set_index("item_id")
-    label = items["title"] if "title" in items else items["item_key"]
-    users = pd.read_parquet(bundle / "users.parquet")
-    users = users[users["history"].map(len) > 0]
-    pick = users.sample(n=min(a.users, len(users)), random_state=a.seed)
-    index = load_index(bundle)
-    ranker = Ranker.load(bundle)
-    enc, provider = make_session(bundle / "encoder.onnx")
-    L = int(manifest.get("max_len") or 50)
-    rules = pd.read_parquet(bundle / "bought_together.parquet") if (bundle / "bought_together.parquet").exists() else None
+    try:
+        b = load_bundle(resolve_bundle_dir(a.bundle, BUNDLES))
+    except BundleError as e:
+        sys.exit(f"rank_users: error: {e}")
+    label = b.items.keys
+    keys = [k for k, st in b.users.items() if len(st.history)]
+    rng = np.random.default_rng(a.seed)
+    pick = [keys[i] for i in rng.choice(len(keys), size=min(a.users, len(keys)), replace=False)]
     timings = {"retrieval_ms": [], "rank_ms": []}
-    print(f"bundle {bundle.name}: index backend={index.backend} ({index.device}), ranker={'yes' if ranker else 'none'}")
-    for row in pick.itertuples():
-        hist = np.asarray(row.history, np.int64)[-L:]
-        seq = np.zeros((1, L), np.int64)
-        seq[0, L - len(hist):] = hist + 1
-        user_emb = enc.run(["user_emb"], {"item_seq": seq})[0][0]
+    print(f"bundle {b.name}: index backend={b.index.backend} ({b.index.device}), ranker={'yes' if b.ranker else 'none'}")
+    for key in pick:
+        hist = b.users[key].history[-b.max_len:]
+        user_emb = b.encode([hist], None if b.encoder_user_codes is None else b.encoder_codes(key)[None, :])[0]
         t0 = time.perf_counter()
-        scores, cands = index.search(user_emb[None, :], a.candidates)
+        scores, cands = b.index.search(user_emb[None, :], a.candidates)
         timings["retrieval_ms"].append(1e3 * (time.perf_counter() - t0))
         keep = cands[0] >= 0
         cands, scores = cands[0][keep], scores[0][keep]
-        print(f"\nuser {row.user_key} (history {len(row.history)} items; last: {label.get(int(hist[-1]), '?')})")
-        print("  retrieval order:", " | ".join(str(label.get(int(i), i)) for i in cands[: a.top]))
-        if ranker is not None:
+        print(f"\nuser {key} (history {len(b.users[key].history)} items; last: {label[int(hist[-1])]})")
+        print("  retrieval order:", " | ".join(str(label[int(i)]) for i in cands[: a.top]))
+        if b.ranker is not None:
             t0 = time.perf_counter()
-            (r,) = ranker.score([RankRequest(user_emb=user_emb, history=hist, candidates=cands, retrieval_scores=scores)])
+            (r,) = b.ranker.score([RankRequest(user_emb=user_emb, history=hist, candidates=cands, retrieval_scores=scores,
+                                               user_feat=b.ranker_codes(key))])
             timings["rank_ms"].append(1e3 * (time.perf_counter() - t0))
             order = cands[np.argsort(-r, kind="stable")]
-            print("  re-ranked      :", " | ".join(str(label.get(int(i), i)) for i in order[: a.top]))
-        if rules is not None:
-            bt = rules[rules["item_id"] == int(hist[-1])].head(a.top)
-            if len(bt):
-                print("  bought with last item:", " | ".join(f"{label.get(int(o), o)} (conf {c:.2f})" for o, c in zip(bt["other_item_id"], bt["confidence"])))
+            print("  re-ranked      :", " | ".join(str(label[int(i)]) for i in order[: a.top]))
+        others, conf = b.bought_together.get(int(hist[-1]), (np.zeros(0, np.int64), np.zeros(0)))
+        if len(others):
+            print("  bought with last item:", " | ".join(f"{label[int(o)]} (conf {c:.2f})"
+                                                      for o, c in zip(others[: a.top], conf[: a.top])))
     print(json.dumps({"users": len(pick), "median_retrieval_ms": float(np.median(timings["retrieval_ms"])) if timings["retrieval_ms"] else None,
                       "median_rank_ms": float(np.median(timings["rank_ms"])) if timings["rank_ms"] else None,
-                      "ranker_provider": ranker.provider if ranker else None}))
+                      "ranker_provider": b.ranker.provider if b.ranker else None}))
 
 
 if __name__ == "__main__":

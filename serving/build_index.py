@@ -3,19 +3,21 @@
 Reads ``<bundle>/item_embeddings.npy``, validates the ``index`` config against it (nlist, PQ split,
 dimension) before building, builds the FAISS index (moved to the GPU when FAISS sees one) or
 prepares the torch exact backend, measures recall@k against exact search on sample queries, and
-writes ``<bundle>/index/`` atomically (``index.faiss``, ``ids.npy``, ``manifest.json``). The bundle's
-own ``manifest.json`` gets an ``index`` entry and the new files' hashes.
+publishes a NEW bundle version (``serving.bundle.publish_derived``): the parent's files plus ``index/``
+(``index.faiss``, ``ids.npy``, ``manifest.json``), an ``index`` entry in the manifest and ``parent`` set;
+``LATEST`` moves to it. The parent version is left as it was.
 
-Which bundle: ``bundle=<folder>``; else ``run=<folder>`` (a bundle-shaped folder itself, or the
-bundle whose manifest names that run); else the one named in ``${paths.bundles}/LATEST``.
+Which bundle: ``bundle=<folder or version name>``; else ``run=<folder>`` (the bundle whose manifest names
+that run, or that folder itself when it is bundle-shaped); else the one named in ``${paths.bundles}/LATEST``.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,55 +26,45 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from features.artifacts import atomic_dir, code_version, file_sha256, write_json
-from serving.index import (
-    INDEX_DIRNAME, BundleError, IndexManifest, IndexSettings, build_index, exact_reference, load_embeddings,
-    recall_at_k, save_index,
+from features.artifacts import code_version, file_sha256
+from serving.bundle import (
+    INDEX_DIR, ITEM_EMBEDDINGS, LATEST, BundleError, list_versions, publish_derived, read_manifest, read_embeddings,
+    resolve, resolve_bundle_dir,
 )
+from serving.index import IndexManifest, IndexSettings, build_index, exact_reference, recall_at_k, save_index
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BuildResult:
-    bundle_dir: Path
+    parent_dir: Path   # the version the index was built for
+    bundle_dir: Path   # the new version: the parent + index/
     index_dir: Path
     manifest: IndexManifest
 
 
 def resolve_bundle(cfg: DictConfig) -> Path:
     """The bundle folder this run works on (see module docstring); errors name the setting or file."""
-    if cfg.get("bundle"):
-        path = Path(str(cfg.bundle))
-        if not path.is_dir():
-            raise BundleError(f"bundle={path}: folder not found")
-        return path
     bundles = Path(str(cfg.paths.bundles))
+    if cfg.get("bundle"):
+        return resolve_bundle_dir(str(cfg.bundle), bundles)
     if cfg.get("run"):
         run = Path(str(cfg.run))
-        if (run / "item_embeddings.npy").exists():
+        if (run / ITEM_EMBEDDINGS).exists():  # a bundle-shaped folder itself
             return run
         if not run.is_dir():
             raise BundleError(f"run={run}: folder not found")
         matches = []
-        for man in sorted(bundles.glob("*/manifest.json")):
-            try:
-                m = json.loads(man.read_text())
-            except json.JSONDecodeError:
-                continue
+        for name in list_versions(bundles):
+            m = read_manifest(bundles / name, validate=False)
             src = m.get("run") or m.get("run_dir")
             if src and Path(src).resolve() == run.resolve():
-                matches.append(man.parent)
+                matches.append(bundles / name)
         if not matches:
             raise BundleError(f"run={run}: no bundle under {bundles} was exported from it (run `python -m training.export run={run}` first)")
         return max(matches, key=lambda p: p.stat().st_mtime)
-    latest = bundles / "LATEST"
-    if not latest.exists():
-        raise BundleError(f"{latest}: missing (no bundle exported yet; pass bundle=<folder>)")
-    path = bundles / latest.read_text().strip()
-    if not path.is_dir():
-        raise BundleError(f"{latest}: names {path.name!r}, which is not a folder under {bundles}")
-    return path
+    return resolve(bundles, LATEST)
 
 
 def sample_queries(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -83,23 +75,10 @@ def sample_queries(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
     return (emb[rows] + noise).astype(np.float32)
 
 
-def _update_bundle_manifest(bundle: Path, index_dir: Path, manifest: IndexManifest) -> None:
-    path = bundle / "manifest.json"
-    m = json.loads(path.read_text()) if path.exists() else {}
-    m["index"] = {"name": manifest.name, "backend": manifest.backend, "factory": manifest.factory,
-                  "recall_at_k": manifest.recall_at_k, "recall_k": manifest.recall_k, "device": manifest.device}
-    files = m.setdefault("files", {})
-    for f in sorted(index_dir.iterdir()):
-        files[f"{INDEX_DIRNAME}/{f.name}"] = file_sha256(f)
-    tmp = path.with_name(f".manifest.json.tmp-{os.getpid()}")
-    write_json(tmp, m)
-    os.replace(tmp, path)
-
-
 def run(cfg: DictConfig) -> BuildResult:
     settings = IndexSettings.from_cfg(OmegaConf.to_container(cfg.index, resolve=True))
     bundle = resolve_bundle(cfg)
-    emb = load_embeddings(bundle)
+    emb = read_embeddings(bundle)
     log.info("bundle %s: %d items, dim %d; index %s", bundle, emb.shape[0], emb.shape[1], settings.name)
     t0 = time.perf_counter()
     index = build_index(emb, settings, seed=int(cfg.seed))  # validates the settings first
@@ -113,16 +92,21 @@ def run(cfg: DictConfig) -> BuildResult:
         filter=settings.filter, overfetch=settings.overfetch, device=index.device, build_seconds=round(build_s, 4),
         recall_at_k=round(recall, 5), recall_k=settings.recall_k, recall_queries=len(queries),
         recall_query_source="item embeddings + N(0, (0.25*std)^2) noise", torch_dtype=settings.torch_dtype,
-        code_version=code_version(), embeddings_sha256=file_sha256(bundle / "item_embeddings.npy"),
+        code_version=code_version(), embeddings_sha256=file_sha256(bundle / ITEM_EMBEDDINGS),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    index_dir = bundle / INDEX_DIRNAME
-    with atomic_dir(index_dir) as tmp:
-        save_index(index, tmp, manifest)
-    _update_bundle_manifest(bundle, index_dir, manifest)
-    log.info("index written to %s: build %.2fs, recall@%d %.4f on %s", index_dir, build_s, settings.recall_k,
+    summary = {"name": manifest.name, "backend": manifest.backend, "factory": manifest.factory,
+               "recall_at_k": manifest.recall_at_k, "recall_k": manifest.recall_k, "device": manifest.device}
+    scratch = Path(tempfile.mkdtemp(prefix=".index-", dir=bundle.parent))
+    try:
+        save_index(index, scratch, manifest)
+        new = publish_derived(bundle, add_files={INDEX_DIR: scratch}, manifest_updates={"index": summary},
+                              latest=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("index in %s: build %.2fs, recall@%d %.4f on %s", new / INDEX_DIR, build_s, settings.recall_k,
              recall, index.device)
-    return BuildResult(bundle, index_dir, manifest)
+    return BuildResult(bundle, new, new / INDEX_DIR, manifest)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
@@ -132,7 +116,7 @@ def main(cfg: DictConfig) -> None:
     except ValueError as e:  # BundleError / IndexConfigError are ValueErrors
         print(f"build_index: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({"index_dir": str(res.index_dir), **{k: v for k, v in asdict(res.manifest).items()
+    print(json.dumps({"bundle": res.bundle_dir.name, "index_dir": str(res.index_dir), **{k: v for k, v in asdict(res.manifest).items()
                                                           if k in ("name", "n_items", "dim", "recall_at_k", "build_seconds", "device")}}))
 
 

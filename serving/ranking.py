@@ -1,13 +1,14 @@
 """The ranker at serving time: one ONNX Runtime session over ``<bundle>/ranker.onnx``.
 
 ``Ranker.load(bundle)`` returns ``None`` when the bundle has no ranker (the service then keeps the
-retrieval order). ``Ranker.score(requests)`` builds the features of every request with the same
+retrieval order); ``serving.bundle.load_bundle`` hands it the item table and embeddings it has already
+read, so no bundle file is read twice. ``Ranker.score(requests)`` builds the features of every request with the same
 code as training (``models.ranker.build_batch``), runs one batched ONNX Runtime call and returns
 one float32 score array per request (higher = better).
 
 The CUDA execution provider is asked for when ONNX Runtime offers it, and ``provider`` records what
-the session really got (``session.get_providers()``): on a machine without a usable GPU the
-session silently falls back to the CPU.
+the session really got (``serving.bundle.sessions.make_session``): on a machine without a usable GPU the
+session falls back to the CPU.
 """
 from __future__ import annotations
 
@@ -20,13 +21,11 @@ import numpy as np
 import pandas as pd
 
 from models.ranker import FeatureSpec, ItemTable, build_batch, combine_heads
-from serving.bundle import session_options
-from serving.index import BundleError, load_embeddings
+from serving.bundle.contract import ITEMS, RANKER_JSON, RANKER_ONNX, BundleError
+from serving.bundle.sessions import make_session
+from serving.bundle.tables import read_embeddings, read_items_frame
 
 log = logging.getLogger(__name__)
-
-RANKER_ONNX = "ranker.onnx"
-RANKER_JSON = "ranker.json"
 
 
 @dataclass
@@ -41,33 +40,6 @@ class RankRequest:
     user_feat: np.ndarray | None = None  # int64 codes in ranker.json ``user_features`` order; None = all unknown
 
 
-def make_session(path: Path, prefer_cuda: bool = True, threads: int | None = None):
-    """An ONNX Runtime session; CUDA only when the session really gets it. Returns (session, provider)."""
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if prefer_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    opts = session_options(threads)
-    try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise BundleError(f"{path}: cannot be loaded by ONNX Runtime ({type(e).__name__}: {str(e)[:200]})") from e
-    got = sess.get_providers()
-    provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in got else "CPUExecutionProvider"
-    return sess, provider
-
-
-def load_items_table(bundle_dir: Path) -> pd.DataFrame:
-    path = Path(bundle_dir) / "items.parquet"
-    if not path.exists():
-        raise BundleError(f"{path}: missing (the ranker needs item features)")
-    try:
-        return pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001
-        raise BundleError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})") from e
-
-
 class Ranker:
     """Scores (user, candidate) pairs with the bundle's ``ranker.onnx``."""
 
@@ -79,8 +51,11 @@ class Ranker:
         self.heads = list(spec.heads)
 
     @classmethod
-    def load(cls, bundle_dir: Path, prefer_cuda: bool = True, threads: int | None = None) -> "Ranker | None":
-        """The bundle's ranker (None without ``ranker.onnx``); ``threads``: ONNX Runtime intra-op threads."""
+    def load(cls, bundle_dir: Path, prefer_cuda: bool = True, threads: int | None = None, *,
+             items: pd.DataFrame | None = None, embeddings: np.ndarray | None = None) -> "Ranker | None":
+        """The bundle's ranker (None without ``ranker.onnx``); ``threads``: ONNX Runtime intra-op threads.
+        ``items`` / ``embeddings``: the bundle's ``items.parquet`` frame and item embeddings when the caller
+        has read them already (else they are read here)."""
         bundle_dir = Path(bundle_dir)
         onnx_path, json_path = bundle_dir / RANKER_ONNX, bundle_dir / RANKER_JSON
         if not onnx_path.exists():
@@ -91,10 +66,10 @@ class Ranker:
             spec = FeatureSpec.from_json(json.loads(json_path.read_text()))
         except (json.JSONDecodeError, TypeError) as e:
             raise BundleError(f"{json_path}: not a valid ranker feature spec ({e})") from e
-        emb = load_embeddings(bundle_dir)
+        emb = read_embeddings(bundle_dir) if embeddings is None else embeddings
         if emb.shape[1] != spec.dim:
             raise BundleError(f"{json_path}: dim={spec.dim} differs from item_embeddings.npy dimension {emb.shape[1]}")
-        table = ItemTable.build(load_items_table(bundle_dir), emb, spec)
+        table = ItemTable.build(read_items_frame(bundle_dir / ITEMS) if items is None else items, emb, spec)
         session, provider = make_session(onnx_path, prefer_cuda, threads)
         log.info("ranker loaded from %s on %s", bundle_dir, provider)
         return cls(session, provider, spec, table)

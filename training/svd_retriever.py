@@ -6,15 +6,17 @@ embeddings of the user's history, so a user's score of item i is the mean co-occ
 similarity of i to what the user bought. It exists so the ranker can be trained and measured on real
 data without a trained neural retriever; a bundle from ``training.export`` is the real thing.
 
-Writes ``${paths.artifacts}/retrievers/<data>-svd/`` (``item_embeddings.npy``, ``items.parquet``,
-``users.parquet`` (pseudonymised keys, train-period history and purchases), ``encoder.onnx``, ``manifest.json``); it does not touch ``${paths.bundles}/LATEST``. Settings:
+Publishes a bundle version ``${paths.artifacts}/retrievers/<data>-svd-<time>/`` (``serving.bundle.new_version``:
+``item_embeddings.npy``, ``items.parquet``, ``users.parquet`` (pseudonymised keys, train-period history and
+purchases), ``encoder.onnx``, ``manifest.json`` with ``trained_on``) and names it in
+``${paths.artifacts}/retrievers/LATEST``; it does not touch ``${paths.bundles}/LATEST``. Settings:
 ``model.svd_retriever.{dim,max_len}`` in ``conf/model/ranker.yaml``.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -25,8 +27,9 @@ from omegaconf import DictConfig
 from scipy import sparse
 from scipy.sparse.linalg import svds
 
-from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.artifacts import file_sha256
 from features.processed import load_items, load_split, load_users, processed_dir
+from serving.bundle import ENCODER, ITEM_EMBEDDINGS, ITEMS, SCHEMA_VERSION, USERS, new_version
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def items_table(item_id, item_key, category, price, popularity, available=True) 
 
 def base_manifest(name: str, data: str, model: str, emb: np.ndarray, max_len: int) -> dict:
     """The manifest keys every retriever bundle has (``serving/bundle_layout.md``)."""
-    return {"schema_version": 1, "name": name, "data": data, "model": model, "dim": int(emb.shape[1]),
+    return {"schema_version": SCHEMA_VERSION, "name": name, "data": data, "model": model, "dim": int(emb.shape[1]),
             "n_items": int(emb.shape[0]), "max_len": int(max_len), "encoder_inputs": [{"name": "item_seq", "dtype": "int64"}]}
 
 
@@ -90,20 +93,21 @@ def run(cfg: DictConfig) -> Path:
     X.data = np.log1p(X.data)
     _, S, Vt = svds(X.astype(np.float64), k=dim, random_state=int(cfg.seed))
     emb = (Vt.T * np.sqrt(S)).astype(np.float32)
-    out = Path(str(cfg.paths.artifacts)) / "retrievers" / f"{cfg.data.name}-svd"
-    with atomic_dir(out) as tmp:
-        np.save(tmp / "item_embeddings.npy", emb)
+    root = Path(str(cfg.paths.artifacts)) / "retrievers"
+    name = f"{cfg.data.name}-svd-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    period = [train["ts"].min(), train["ts"].max()] if len(train) else None
+    manifest = {**base_manifest(name, str(cfg.data.name), "svd_meanpool", emb, max_len), "device": "cpu",
+                "trained_on": {"data": str(cfg.data.name), "split": "temporal", "part": "train",
+                               "period": [str(t) for t in period] if period else None},
+                "input_hashes": {"processed_manifest": file_sha256(pdir / "manifest.json")}}
+    with new_version(root, name, manifest=manifest) as draft:
+        np.save(draft.path / ITEM_EMBEDDINGS, emb)
         pop = np.bincount(p["item_id"], minlength=n_items)
         items_table(items["item_id"], items["item_key"], items["category"], items["price_median"], pop).to_parquet(
-            tmp / "items.parquet")
-        _users_table(train, load_users(pdir), max_len).to_parquet(tmp / "users.parquet", index=False)
-        export_meanpool_encoder(emb, max_len, tmp / "encoder.onnx")
-        write_json(tmp / "manifest.json", {
-            **base_manifest(out.name, str(cfg.data.name), "svd_meanpool", emb, max_len),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "code_version": code_version(),
-            "device": "cpu", "input_hashes": {"processed_manifest": file_sha256(pdir / "manifest.json")},
-            "files": {f.name: file_sha256(f) for f in sorted(tmp.iterdir())},
-        })
+            draft.path / ITEMS)
+        _users_table(train, load_users(pdir), max_len).to_parquet(draft.path / USERS, index=False)
+        export_meanpool_encoder(emb, max_len, draft.path / ENCODER)
+    out = root / name
     log.info("SVD retriever (dim %d) over %d items -> %s", dim, n_items, out)
     return out
 

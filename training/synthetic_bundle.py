@@ -1,6 +1,7 @@
-"""A small synthetic but complete serving bundle, for tests, benchmarks and demos without a trained model.
+"""A synthetic but complete serving bundle, for demos, benchmarks and tests without a trained model:
+``python -m training.synthetic_bundle [serve.synthetic.n_items=100000]``.
 
-It follows ``serving/bundle_layout.md``: ``manifest.json`` (with file hashes), ``config.yaml``,
+It is published like every bundle (``serving.bundle.new_version``) and follows ``serving/bundle_layout.md``: ``manifest.json`` (with file hashes), ``config.yaml``,
 ``item_embeddings.npy``, ``items.parquet``, ``users.parquet``, ``encoder.onnx`` (exported from a tiny
 torch module: a recency-weighted mean of the history's item embeddings) and ``bought_together.parquet``.
 Items form category clusters in embedding space, so "similar" answers are checkable: a user whose
@@ -12,6 +13,9 @@ orders, so tests catch a loader that ignores the declared order).
 
 Raw user ids are ``user-<n>``; ``users.parquet`` holds their pseudonymised keys
 (``features.privacy.pseudonymise_one``, key from ``SHOPREC_PSEUDO_KEY``). Item keys are ``SKU000123``.
+
+The content is a function of ``SyntheticBundleSpec`` (seeded): building a version that exists already with
+the same spec reuses it; another spec under the same name is refused (versions are immutable).
 """
 from __future__ import annotations
 
@@ -23,10 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.artifacts import atomic_dir, code_version, file_sha256, write_json
+from features.artifacts import write_json
 from features.privacy import pseudo_key, pseudonymise_one
-
-BUNDLE_FILES = ("item_embeddings.npy", "items.parquet", "users.parquet", "encoder.onnx", "bought_together.parquet")
+from serving.bundle import (
+    BOUGHT_TOGETHER, CONFIG, ENCODER, ITEM_EMBEDDINGS, ITEMS, USER_FEATURES_SPEC, USER_FEATURES_TABLE, USERS,
+    BundleError, new_version, read_manifest, set_latest,
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,17 @@ def raw_user_id(u: int) -> str:
 
 def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = SyntheticBundleSpec(),
                            write_latest: bool = True) -> Path:
-    """Write a bundle folder ``out_dir`` atomically; with ``write_latest`` point ``<parent>/LATEST`` at it."""
+    """Publish version ``out_dir`` (``<bundles root>/<name>``); with ``write_latest`` point ``LATEST`` at it.
+    An existing version built from the same spec is reused."""
     out_dir = Path(out_dir)
+    if out_dir.exists():
+        have = read_manifest(out_dir, validate=False).get("synthetic_spec") if (out_dir / "manifest.json").exists() else None
+        if have != repr(spec):
+            raise BundleError(f"{out_dir}: a bundle version of this name exists already and was not built from "
+                              f"{spec!r} (versions are immutable: choose another folder)")
+        if write_latest:
+            set_latest(out_dir.parent, out_dir.name)
+        return out_dir
     rng = np.random.default_rng(spec.seed)
     n, d, c = spec.n_items, spec.dim, spec.n_categories
     if n < c or n < 2:
@@ -140,47 +155,31 @@ def build_synthetic_bundle(out_dir: str | Path, spec: SyntheticBundleSpec = Synt
     encoder_inputs: list = ["item_seq"]
     uf_spec = synthetic_user_feature_spec(c) if spec.user_features else None
     card = dict(zip(uf_spec["names"], uf_spec["cardinalities"])) if uf_spec else {}
-    with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "item_embeddings.npy", emb)
-        items.to_parquet(tmp / "items.parquet", index=False)
-        users.to_parquet(tmp / "users.parquet", index=False)
-        bought.to_parquet(tmp / "bought_together.parquet", index=False)
-        files = list(BUNDLE_FILES)
+    manifest = {"data": spec.name, "model": "synthetic_mean_encoder", "dim": d, "n_items": n, "max_len": spec.max_len,
+                "device": "cpu", "metrics": {}, "synthetic_spec": repr(spec)}
+    with new_version(out_dir.parent, out_dir.name, latest=write_latest, manifest=manifest) as draft:
+        tmp = draft.path
+        np.save(tmp / ITEM_EMBEDDINGS, emb)
+        items.to_parquet(tmp / ITEMS, index=False)
+        users.to_parquet(tmp / USERS, index=False)
+        bought.to_parquet(tmp / BOUGHT_TOGETHER, index=False)
         if uf_spec is not None:
             codes = synthetic_user_codes(spec.n_users, c)
             codes.insert(1, "user_key", users.set_index("user_id")["user_key"].reindex(codes["user_id"]).to_numpy())
-            codes.to_parquet(tmp / "user_features.parquet", index=False)
-            write_json(tmp / "user_features.json", uf_spec)
-            files += ["user_features.parquet", "user_features.json"]
+            codes.to_parquet(tmp / USER_FEATURES_TABLE, index=False)
+            write_json(tmp / USER_FEATURES_SPEC, uf_spec)
             encoder_inputs = [{"name": "item_seq", "dtype": "int64", "shape": ["batch", spec.max_len]},
                               {"name": "user_feat", "dtype": "int64", "shape": ["batch", len(USER_FEATURE_ENCODER_ORDER)],
-                               "columns": list(USER_FEATURE_ENCODER_ORDER), "table": "user_features.parquet",
-                               "spec": "user_features.json"}]
-        export_mean_encoder(emb, spec.max_len, tmp / "encoder.onnx",
+                               "columns": list(USER_FEATURE_ENCODER_ORDER), "table": USER_FEATURES_TABLE,
+                               "spec": USER_FEATURES_SPEC}]
+        export_mean_encoder(emb, spec.max_len, tmp / ENCODER,
                             [card[n] for n in USER_FEATURE_ENCODER_ORDER] if uf_spec else None, seed=spec.seed)
         if spec.with_ranker:
             export_random_ranker(items, d, tmp, seed=spec.seed,
                                  user_features=USER_FEATURE_RANKER_ORDER if uf_spec else (),
                                  user_cardinalities=[card[n] for n in USER_FEATURE_RANKER_ORDER] if uf_spec else ())
-            files += ["ranker.onnx", "ranker.json"]
-        (tmp / "config.yaml").write_text(f"# synthetic bundle\nspec: {spec!r}\n")
-        write_json(tmp / "manifest.json", {
-            "schema_version": 1,
-            "name": out_dir.name,
-            "data": spec.name,
-            "model": "synthetic_mean_encoder",
-            "dim": d,
-            "n_items": n,
-            "max_len": spec.max_len,
-            "encoder_inputs": encoder_inputs,
-            "created_at": now.isoformat(),
-            "code_version": code_version(),
-            "device": "cpu",
-            "metrics": {},
-            "files": {f: file_sha256(tmp / f) for f in files},
-        })
-    if write_latest:
-        (out_dir.parent / "LATEST").write_text(out_dir.name + "\n")
+        (tmp / CONFIG).write_text(f"# synthetic bundle\nspec: {spec!r}\n")
+        draft.manifest["encoder_inputs"] = encoder_inputs
     return out_dir
 
 
@@ -275,71 +274,6 @@ def export_random_ranker(items: pd.DataFrame, dim: int, out_dir: Path, seed: int
     write_json(out_dir / "ranker.json", spec.to_json())
 
 
-def build_bundle_from_events(out_dir: str | Path, events: pd.DataFrame, *, dim: int = 32, max_len: int = 20,
-                             name: str = "events", seed: int = 0, write_latest: bool = True) -> Path:
-    """A bundle from real interactions, without a trained model: item embeddings are the truncated SVD of
-    the user x item matrix, the encoder the recency-weighted mean of ``export_mean_encoder``.
-
-    ``events`` columns: ``user`` (raw id), ``item_key`` (str), ``ts`` (UTC), ``event`` (``purchase`` counts
-    as a purchase), optional ``price`` and ``category``.
-    """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.linalg import svds
-
-    out_dir = Path(out_dir)
-    ev = events.sort_values("ts", kind="stable").reset_index(drop=True)
-    item_keys, item_ids = np.unique(ev["item_key"].astype(str).to_numpy(), return_inverse=True)
-    user_raw, user_ids = np.unique(ev["user"].astype(str).to_numpy(), return_inverse=True)
-    n_items = len(item_keys)
-    if n_items <= dim + 1:
-        raise ValueError(f"events: {n_items} distinct items, need more than dim+1={dim + 1}")
-    m = csr_matrix((np.ones(len(ev), np.float32), (user_ids, item_ids)), shape=(len(user_raw), n_items))
-    m.data = np.log1p(m.data)  # repeated interactions count, sub-linearly
-    u, sv, vt = svds(m, k=dim, random_state=seed)
-    emb = (vt.T * np.sqrt(sv)).astype(np.float32)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-6)
-    ev["item_id"], ev["user_id"] = item_ids, user_ids
-    agg = {"popularity": ("item_id", "size")}
-    if "price" in ev:
-        agg["price"] = ("price", "median")
-    if "category" in ev:
-        agg["category"] = ("category", "first")
-    items = ev.groupby("item_id").agg(**agg).reindex(np.arange(n_items))
-    items = pd.DataFrame({
-        "item_id": np.arange(n_items, dtype=np.int64), "item_key": item_keys.astype(str),
-        "category": items["category"].astype(object) if "category" in items else None,
-        "price": items["price"].astype(float) if "price" in items else np.nan,
-        "popularity": items["popularity"].fillna(0).astype(np.int64), "available": True})
-    key, _ = pseudo_key()
-    ev = ev.sort_values(["user_id", "ts"], kind="stable")
-    uid, iid = ev["user_id"].to_numpy(), ev["item_id"].to_numpy(np.int64)
-    is_buy = (ev["event"] == "purchase").to_numpy()
-    ts = pd.DatetimeIndex(pd.to_datetime(ev["ts"], utc=True)).to_numpy()
-    bounds = np.searchsorted(uid, np.arange(len(user_raw) + 1))
-    rows = []
-    for u in range(len(user_raw)):
-        a, b = bounds[u], bounds[u + 1]
-        buy = is_buy[a:b]
-        rows.append((u, pseudonymise_one(user_raw[u], key), iid[a:b][-max_len:].tolist(), iid[a:b][buy].tolist(),
-                     ts[a:b][buy]))
-    users = pd.DataFrame(rows, columns=["user_id", "user_key", "history", "purchases", "purchase_ts"])
-    now = dt.datetime.now(dt.timezone.utc)
-    with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "item_embeddings.npy", emb)
-        items.to_parquet(tmp / "items.parquet", index=False)
-        users.to_parquet(tmp / "users.parquet", index=False)
-        export_mean_encoder(emb, max_len, tmp / "encoder.onnx")
-        files = ["item_embeddings.npy", "items.parquet", "users.parquet", "encoder.onnx"]
-        write_json(tmp / "manifest.json", {
-            "schema_version": 1, "name": out_dir.name, "data": name, "model": "svd_mean_encoder", "dim": dim,
-            "n_items": n_items, "max_len": max_len, "encoder_inputs": ["item_seq"], "created_at": now.isoformat(),
-            "code_version": code_version(), "device": "cpu", "metrics": {},
-            "files": {f: file_sha256(tmp / f) for f in files}})
-    if write_latest:
-        (out_dir.parent / "LATEST").write_text(out_dir.name + "\n")
-    return out_dir
-
-
 def run(cfg) -> Path:
     """Build the synthetic bundle that ``cfg.serve.synthetic`` describes under ``${paths.bundles}``."""
     syn = dict(cfg.serve.synthetic)
@@ -356,10 +290,10 @@ def _main() -> None:
         try:
             print(run(cfg))
         except ValueError as e:
-            raise SystemExit(f"serving.testing: {e}") from None
+            raise SystemExit(f"training.synthetic_bundle: {e}") from None
 
     main()
 
 
-if __name__ == "__main__":  # python -m serving.testing serve.synthetic.n_items=100000
+if __name__ == "__main__":  # python -m training.synthetic_bundle serve.synthetic.n_items=100000
     _main()

@@ -1,8 +1,6 @@
 """models.ranker: the shared feature builder computes what its names say; DCN-v2 shapes and heads."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,10 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import make_bundle  # noqa: E402
+from tests.toy_bundle import make_bundle
 
-from models.ranker import (  # noqa: E402
+from models.ranker import (
     CAT_FEATURES, DENSE_FEATURES, DCNv2Ranker, FeatureSpec, ItemTable, build_batch, combine_heads,
 )
 

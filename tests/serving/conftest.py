@@ -28,7 +28,7 @@ def _serving_env():
 @pytest.fixture(scope="session")
 def bundles_root(tmp_path_factory) -> Path:
     """``<artifacts>`` with ``bundles/b1`` (LATEST) and ``bundles/b2`` (another seed) built once."""
-    from serving.testing import SyntheticBundleSpec, build_synthetic_bundle
+    from training.synthetic_bundle import SyntheticBundleSpec, build_synthetic_bundle
 
     art = tmp_path_factory.mktemp("artifacts")
     build_synthetic_bundle(art / "bundles" / "b2", SyntheticBundleSpec(seed=1), write_latest=False)

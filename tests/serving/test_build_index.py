@@ -1,4 +1,5 @@
-"""python -m serving.build_index: writes index/ with a manifest; bad configs and bundles fail clearly."""
+"""python -m serving.build_index: publishes a new bundle version holding index/ with a manifest (the parent
+is left as it was); bad configs and bundles fail clearly."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import make_bundle  # noqa: E402
+from tests.toy_bundle import make_bundle
 
-from serving.build_index import run  # noqa: E402
-from serving.index import (  # noqa: E402
+from serving.build_index import run
+from serving.index import (
     BundleError, FaissIndex, IndexConfigError, NormRangedIndex, TorchExactIndex, load_index,
 )
 
@@ -34,15 +34,17 @@ def cfg_for(tmp_path, *overrides):
 def test_builds_saves_and_records(tmp_path, index, backend):
     bundle = make_bundle(tmp_path / "b", n_items=400, dim=16, encoder=False)
     res = run(cfg_for(tmp_path, f"bundle={bundle}", f"index={index}", "index.recall_queries=50"))
-    man = json.loads((bundle / "index" / "manifest.json").read_text())
+    assert res.parent_dir == bundle and res.bundle_dir == tmp_path / "b.1" and not (bundle / "index").exists()
+    man = json.loads((res.bundle_dir / "index" / "manifest.json").read_text())
     assert man["n_items"] == 400 and man["dim"] == 16 and man["metric"] == "inner_product"
     assert man["device"] == "cpu" and man["build_seconds"] >= 0
     assert man["recall_at_k"] >= 0.95 and man["recall_k"] == 100
-    assert (bundle / "index" / "ids.npy").exists()
-    assert (bundle / "index" / "index.faiss").exists() == (backend is FaissIndex)
-    assert isinstance(load_index(bundle), backend)
-    bman = json.loads((bundle / "manifest.json").read_text())
+    assert (res.bundle_dir / "index" / "ids.npy").exists()
+    assert (res.bundle_dir / "index" / "index.faiss").exists() == (backend is FaissIndex)
+    assert isinstance(load_index(res.bundle_dir), backend)
+    bman = json.loads((res.bundle_dir / "manifest.json").read_text())
     assert bman["index"]["name"] == index and "index/ids.npy" in bman["files"]
+    assert bman["parent"] == "b" and "index" in bman["adds"] and "items.parquet" in bman["files"]
     assert res.manifest.recall_at_k == man["recall_at_k"]
 
 
@@ -51,7 +53,8 @@ def test_latest_bundle_is_default(tmp_path):
     make_bundle(bundles / "toy-1", n_items=100, dim=8, encoder=False)
     (bundles / "LATEST").write_text("toy-1\n")
     res = run(cfg_for(tmp_path, "index=flat", "index.recall_queries=20"))
-    assert res.index_dir == bundles / "toy-1" / "index"
+    assert res.index_dir == bundles / "toy-1.1" / "index"
+    assert (bundles / "LATEST").read_text().strip() == "toy-1.1"
 
 
 def test_nlist_larger_than_catalogue_fails_before_building(tmp_path):
@@ -72,7 +75,7 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
 
 
 def test_missing_latest_names_file(tmp_path):
-    with pytest.raises(BundleError, match="LATEST: missing"):
+    with pytest.raises(BundleError, match="LATEST: not found"):
         run(cfg_for(tmp_path, "index=flat"))
 
 
@@ -97,7 +100,7 @@ def test_new_factory_form_builds_and_reloads(tmp_path):
                       "index.search_params.nprobe=8", "index.filtered_search_params.nprobe=8", "index.norm_strata=[]",
                       "index.train_size=null", "index.recall_queries=20"))
     assert res.manifest.factory == "IVF8_HNSW16,PQ16x4fs,RFlat" and res.manifest.recall_at_k >= 0.9
-    idx = load_index(bundle)
+    idx = load_index(res.bundle_dir)
     assert isinstance(idx, FaissIndex) and idx.search_params["nprobe"] == 8 and idx.search_params["k_factor_rf"] >= 1
 
 
@@ -109,6 +112,6 @@ def test_norm_ranged_index_builds_and_reloads(tmp_path):
                       "index.norm_strata=[{share:0.1,factory:'IVF4,Flat',search_params:{nprobe:4}}]",
                       "index.train_size=null", "index.recall_queries=20"))
     assert res.manifest.norm_strata[0]["factory"] == "IVF4,Flat" and res.manifest.recall_at_k >= 0.9
-    idx = load_index(bundle)
+    idx = load_index(res.bundle_dir)
     assert isinstance(idx, NormRangedIndex) and [len(r) for r in idx.part_rows] == [40, 360]
     assert idx.parts[0].search_params == {"nprobe": 4} and idx.parts[1].filtered_search_params == {"nprobe": 8}

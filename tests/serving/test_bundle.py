@@ -93,3 +93,88 @@ def test_bought_together_keeps_the_best_per_item(tmp_path):
         others, conf = got[int(item)]
         assert others.tolist() == g["other_item_id"].tolist()
         assert np.allclose(conf, g["confidence"].to_numpy(np.float32))
+
+
+# --- the contract: versions, LATEST, derived versions, sequence encoding, key fingerprint ---------------------------
+
+def test_derived_version_adds_files_records_parent_and_leaves_the_parent_alone(bundles_root, tmp_path):
+    from serving.bundle import latest_name, load_version, publish_derived, read_manifest, resolve
+
+    root = tmp_path / "bundles"
+    shutil.copytree(bundles_root / "bundles" / "b1", root / "b1")
+    (root / "LATEST").write_text("b1\n")
+    before = {p.name: p.read_bytes() for p in (root / "b1").iterdir() if p.is_file()}
+    extra = tmp_path / "note.txt"
+    extra.write_text("hello")
+    new = publish_derived(root / "b1", add_files={"extra/note.txt": extra}, manifest_updates={"note": 1})
+    assert new == root / "b1.1" and latest_name(root) == "b1.1" and resolve(root) == new
+    assert {p.name: p.read_bytes() for p in (root / "b1").iterdir() if p.is_file()} == before  # parent unchanged
+    m = read_manifest(new)
+    assert m["parent"] == "b1" and m["adds"] == ["extra/note.txt"] and m["note"] == 1 and m["name"] == "b1.1"
+    assert "extra/note.txt" in m["files"] and "items.parquet" in m["files"]
+    second = publish_derived(new, add_files={"extra/note.txt": extra}, latest=False)
+    assert second.name == "b1.2" and latest_name(root) == "b1.1"  # numbered per base; LATEST only when asked
+    a, b = load_version(root, "b1"), load_version(root, "LATEST")  # two versions side by side, by name
+    assert a.name == "b1" and b.name == "b1.1" and a is not b
+    (new / "extra" / "note.txt").write_text("changed")  # a version name pins its content
+    with pytest.raises(BundleError, match=r"extra/note.txt: sha256 differs"):
+        load_version(root, "b1.1")
+
+
+def test_derived_version_of_a_corrupt_parent_is_refused(copy):
+    from serving.bundle import publish_derived
+
+    emb = np.load(copy / "item_embeddings.npy")
+    np.save(copy / "item_embeddings.npy", emb + 1)
+    with pytest.raises(BundleError, match="item_embeddings.npy: sha256 differs"):
+        publish_derived(copy, add_files={})
+    assert sorted(p.name for p in copy.parent.iterdir() if p.name.startswith("b.")) == []  # nothing left behind
+
+
+def test_new_version_is_atomic_and_never_replaces(tmp_path):
+    from serving.bundle import latest_name, new_version, read_manifest
+
+    root = tmp_path / "bundles"
+    with pytest.raises(RuntimeError, match="boom"):
+        with new_version(root, "v1", manifest={"dim": 2}) as draft:
+            (draft.path / "a.txt").write_text("a")
+            raise RuntimeError("boom")
+    assert list(root.iterdir()) == [] and latest_name(root) is None  # nothing published, no temp folder left
+    with new_version(root, "v1", manifest={"dim": 2}) as draft:
+        (draft.path / "a.txt").write_text("a")
+    m = read_manifest(root / "v1", validate=False)
+    assert latest_name(root) == "v1" and m["parent"] is None and list(m["files"]) == ["a.txt"]
+    assert m["schema_version"] == 1 and len(m["pseudo_key_fingerprint"]) == 16
+    with pytest.raises(BundleError, match="exists already"):
+        with new_version(root, "v1"):
+            pass
+
+
+def test_resolve_by_name_and_bad_names(tmp_path):
+    from serving.bundle import resolve, set_latest
+
+    (tmp_path / "v1").mkdir()
+    assert resolve(tmp_path, "v1") == tmp_path / "v1"
+    for bad in ("../v1", ".hidden", "a/b"):
+        with pytest.raises(BundleError, match="expected a bundle folder name"):
+            resolve(tmp_path, bad)
+    with pytest.raises(BundleError, match="is not a folder"):
+        resolve(tmp_path, "v2")
+    with pytest.raises(BundleError, match="LATEST can only name a complete bundle"):
+        set_latest(tmp_path, "v1")  # no manifest.json yet
+
+
+def test_sequences_are_left_padded_item_id_plus_one():
+    from serving.bundle import encode_sequences
+
+    got = encode_sequences([np.array([5, 6, 7]), [], list(range(10))], max_len=4)
+    assert got.dtype == np.int64 and got.tolist() == [[0, 6, 7, 8], [0, 0, 0, 0], [7, 8, 9, 10]]
+
+
+def test_bundle_made_with_another_pseudonymisation_key_is_refused(copy, monkeypatch):
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m.get("pseudo_key_fingerprint")  # the synthetic bundle records the key it was made with
+    monkeypatch.setenv("SHOPREC_PSEUDO_KEY", "another-key")
+    with pytest.raises(BundleError, match="key of fingerprint"):
+        load_bundle(copy)
+    load_bundle(copy, check_key=False)

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import make_bundle, toy_embeddings  # noqa: E402
+from tests.toy_bundle import make_bundle, toy_embeddings
 
-from serving.index import (  # noqa: E402
+from serving.index import (
     BundleError, FaissIndex, IndexConfigError, IndexSettings, TorchExactIndex, build_index, load_index,
     recall_at_k, save_index, IndexManifest,
 )
@@ -216,12 +213,12 @@ def test_empty_or_corrupt_bundle_names_the_file(tmp_path):
 def test_index_type_without_a_faiss_gpu_version_stays_on_the_cpu(monkeypatch, emb, queries):
     """Where FAISS has a GPU but no GPU version of the index type (fast-scan PQ, refine), the build and the
     load keep the CPU index instead of failing."""
-    import serving.index as index_mod
+    import serving.index.gpu as gpu_mod
 
     def no_gpu_clone(index):
         raise RuntimeError("Error in clone_Index: not implemented for this type of index")
 
-    monkeypatch.setattr(index_mod, "_faiss_gpus", lambda: 1)
+    monkeypatch.setattr(gpu_mod, "faiss_gpu_count", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu_clone)
     idx = build_index(emb, settings(factory="IVF16,PQ16x4fs,RFlat", search_params={"nprobe": 16, "k_factor_rf": 8}))
     assert idx.device.startswith("cpu") and "no FAISS GPU" in idx.device

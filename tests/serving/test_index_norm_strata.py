@@ -2,19 +2,16 @@
 search when every part is exact, filters, padding, save/load and config errors naming the stratum."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import make_bundle  # noqa: E402
+from tests.toy_bundle import make_bundle
 
-from tests.serving.test_index import brute as exact_brute  # noqa: E402
+from tests.serving.test_index import brute as exact_brute
 
-from serving.index import (  # noqa: E402
+from serving.index import (
     BundleError, IndexConfigError, IndexManifest, IndexSettings, NormRangedIndex, build_index, load_index,
     save_index,
 )

@@ -1,16 +1,11 @@
 """serving.ranking without a trained ranker: load() says None; bad ranker files name the file."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import make_bundle  # noqa: E402
-
-from serving.index import BundleError  # noqa: E402
-from serving.ranking import Ranker  # noqa: E402
+from serving.bundle import BundleError
+from serving.ranking import Ranker
+from tests.toy_bundle import make_bundle
 
 
 def test_load_returns_none_without_ranker(tmp_path):
@@ -32,7 +27,7 @@ def test_cuda_provider_only_when_the_session_really_gets_it(tmp_path, monkeypatc
     import onnxruntime as ort
     import torch
 
-    from serving.ranking import make_session
+    from serving.bundle.sessions import make_session
 
     path = tmp_path / "m.onnx"
     torch.onnx.export(torch.nn.Linear(3, 1), (torch.ones(2, 3),), str(path), input_names=["x"], output_names=["y"],

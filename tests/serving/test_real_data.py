@@ -12,7 +12,7 @@ KEY = {"X-API-Key": "test-api-key"}
 
 @pytest.fixture(scope="module")
 def retail(data_root, tmp_path_factory):
-    from serving.testing import build_bundle_from_events
+    from tests.toy_bundle import build_bundle_from_events
 
     raw = pd.read_parquet(data_root / "online-retail" / "online_retail_2010_2011.parquet",
                           columns=["InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"])

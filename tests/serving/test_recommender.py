@@ -12,7 +12,7 @@ from serving.bundle import load_bundle
 from serving.recommender import RecommendSettings, Recommender, RecQuery
 from serving.rules import RuleSettings
 from serving.store import EventStore, OnlineEvent
-from serving.testing import raw_user_id
+from training.synthetic_bundle import raw_user_id
 
 
 @pytest.fixture(scope="module")

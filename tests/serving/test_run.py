@@ -1,5 +1,5 @@
 """``python -m serving.run`` refuses a missing or broken bundle with one line and exit code 2, before
-starting Ray; ``python -m serving.testing`` writes a bundle and points LATEST at it."""
+starting Ray; ``python -m training.synthetic_bundle`` writes a bundle and points LATEST at it."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,7 @@ def test_synthetic_bundle_entry_point_then_broken_manifest(tmp_path):
     from serving.app import compose_config
     from serving.bundle import BundleError
     from serving.run import run as serve_run
-    from serving.testing import run as make_synthetic
+    from training.synthetic_bundle import run as make_synthetic
 
     cfg = compose_config([f"paths.artifacts={tmp_path}", "serve.synthetic.n_items=50", "serve.synthetic.n_users=20",
                           "serve.synthetic.with_ranker=false"])

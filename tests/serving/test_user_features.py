@@ -12,7 +12,7 @@ import pytest
 
 from features.privacy import pseudo_key, pseudonymise_one
 from serving.bundle import BundleError, load_bundle
-from serving.testing import (USER_FEATURE_ENCODER_ORDER, USER_FEATURE_RANKER_ORDER, USER_FEATURE_TABLE_ORDER,
+from training.synthetic_bundle import (USER_FEATURE_ENCODER_ORDER, USER_FEATURE_RANKER_ORDER, USER_FEATURE_TABLE_ORDER,
                              SyntheticBundleSpec, build_synthetic_bundle)
 
 
