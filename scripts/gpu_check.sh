@@ -16,6 +16,7 @@
 # (hydra-core, omegaconf, antlr4) as the device README says and put them on PYTHONPATH first.
 set -u
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the scripts import the packages (not installed there)
 PY=${PYTHON:-python3}
 OUT=${OUT:-artifacts/gpu_check}
 mkdir -p "$OUT"
