@@ -84,6 +84,11 @@ SHOP = "shop"                      # the shop protocol's name (``trainer.eval.sp
 SHOP_TARGET_EVENTS = ("purchase",)
 
 
+def split_files(protocol: str) -> str:
+    """The split folder (``splits/<kind>/``) an evaluation protocol reads: the shop protocol reads ``temporal``."""
+    return "temporal" if protocol == SHOP else protocol
+
+
 def next_baskets(part: pd.DataFrame, baskets: int = 1, target_events=SHOP_TARGET_EVENTS) -> pd.DataFrame:
     """The ``target_events`` rows of each user's first ``baskets`` baskets in ``part`` (ordered by the
     basket's first event). A basket is an ``order_id`` or, for rows without one, a UTC calendar day."""

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import code_version, file_sha256, read_json, write_json
 from features.processed import load_manifest, processed_dir
+from features.splits import split_files
 from training.evaluate import evaluate_split, protocol
 from training.modules import NonFiniteLossError, split_scorer
 from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
@@ -120,7 +121,7 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
     # fit on the full training histories (the sequence tensor is truncated to max_len)
     from features.processed import load_split
 
-    train = load_split(pdir, str(cfg.trainer.eval.split), "train")
+    train = load_split(pdir, split_files(str(cfg.trainer.eval.split)), "train")
     if cfg.trainer.get("max_users") is not None:
         train = train[train["user_id"] < int(cfg.trainer.max_users)]
     x = interaction_matrix(train["user_id"].to_numpy(), train["item_id"].to_numpy(), max(data.n_users, 1), data.n_items)
@@ -286,7 +287,7 @@ def run(cfg: DictConfig) -> TrainResult:
     manifest = {
         "kind": "training_run", "model": str(cfg.model.name), "data": str(cfg.data.name), "device": device,
         "counts": {k: v for k, v in data_manifest.get("counts", {}).items()} if isinstance(data_manifest.get("counts"), dict) else {},
-        "input_hashes": _input_hashes(pdir, str(cfg.trainer.eval.split)),
+        "input_hashes": _input_hashes(pdir, split_files(str(cfg.trainer.eval.split))),
         "config": OmegaConf.to_container(cfg, resolve=True), "code_version": code_version(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed_from": str(resume) if resume else None,
     }

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from features.adapters import DataConfigError
-from features.splits import loo_split, temporal_split
+from features.splits import loo_split, next_baskets, shop_targets, temporal_split
 
 
 def events(rows):
@@ -49,3 +49,39 @@ def test_temporal():
     assert [list(f[p]["item_id"]) for p in ("train", "valid", "test")] == [[1], [2], [3]]
     with pytest.raises(DataConfigError, match="valid_start"):
         temporal_split(ev, "2024-03-01", "2024-02-01")
+
+
+def orders(rows):
+    """Events with an order id: (user, item, event, ts, order_id)."""
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "event", "ts", "order_id"])
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    df["src_row"] = np.arange(len(df))
+    return df
+
+
+def test_next_basket_is_the_first_order_purchases_only():
+    period = orders([
+        (0, 5, "purchase", "2024-02-03 10:00", "B2"),   # the second basket of user 0
+        (0, 1, "purchase", "2024-02-01 09:00", "A1"),
+        (0, 2, "purchase", "2024-02-01 09:00", "A1"),
+        (0, 2, "return", "2024-02-01 12:00", "CA1"),    # a return: never a target
+        (0, 3, "view", "2024-02-01 08:00", None),       # a view before the basket: not a target either
+        (1, 7, "return", "2024-02-02 10:00", "C9"),     # user 1 only returned something: no target
+    ])
+    t = next_baskets(period)
+    assert sorted(t["item_id"]) == [1, 2] and set(t["event"]) == {"purchase"} and set(t["user_id"]) == {0}
+    assert sorted(next_baskets(period, baskets=2)["item_id"]) == [1, 2, 5]
+    with pytest.raises(ValueError, match="baskets"):
+        next_baskets(period, baskets=0)
+
+
+def test_next_basket_without_order_ids_is_a_calendar_day():
+    period = orders([(0, 1, "purchase", "2024-02-01 09:00", None), (0, 2, "purchase", "2024-02-01 23:00", None),
+                     (0, 3, "purchase", "2024-02-02 01:00", None), (0, 4, "cart", "2024-02-01 09:30", None)])
+    assert sorted(next_baskets(period)["item_id"]) == [1, 2]
+
+
+def test_shop_targets_only_for_users_with_a_history():
+    history = orders([(0, 9, "purchase", "2024-01-01", "H")])
+    period = orders([(0, 1, "purchase", "2024-02-01", "A"), (1, 2, "purchase", "2024-02-01", "B")])
+    assert shop_targets(history, period)["user_id"].tolist() == [0]
