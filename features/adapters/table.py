@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.adapters.base import EVENT_FIELDS, DataConfigError, RawData, empty_quarantine
-from features.privacy import canonical
+from features.privacy import canonical, pseudonymise_one
 from features.quarantine import mask_line, split_line
 from features.tables import read_tables
 
@@ -113,7 +113,7 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
             ),
         )
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as e:
-        raise DataConfigError(f"cannot read {path}: {e}") from e
+        raise encoding_error(path, sep, encoding, file_names, cols) or DataConfigError(f"cannot read {path}: {e}") from e
     # Line numbers of rejected rows -> data-row numbers (1-based, header not counted); every field of the
     # raw text that may hold the user id is pseudonymised (no clear-text ids in the quarantine).
     offset = 1 if header else 0
@@ -128,14 +128,38 @@ def header_names(path: Path, sep: str, encoding: str) -> list[str]:
     around names are accepted."""
     enc = "utf-8-sig" if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") else encoding
     try:
-        with open(path, encoding=enc, newline="") as fh:
-            first = fh.readline()
+        with open(path, "rb") as fh:
+            first = fh.readline().decode(enc)
     except (OSError, UnicodeDecodeError, LookupError) as e:
         raise DataConfigError(f"cannot read the header line of {path} (data.csv.encoding={encoding}): {e}") from e
     if not first.strip():
         raise DataConfigError(f"{path}: the first line is empty; expected a header line (or set data.csv.header=false "
                               f"and data.csv.names)")
     return [n.strip() for n in split_line(first, sep)]
+
+
+def encoding_error(path: Path, sep: str, encoding: str, names: list[str], cols: dict[str, str]) -> DataConfigError | None:
+    """The first line of ``path`` that is not valid ``encoding``, as an error naming line, column and bytes
+    (None when every line decodes: the read failed for another reason)."""
+    try:
+        with open(path, "rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                try:
+                    line.decode(encoding)
+                    continue
+                except UnicodeDecodeError:
+                    pass
+                fields = split_line(line.decode(encoding, errors="surrogateescape"), sep)
+                at = next((i for i, f in enumerate(fields) if any("\udc80" <= ch <= "\udcff" for ch in f)), None)
+                column = names[at] if at is not None and at < len(names) else "?"
+                value = fields[at].encode(encoding, errors="surrogateescape") if at is not None else line[:80]
+                if column == cols.get("user"):
+                    value = ("pseudo:" + pseudonymise_one(value)).encode()  # no clear id, even in an error
+                return DataConfigError(f"{path} line {n}, column {column!r}: bytes not valid {encoding} {value!r}; "
+                                       f"set data.csv.encoding (e.g. latin-1)")
+    except (OSError, LookupError):
+        return None
+    return None
 
 
 def known_user_text(col: pa.ChunkedArray) -> set[str]:
