@@ -205,3 +205,102 @@ def test_watcher_swaps_when_latest_changes(make_cfg, artifacts):
         assert svc.bundle.name == "b2"
     finally:
         svc.stop()
+
+
+# --- hostile input: every one a 4xx naming the field, never a 500; the error body is strict JSON -----
+def raw_post(c, path, text):
+    """POST ``text`` as it is (it may hold NaN, Infinity, 1e309 or \\ud800 escapes that json= would not send)."""
+    return c.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+
+def strict_json(r):
+    import json
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON constant {token} in {r.text[:200]}")
+
+    return json.loads(r.content.decode("utf-8"), parse_constant=refuse)
+
+
+EV = '"item_id": "SKU000001", "event": "view"'
+
+
+@pytest.mark.parametrize("path, text, loc", [
+    ("/v1/events", '{"user_id": "\\ud800", ' + EV + '}', ["body", "user_id"]),
+    ("/v1/events", '{"user_id": "u", "item_id": "x\\udfff", "event": "view"}', ["body", "item_id"]),
+    ("/v1/events", '{"user_id": "u\\u0000", ' + EV + '}', ["body", "user_id"]),
+    ("/v1/events", '{"user_id": "u", "item_id": "a\\nb", "event": "view"}', ["body", "item_id"]),
+    ("/v1/events", '{"user_id": "u", ' + EV + ', "ts": "0001-01-01T00:00:00+01:00"}', ["body", "ts"]),
+    ("/v1/events", '{"user_id": "u", ' + EV + ', "ts": "9999-12-31T23:30:00-01:00"}', ["body", "ts"]),
+    ("/v1/events", '{"user_id": "u", ' + EV + ', "ts": "1677-09-21T00:00:00Z"}', ["body", "ts"]),
+    ("/v1/events", '{"user_id": "u", ' + EV + ', "ts": "2263-01-01T00:00:00Z"}', ["body", "ts"]),
+    ("/v1/events", '{"user_id": "u", ' + EV + ', "ts": NaN}', ["body", "ts"]),
+    ("/v1/events", '{"user_id": "u", ' + EV + ', "ts": 1e309}', ["body", "ts"]),
+    ("/v1/recommendations", '{"user_id": "\\ud800", "k": 3}', ["body", "user_id"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"price_min": NaN}}', ["body", "context", "price_min"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"price_max": Infinity}}', ["body", "context", "price_max"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"price_max": 1e309}}', ["body", "context", "price_max"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"price_min": -Infinity}}', ["body", "context", "price_min"]),
+    ("/v1/recommendations", '{"user_id": "u", "k": NaN}', ["body", "k"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"category": "\\ud800"}}', ["body", "context", "category"]),
+    ("/v1/recommendations", '{"user_id": "u", "exclude": ["ok", "\\ud800"]}', ["body", "exclude", 1]),
+    ("/v1/recommendations", '{"user_id": "u", "recent_events": [{"item_id": "x", "ts": "0001-01-01T00:00:00+01:00"}]}',
+     ["body", "recent_events", 0, "ts"]),
+    ("/v1/campaigns/winback/score", '{"user_ids": ["a", "\\ud800"]}', ["body", "user_ids", 1]),
+])
+def test_hostile_input_is_a_4xx_naming_the_field(make_client, path, text, loc):
+    c, svc = make_client()
+    r = raw_post(c, path, text)
+    assert r.status_code == 422, r.text
+    detail = strict_json(r)["detail"]
+    assert any(d["loc"] == loc for d in detail), detail
+    assert svc.store.n_events == 0
+
+
+def test_one_bad_event_rejects_its_batch_naming_index_and_field(make_client, artifacts):
+    c, svc = make_client()
+    good = '{"user_id": "u", ' + EV + '}'
+    for bad, field in [('{"user_id": "\\ud800", ' + EV + '}', "user_id"),
+                       ('{"user_id": "u", ' + EV + ', "ts": "0001-01-01T00:00:00+01:00"}', "ts"),
+                       ('{"user_id": "u", "item_id": "SKU000001", "event": "teleport"}', "event")]:
+        r = raw_post(c, "/v1/events", f"[{good}, {good}, {bad}, {good}]")
+        assert r.status_code == 422
+        assert [d["loc"] for d in strict_json(r)["detail"]] == [["body", 2, field]]
+    assert svc.store.n_events == 0  # all or nothing: no event of a refused batch is logged
+    assert raw_post(c, "/v1/events", f"[{good}, {good}]").status_code == 202 and svc.store.n_events == 2
+
+
+def test_event_times_are_stored_in_utc(make_client):
+    c, svc = make_client()
+    body = [{"user_id": "tz", "item_id": "SKU000001", "event": "view", "ts": "2026-01-01T01:00:00+01:00"},
+            {"user_id": "tz", "item_id": "SKU000002", "event": "view", "ts": "2026-01-01T00:00:00"}]
+    assert c.post("/v1/events", json=body).status_code == 202
+    assert [e.ts for e in svc.store.events_of(svc.user_key("tz"))] == [1767225600.0] * 2
+
+
+def test_docs_work_offline(make_client):
+    """/docs names no outside host, and every asset it names is served here."""
+    import re
+
+    c, _ = make_client()
+    c.headers.clear()
+    page = c.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert not re.search(r"(?:src|href)=[\"']?(?:https?:)?//", page.text), page.text
+    assets = re.findall(r"(?:src|href)=[\"']([^\"']+)", page.text)
+    assert len(assets) >= 3
+    for a in assets:
+        r = c.get(a)
+        assert r.status_code == 200 and len(r.content) > 500, a
+    assert "SwaggerUIBundle" in c.get("/docs/static/swagger-ui-bundle.js").text
+    assert c.get("/docs/static/..%2Fapi.py").status_code == 404
+    assert c.get("/redoc").status_code == 404  # ReDoc would load its script from a CDN
+
+
+def test_event_log_repairs_show_in_metrics(make_client, artifacts):
+    log = artifacts / "serve" / "events.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text(",".join(("user_key", "item_key", "event", "ts", "received_at", "event_id")) + '\ndead,"SKU')
+    c, svc = make_client()
+    text = c.get("/metrics").text
+    assert "shoprec_event_log_torn_repairs_total 1.0" in text and "shoprec_event_log_torn_bytes_total 9.0" in text
