@@ -14,6 +14,8 @@ count2, nobs2``).
   ``ttest_ind(equal_var=False)``).
 - ``relative_lift``: ``mean_a / mean_b - 1`` with its interval by the delta method (first-order
   variance of a ratio of two independent means, normal quantile).
+- Ratio metrics (clicks per exposure over users): ``ratio_stats`` (delta-method standard error with
+  the user as the unit) and ``ratio_comparison`` (difference, z p-value, relative lift).
 - ``srm_test``: sample-ratio mismatch, chi-square goodness of fit of the observed counts per variant
   against the configured weights (scipy ``chisquare``). ``SRM_ALPHA`` (0.001) is the flagging level.
 - ``cuped_theta`` / ``cuped_adjust``: CUPED (Deng et al. 2013). ``theta = cov(y, x) / var(x)`` from a
@@ -42,7 +44,8 @@ from scipy import stats as _st
 SRM_ALPHA = 0.001
 
 
-def _z(alpha: float) -> float:
+def z_value(alpha: float) -> float:
+    """The normal quantile of a two-sided interval at level ``1 - alpha`` (1.96 for 0.05)."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     return float(_st.norm.isf(alpha / 2))
@@ -59,7 +62,7 @@ def wilson_interval(successes: float, n: float, alpha: float = 0.05) -> tuple[fl
     _check_count(successes, n)
     if n == 0:
         return 0.0, 1.0
-    z = _z(alpha)
+    z = z_value(alpha)
     p = successes / n
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -175,7 +178,7 @@ def relative_lift(a: MeanStats, b: MeanStats, alpha: float = 0.05) -> Lift:
     r = a.mean / b.mean
     var = a.var / (a.n * b.mean ** 2) + (a.mean ** 2) * b.var / (b.n * b.mean ** 4)
     se = math.sqrt(max(var, 0.0))
-    z = _z(alpha)
+    z = z_value(alpha)
     return Lift(r - 1.0, se, (r - 1.0 - z * se, r - 1.0 + z * se))
 
 
@@ -222,7 +225,7 @@ def _n_for(effect_size: float, alpha: float, power: float) -> float:
         raise ValueError(f"power must lie in (0, 1), got {power!r}")
     if effect_size == 0:
         return math.inf
-    return ((_z(alpha) + float(_st.norm.isf(1 - power))) / abs(effect_size)) ** 2
+    return ((z_value(alpha) + float(_st.norm.isf(1 - power))) / abs(effect_size)) ** 2
 
 
 def cohens_h(p1: float, p2: float) -> float:
@@ -252,7 +255,7 @@ def power_proportions(p_base: float, p_treat: float, n_per_variant: float, alpha
     """Power of the two-sided test at ``alpha`` with ``n_per_variant`` users in each of two groups."""
     h = abs(cohens_h(p_treat, p_base))
     shift = h * math.sqrt(n_per_variant / 2)
-    z = _z(alpha)
+    z = z_value(alpha)
     return float(_st.norm.sf(z - shift) + _st.norm.cdf(-z - shift))
 
 
@@ -278,3 +281,52 @@ def horizon_warning(n_per_variant: Sequence[int], planned_n: int | None, *, ende
     need = f"{planned_n} users per variant" if planned_n is not None else "the end date"
     return (f"read early: {n_min} users in the smallest variant, planned {need}; the fixed-horizon p-value "
             f"and interval are not valid yet (use the always-valid p-value to watch)")
+
+
+# ----------------------------------------------------------------------------------------- ratio metrics
+@dataclass(frozen=True)
+class RatioStats:
+    """A ratio of sums over units (e.g. clicks / exposures per user), with its delta-method standard error."""
+
+    n: int
+    ratio: float
+    se: float
+
+
+def ratio_stats(numerator: np.ndarray, denominator: np.ndarray) -> RatioStats:
+    """``sum(num) / sum(den)`` over ``n`` independent units; the variance treats each unit as one draw
+    of the pair (so repeated exposures of one user are not counted as independent)."""
+    x = np.asarray(numerator, np.float64)
+    y = np.asarray(denominator, np.float64)
+    n = int(x.size)
+    if n == 0 or y.sum() == 0:
+        return RatioStats(n, math.nan, math.nan)
+    mx, my = x.mean(), y.mean()
+    r = mx / my
+    if n < 2:
+        return RatioStats(n, float(r), math.nan)
+    vx, vy = x.var(ddof=1), y.var(ddof=1)
+    cxy = float(np.cov(x, y, ddof=1)[0, 1])
+    var = (vx - 2 * r * cxy + r * r * vy) / (n * my * my)
+    return RatioStats(n, float(r), math.sqrt(max(var, 0.0)))
+
+
+def ratio_comparison(a: RatioStats, b: RatioStats, alpha: float = 0.05) -> tuple[float, tuple[float, float], float,
+                                                                                    Lift]:
+    """(difference a - b, its interval, two-sided z p-value, relative lift a/b - 1 with delta-method interval)."""
+    z = z_value(alpha)
+    diff = a.ratio - b.ratio
+    se = math.sqrt(a.se ** 2 + b.se ** 2) if not (math.isnan(a.se) or math.isnan(b.se)) else math.nan
+    if math.isnan(se) or se == 0:
+        p = 1.0 if diff == 0 else math.nan
+        ci = (diff, diff) if se == 0 else (math.nan, math.nan)
+    else:
+        p = float(2 * _st.norm.sf(abs(diff) / se))
+        ci = (diff - z * se, diff + z * se)
+    if not b.ratio or math.isnan(b.ratio) or math.isnan(se):
+        lift = Lift(math.nan, math.nan, (math.nan, math.nan))
+    else:
+        lse = math.sqrt(a.se ** 2 / b.ratio ** 2 + a.ratio ** 2 * b.se ** 2 / b.ratio ** 4)
+        lv = a.ratio / b.ratio - 1
+        lift = Lift(lv, lse, (lv - z * lse, lv + z * lse))
+    return diff, ci, p, lift
