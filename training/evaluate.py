@@ -56,7 +56,7 @@ def protocol(cfg: DictConfig) -> dict:
            "history": ("discovery: every history item removed from the ranking, relevant ones too (a repeat is a miss)"
                        if exclude else "repeat-aware: nothing removed from the ranking"),
            "exclude_history": exclude, "ties": TIES, "max_users": cfg.trainer.get("max_users"),
-           "sampled_negatives": int(e.sampled_negatives)}
+           "sampled_negatives": int(e.sampled_negatives) if split != SHOP else 0}   # one relevant item per row only
     if split == SHOP:
         out["relevant"] = (f"the {'/'.join(SHOP_TARGET_EVENTS)} lines of each user's next basket after the cut-off "
                            "(users with an event before it); history = every event before the cut-off")
