@@ -1,17 +1,18 @@
 """Write the serving bundle of a trained run: ``python -m training.export run=<run folder>``.
 
-The bundle (``serving/bundle_layout.md``) is written atomically to ``${paths.bundles}/<data>-<model>-<time>/``
-and named in ``${paths.bundles}/LATEST``: item embeddings (row i = item_id i), the user/sequence encoder as
+The bundle (``serving/bundle_layout.md``) is published as a new version ``${paths.bundles}/<data>-<model>-<time>/``
+(``serving.bundle.new_version``: temporary folder, hashes, rename) and named in ``${paths.bundles}/LATEST``: item embeddings (row i = item_id i), the user/sequence encoder as
 ONNX (``item_seq [B, max_len] int64 (, user_feat [B, F] int64) -> user_emb [B, dim] float32``; score = inner
 product), the user-feature codes and spec (``user_features.parquet``/``.json``, two-tower with user features), the items and
-users tables (the online store's initial state: pseudonymised keys only), the run's config and a manifest.
+users tables (the online store's initial state: pseudonymised keys only), the run's config and a manifest
+that records what the model was trained on (``trained_on``: data, split, the train part's period) and the
+pseudonymisation key's fingerprint.
 The ONNX encoder is checked against PyTorch with ONNX Runtime on a batch of real sequences before the
 bundle is published (``export.parity_tolerance``; the measured difference goes into the manifest).
 """
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from features.artifacts import atomic_dir, code_version, file_sha256, write_json
-from features.processed import load_events, load_items, load_users, processed_dir
+from features.artifacts import write_json
+from features.processed import load_events, load_items, load_split, load_users, processed_dir
+from serving.bundle import (
+    CONFIG, ENCODER, ITEM_EMBEDDINGS, ITEMS, USER_FEATURES_SPEC, USER_FEATURES_TABLE, USERS, new_version,
+)
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
 
 
 class ExportParityError(RuntimeError):
@@ -107,6 +110,19 @@ def _items_table(pdir: Path, popularity: np.ndarray) -> pd.DataFrame:
     return out
 
 
+def trained_on(rcfg: DictConfig, pdir: Path) -> dict:
+    """What the exported model was fitted on: the data, the split (``trainer.eval.split``), its train part and
+    that part's period (first and last event time), and the prepared data's fingerprint."""
+    from features.processed import load_manifest
+
+    split = str(rcfg.trainer.eval.split)
+    ts = load_split(pdir, split, "train", columns=["ts"])["ts"]
+    pm = load_manifest(pdir)
+    return {"data": str(rcfg.data.name), "split": split, "part": "train",
+            "period": [str(ts.min()), str(ts.max())] if len(ts) else None,
+            "processed_fingerprint": pm.get("fingerprint"), "max_users": rcfg.trainer.get("max_users")}
+
+
 def run(cfg: DictConfig) -> ExportResult:
     from models.sasrec import SASRecEncoder
     from models.two_tower import TwoTowerEncoder
@@ -142,35 +158,30 @@ def run(cfg: DictConfig) -> ExportResult:
         inputs.append({"name": "user_feat", "dtype": "int64", "shape": ["batch", len(spec.names)],
                        "meaning": "user_features.parquet columns in this order (0 = unknown: new users)",
                        "columns": list(spec.names), "table": "user_features.parquet", "spec": "user_features.json"})
-    with atomic_dir(bundles / name) as tmp:
-        np.save(tmp / "item_embeddings.npy", item_emb)
-        export_encoder_onnx(encoder, max_len, tmp / "encoder.onnx", check[:2],
+    manifest = {"data": str(rcfg.data.name), "model": str(rcfg.model.name), "family": family,
+                "dim": int(item_emb.shape[1]), "n_items": int(item_emb.shape[0]), "max_len": max_len,
+                "score": "inner_product", "encoder_inputs": inputs,
+                "encoder_outputs": [{"name": "user_emb", "dtype": "float32", "shape": ["batch", int(item_emb.shape[1])]}],
+                "device": "cpu", "metrics": {k: v for k, v in info.metrics.items() if k.startswith("test/")},
+                "run_dir": str(info.run_dir), "checkpoint": str(info.checkpoint),
+                "trained_on": trained_on(rcfg, pdir)}
+    with new_version(bundles, name, manifest=manifest) as draft:
+        tmp = draft.path
+        np.save(tmp / ITEM_EMBEDDINGS, item_emb)
+        export_encoder_onnx(encoder, max_len, tmp / ENCODER, check[:2],
                             None if check_uf is None else check_uf[:2])
-        diff = onnx_parity(encoder, tmp / "encoder.onnx", check, check_uf)
+        diff = onnx_parity(encoder, tmp / ENCODER, check, check_uf)
         if not diff <= tol:
             raise ExportParityError(f"ONNX Runtime differs from PyTorch by {diff:.2e} > tolerance {tol:.0e}")
-        _items_table(pdir, data.popularity.numpy()[1:]).to_parquet(tmp / "items.parquet", index=False)
-        _users_table(pdir, max_len).to_parquet(tmp / "users.parquet", index=False)
+        _items_table(pdir, data.popularity.numpy()[1:]).to_parquet(tmp / ITEMS, index=False)
+        users = _users_table(pdir, max_len)
+        users.to_parquet(tmp / USERS, index=False)
         if spec is not None:
-            user_feature_table(pdir, spec).to_parquet(tmp / "user_features.parquet", index=False)
-            write_json(tmp / "user_features.json", spec.to_json())
-        OmegaConf.save(rcfg, tmp / "config.yaml", resolve=True)
-        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / "manifest.json", {
-            "schema_version": SCHEMA_VERSION, "name": name, "data": str(rcfg.data.name),
-            "model": str(rcfg.model.name), "family": family, "dim": int(item_emb.shape[1]),
-            "n_items": int(item_emb.shape[0]), "max_len": max_len, "score": "inner_product",
-            "encoder_inputs": inputs,
-            "encoder_outputs": [{"name": "user_emb", "dtype": "float32", "shape": ["batch", int(item_emb.shape[1])]}],
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": code_version(),
-            "device": "cpu", "metrics": {k: v for k, v in info.metrics.items() if k.startswith("test/")},
-            "run_dir": str(info.run_dir), "checkpoint": str(info.checkpoint), "onnx_parity_max_abs_diff": diff,
-            "counts": {"items": int(item_emb.shape[0]), "users": int(len(pd.read_parquet(tmp / "users.parquet")))},
-            "files": files,
-        })
-    latest_tmp = bundles / ".LATEST.tmp"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, bundles / "LATEST")
+            user_feature_table(pdir, spec).to_parquet(tmp / USER_FEATURES_TABLE, index=False)
+            write_json(tmp / USER_FEATURES_SPEC, spec.to_json())
+        OmegaConf.save(rcfg, tmp / CONFIG, resolve=True)
+        draft.manifest.update({"onnx_parity_max_abs_diff": diff,
+                               "counts": {"items": int(item_emb.shape[0]), "users": int(len(users))}})
     log.info("bundle %s (ONNX parity %.2e)", bundles / name, diff)
     return ExportResult(bundles / name, diff)
 
