@@ -1,6 +1,6 @@
 """Bought-together association rules from baskets (orders / invoices).
 
-``python -m features.baskets data=online_retail [bundle=<folder>]`` reads the prepared purchases,
+``python -m features.baskets data=online_retail`` reads the prepared purchases,
 forms one basket per ``order_id`` (distinct items), counts items and item pairs with a sparse
 basket x item matrix, and keeps the rules ``a -> b`` that pass the thresholds of ``conf/assoc/``:
 
@@ -10,9 +10,9 @@ basket x item matrix, and keeps the rules ``a -> b`` that pass the thresholds of
 
 It writes ``${paths.artifacts}/assoc/<data>/bought_together.parquet`` (``item_id``, ``other_item_id``,
 ``support``, ``confidence``, ``lift``, ``pair_count``; at most ``top_k`` rules per item, best
-``rank_by`` first) with a ``manifest.json``. With ``assoc.into_bundle`` (default) it also copies the
-table into ``bundle=<folder>`` or else the LATEST bundle, and records it in that bundle's manifest. The service uses the table for "often bought
-with" and as a candidate source for users with little history.
+``rank_by`` first) with a ``manifest.json``. ``python -m serving.publish_rules data=<data>`` then publishes
+the table as a new serving bundle version (``features`` knows nothing of bundles). The service uses the
+table for "often bought with" and as a candidate source for users with little history.
 
 By default the rules come from the temporal train split only (``assoc.source: temporal_train``), so
 offline evaluation on the later months stays honest; ``source: all`` uses every purchase.
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +53,6 @@ class AssocSettings:
     min_lift: float
     top_k: int  # rules kept per antecedent item
     rank_by: str  # confidence | lift | support
-    into_bundle: bool = True  # copy into bundle=<folder> or the LATEST bundle
 
     @classmethod
     def from_cfg(cls, cfg) -> "AssocSettings":
@@ -130,25 +127,6 @@ def source_events(cfg: DictConfig, s: AssocSettings) -> pd.DataFrame:
     return load_split(d, kind, "train", columns=cols)
 
 
-def copy_into_bundle(rules_path: Path, bundle_dir: Path) -> Path:
-    """Copy ``bought_together.parquet`` into a bundle and record its hash in the bundle manifest."""
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.is_dir():
-        raise ValueError(f"bundle={bundle_dir}: folder not found")
-    dest = bundle_dir / RULES_FILE
-    tmp = bundle_dir / f".{RULES_FILE}.tmp-{os.getpid()}"
-    shutil.copyfile(rules_path, tmp)
-    os.replace(tmp, dest)
-    man_path = bundle_dir / "manifest.json"
-    if man_path.exists():
-        m = json.loads(man_path.read_text())
-        m.setdefault("files", {})[RULES_FILE] = file_sha256(dest)
-        tmpm = bundle_dir / f".manifest.json.tmp-{os.getpid()}"
-        write_json(tmpm, m)
-        os.replace(tmpm, man_path)
-    return dest
-
-
 def run(cfg: DictConfig) -> Path:
     """Mine the rules; returns the output folder (``${paths.artifacts}/assoc/<data>``)."""
     s = AssocSettings.from_cfg(cfg.assoc)
@@ -169,24 +147,7 @@ def run(cfg: DictConfig) -> Path:
         })
     log.info("%d rules over %d items from %d baskets -> %s", len(res.rules), res.rules["item_id"].nunique(),
              res.n_baskets, out)
-    bundle = target_bundle(cfg)
-    if bundle is not None:
-        dest = copy_into_bundle(out / RULES_FILE, bundle)
-        log.info("copied into %s", dest)
     return out
-
-
-def target_bundle(cfg: DictConfig) -> Path | None:
-    """Where to copy the table: ``bundle=<folder>``, else the LATEST bundle (if any) when ``assoc.into_bundle``."""
-    if not bool(cfg.assoc.get("into_bundle", False)):
-        return None
-    if cfg.get("bundle"):
-        return Path(str(cfg.bundle))
-    latest = Path(str(cfg.paths.bundles)) / "LATEST"
-    if not latest.exists():
-        log.info("no bundle yet (%s missing): the rules stay in the assoc folder", latest)
-        return None
-    return Path(str(cfg.paths.bundles)) / latest.read_text().strip()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)

@@ -1,4 +1,5 @@
-"""Association rules: exact support/confidence/lift on a hand-made basket set, thresholds, bundle copy."""
+"""Association rules: exact support/confidence/lift on a hand-made basket set, thresholds (publishing them into a
+bundle: tests/serving/test_publish_rules.py)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.baskets import AssocSettings, copy_into_bundle, mine_rules
+from features.baskets import AssocSettings, mine_rules
 
 
 def settings(**kw) -> AssocSettings:
@@ -69,20 +70,8 @@ def test_bad_settings_name_the_setting():
         AssocSettings.from_cfg(OmegaConf.create({**settings().__dict__, "min_confidence": 2.0}))
 
 
-def test_copy_into_bundle_records_hash(tmp_path):
-    res = mine_rules(events_from(BASKETS), settings())
-    src = tmp_path / "bt.parquet"
-    res.rules.to_parquet(src)
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"files": {}}))
-    dest = copy_into_bundle(src, bundle)
-    assert pd.read_parquet(dest).equals(pd.read_parquet(src))
-    assert "bought_together.parquet" in json.loads((bundle / "manifest.json").read_text())["files"]
-
-
 def test_entry_point_on_real_online_retail(data_root, tmp_path):
-    """End to end on the real invoices: prepare (A's entry point), mine, copy into the latest bundle."""
+    """End to end on the real invoices: prepare, mine."""
     from hydra import compose, initialize_config_dir
 
     from features import prepare
@@ -96,10 +85,6 @@ def test_entry_point_on_real_online_retail(data_root, tmp_path):
         cfg.paths.processed = str(processed.parent)
     else:
         prepare.run(cfg)
-    bundle = tmp_path / "bundles" / "b1"
-    bundle.mkdir(parents=True)
-    (bundle / "manifest.json").write_text(json.dumps({"files": {}}))
-    (tmp_path / "bundles" / "LATEST").write_text("b1\n")
     out = run(cfg)
     rules = pd.read_parquet(out / "bought_together.parquet")
     man = json.loads((out / "manifest.json").read_text())
@@ -107,4 +92,3 @@ def test_entry_point_on_real_online_retail(data_root, tmp_path):
     assert (rules["confidence"] >= cfg.assoc.min_confidence).all() and (rules["lift"] >= cfg.assoc.min_lift).all()
     assert (rules["item_id"] != rules["other_item_id"]).all()
     assert rules.groupby("item_id").size().max() <= cfg.assoc.top_k
-    assert (bundle / "bought_together.parquet").exists()
