@@ -9,7 +9,7 @@
   ``qini_curve``, ``perfect_qini_curve``, ``qini_auc_score`` and ``uplift_curve``, so the product
   does not depend on that unmaintained package (tests compare them with it).
 
-No I/O here besides ``state_dict`` round trips; training loops live in ``training.campaign``.
+No I/O here besides ``state_dict`` round trips; training loops live in ``training.campaigns``.
 """
 from __future__ import annotations
 
@@ -183,8 +183,8 @@ def qini_auc_score(y_true, uplift, treatment) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Packing: what a saved campaign model holds (files are written by training.campaign and read by
-# serving.campaign_scoring; this module only turns it into / from plain objects).
+# Packing: what a saved campaign model holds (files are written and read by serving.campaigns.scoring;
+# this module only turns it into / from plain objects).
 
 def ensemble_meta(ensemble: CampaignEnsemble) -> dict:
     """The shape facts needed to rebuild ``ensemble`` before loading its ``state_dict``."""

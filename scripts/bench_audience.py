@@ -24,21 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from models.uplift import CampaignEnsemble, CampaignNet
+from serving.campaigns.audience import build_audience, model_scorer
+from serving.campaigns.scoring import CampaignModel, resolve_device
+from serving.campaigns.spec import CampaignConfig, parse_campaign
+from serving.campaigns.synthetic import synthetic_profiles
 
-from models.uplift import CampaignEnsemble, CampaignNet  # noqa: E402
-from serving.audience import build_audience, eligibility_steps, model_scorer, synthetic_profiles  # noqa: E402
-from serving.campaign_config import CampaignConfig, parse_campaign  # noqa: E402
-from serving.campaign_scoring import CampaignModel, resolve_device  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def load_campaign(name: str) -> CampaignConfig:
     import yaml
 
     raw = yaml.safe_load((REPO / "conf" / "campaign" / f"{name}.yaml").read_text())
-    raw.pop("defaults", None)   # the job section (_job.yaml) holds paths only; defaults apply
-    return parse_campaign(raw)
+    return parse_campaign(raw)   # the job section (_job.yaml) holds paths only; its defaults apply
 
 
 def make_model(campaign: CampaignConfig, profiles, seed: int = 0) -> CampaignModel:

@@ -150,14 +150,14 @@ class Service:
 
     # -------------------------------------------------------------------------------------------
     def campaign_scorer(self, campaign_id: str) -> Any:
-        """``serving.campaign_scoring.load_campaign_scorer`` for the current bundle (cached); None = unknown."""
+        """``serving.campaigns.scoring.load_campaign_scorer`` for the current bundle (cached); None = unknown."""
         bundle = self.bundle
         if bundle is None:
             return None
         key = (str(bundle.path), campaign_id)
         if key not in self._campaign_scorers:
             try:
-                from serving.campaign_scoring import load_campaign_scorer
+                from serving.campaigns.scoring import load_campaign_scorer
             except ImportError:
                 return None
             self._campaign_scorers[key] = load_campaign_scorer(bundle.path, campaign_id)

@@ -73,32 +73,6 @@ def test_bad_specs_name_the_field():
         XLearner(lambda: None, lambda: None).fit(np.zeros((4, 1)), np.array([0, 1, 0, 1]), np.ones(4, dtype=int))
 
 
-def test_bench_uplift_nested_cv_on_planted_data():
-    """The benchmark's loop: every method on the same outer folds, the project's choice recorded per
-    fold, and the paired comparison (plain and overlap-corrected p) against the best baseline."""
-    from omegaconf import OmegaConf
-
-    from tests.campaign import scripts_loader
-    from training.campaign import UpliftData
-
-    bench = scripts_loader.load("bench_uplift")
-    x, y, t = planted(3000, seed=2)
-    data = UpliftData(x, y, t, ["a", "b", "c"])
-    ucfg = OmegaConf.create({
-        "k": 0.3, "gbt": FAST,
-        "model": {"select": {"folds": 2, "repeats": 1, "metric": "qini", "seed": 0},
-                  "candidates": {"DR": {"kind": "dr", "outcome": FAST, "final": FAST}},
-                  "blends": {}, "net": {}, "log_features": []}})
-    methods = bench.make_methods(ucfg, data.feature_names)
-    res = bench.run_cv(data, methods, ["random", "S-GBT", "T-GBT", "T-LR", "project"], 3, 1, 0, 0.3)
-    assert res["project"]["chosen"] == ["DR"] * 3 and all(len(res[n]["qini"]) == 3 for n in bench.BASELINES)
-    best, mean, p, p_corrected = bench.paired(res, "qini")
-    assert best in bench.BASELINES and 0.0 <= p <= 1.0 and 0.0 <= p_corrected <= 1.0
-    ahead = np.mean(res["project"]["qini"]) > mean
-    assert (p <= p_corrected) if ahead else (p >= p_corrected)    # the correction widens the t interval
-    assert np.mean(res["project"]["uplift_at_k"]) > np.mean(res["random"]["uplift_at_k"])
-
-
 def test_linear_t_learner_from_spec_and_bad_values():
     x, y, t = planted(4000, seed=4)
     for inter in (False, True):
@@ -125,33 +99,3 @@ def test_rank_blend_and_mix_selection_metric():
     assert max(selection_scores(table, "qini"), key=selection_scores(table, "qini").get) == "a"
     with pytest.raises(ValueError, match="selection metric"):
         selection_scores(table, "auc")
-
-
-def test_bench_uplift_fixed_project_and_screening_use_only_their_rows():
-    from omegaconf import OmegaConf
-
-    from tests.campaign import scripts_loader
-    from training.campaign import UpliftData
-
-    bench = scripts_loader.load("bench_uplift")
-    x, y, t = planted(3000, seed=5)
-    data = UpliftData(x, y, t, ["a", "b", "c"])
-    model = {"fixed": "DR+lin", "blend_scale": "rank",
-             "select": {"folds": 2, "repeats": 1, "metric": "mix", "seed": 0},
-             "candidates": {"DR": {"kind": "dr", "outcome": FAST, "final": FAST}, "lin": {"kind": "lr", "C": 1.0}},
-             "blends": {"DR+lin": {"DR": 1.0, "lin": 1.0}}, "net": {}, "log_features": []}
-    ucfg = OmegaConf.create({"k": 0.3, "gbt": FAST, "model": model, "cv": {"folds": 3, "repeats": 1, "seed": 0},
-                             "screen": {"outer_fold": 1, "folds": 2, "repeats": 1, "seed": 0,
-                                        "candidates": {"lin-int": {"kind": "lr", "C": 0.1, "interactions": True}},
-                                        "blends": {"DR+lin-int": {"DR": 1.0, "lin-int": 1.0}}}})
-    methods = bench.make_methods(ucfg, data.feature_names)
-    res = bench.run_cv(data, methods, ["T-LR", "nested-select", "project"], 3, 1, 0, 0.3)
-    assert res["project"]["chosen"] == ["DR+lin"] * 3
-    assert set(res["nested-select"]["chosen"]) <= {"DR", "lin", "DR+lin"}
-    assert np.mean(res["project"]["uplift_at_k"]) > 0.1
-    out = bench.screen(data, ucfg)
-    assert out["rows"] == 2000 and out["outer_fold"] == 1      # the training rows of one outer fold
-    assert {"DR", "lin", "lin-int", "DR+lin@zscore", "DR+lin@rank", "DR+lin-int@rank"} <= set(out["screen"])
-    bad = OmegaConf.merge(ucfg, {"model": {"fixed": "nope"}})
-    with pytest.raises(SystemExit, match="uplift.model.fixed"):
-        bench.make_methods(bad, data.feature_names)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
@@ -29,21 +28,21 @@ def campaign_raw():
 
 @pytest.fixture(scope="session")
 def campaign(campaign_raw):
-    from serving.campaign_config import parse_campaign
+    from serving.campaigns.spec import parse_campaign
 
     return parse_campaign(campaign_raw)
 
 
 @pytest.fixture(scope="session")
 def profiles():
-    from serving.audience import synthetic_profiles
+    from serving.campaigns.synthetic import synthetic_profiles
 
     return synthetic_profiles(20_000, seed=1)
 
 
 def tiny_model(features, n_heads=1, seed=0):
     from models.uplift import CampaignEnsemble, CampaignNet
-    from serving.campaign_scoring import CampaignModel
+    from serving.campaigns.scoring import CampaignModel
 
     torch.manual_seed(seed)
     ens = CampaignEnsemble([CampaignNet(len(features), 8, n_heads) for _ in range(2)]).eval()

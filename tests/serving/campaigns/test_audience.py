@@ -1,20 +1,18 @@
 """The audience pipeline on synthetic profiles: consent, control group, budget, channel, time, offer."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from serving.audience import (AUDIENCE_COLUMNS, budget_cut, build_audience, model_scorer, send_hours,
+from serving.campaigns.audience import (AUDIENCE_COLUMNS, budget_cut, build_audience, model_scorer, send_hours,
                               stratified_control)
-from tests.campaign.conftest import tiny_model
+from tests.serving.campaigns.conftest import tiny_model
 
 
 def _with(c, **sections):
     """A copy of campaign ``c`` with some fields of some sections replaced."""
-    return dataclasses.replace(c, **{k: dataclasses.replace(getattr(c, k), **v) for k, v in sections.items()})
+    return c.replace(**sections)
 
 
 def score_by_column(col):
@@ -199,7 +197,7 @@ def test_send_at_is_inside_a_far_zone_users_local_window(profiles, campaign):
 
 
 def test_daylight_saving_gap():
-    from serving.audience import send_times_utc
+    from serving.campaigns.audience import send_times_utc
 
     # 01:00-02:00 on 2024-03-31 does not exist in London (01:00 GMT -> 02:00 BST): 01:00 moves to 02:00 BST
     got = send_times_utc(pd.Timestamp("2024-03-31", tz="UTC"), np.array([1, 10, 10]),

@@ -4,21 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from serving.campaign_scoring import load_campaign_scorer
-from tests.campaign import scripts_loader
-from tests.campaign.conftest import tiny_model
-from training.campaign import save_campaign_model
+from serving.campaigns.build_audience import write_bundle_campaign
+from serving.campaigns.scoring import load_campaign_scorer, save_campaign_model
+from tests.serving.campaigns.conftest import tiny_model
 
 
 def _publish(tmp_path, campaign, profiles):
-    build = scripts_loader.load("build_audience")
     model = tiny_model(campaign.model.features)
     model_dir = tmp_path / "model"
     save_campaign_model(model_dir, model.ensemble, model.features, "response")
     bundle = tmp_path / "bundle"
-    bundle.mkdir()
     manifest = {"snapshot_date": "2011-12-10", "model": {"metrics": {"holdout_auc": 0.8}}}
-    build.write_bundle_campaign(bundle, campaign, model_dir, profiles.iloc[:500], manifest)
+    write_bundle_campaign(bundle / "campaigns" / campaign.id, campaign, model_dir, profiles.iloc[:500], manifest)
     return bundle, model
 
 
@@ -46,7 +43,7 @@ def test_cuda_request_without_a_gpu_falls_back_to_cpu_with_equal_scores():
     import numpy as np
     import torch
 
-    from tests.campaign.conftest import tiny_model
+    from tests.serving.campaigns.conftest import tiny_model
 
     model = tiny_model(["a", "b", "c"])
     x = np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32)

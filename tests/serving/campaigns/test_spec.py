@@ -5,13 +5,13 @@ import copy
 
 import pytest
 
-from serving.campaign_config import CampaignConfigError, parse_campaign
-from tests.campaign.conftest import REPO, make_cfg
+from serving.campaigns.spec import CampaignConfigError, parse_campaign
+from tests.serving.campaigns.conftest import REPO, make_cfg
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "campaign").glob("[!_]*.yaml")))
 def test_shipped_campaigns_parse(name):
-    from serving.campaign_config import from_hydra
+    from serving.campaigns.spec import from_hydra
 
     c = from_hydra(make_cfg(f"campaign={name}").campaign)
     assert c.id == name and c.model.features and c.channels.order
@@ -71,14 +71,13 @@ def test_unknown_field_is_rejected(campaign_raw, where):
 
 def test_bad_campaign_fails_before_any_scoring(tmp_path, monkeypatch):
     """build_audience.run validates first: a negative budget fails even though no profiles exist."""
-    from tests.campaign import scripts_loader
+    from serving.campaigns import build_audience
 
-    build = scripts_loader.load("build_audience")
     called = []
-    monkeypatch.setattr(build, "load_profiles", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(build_audience, "load_profiles", lambda *a, **k: called.append(1))
     cfg = make_cfg("campaign=winback", "campaign.budget.max_users=-1", f"paths.artifacts={tmp_path}")
     with pytest.raises(CampaignConfigError, match="budget.max_users"):
-        build.run(cfg)
+        build_audience.run(cfg)
     assert not called
 
 
@@ -86,9 +85,62 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "build_audience.py"), "campaign=winback",
+    r = subprocess.run([sys.executable, "-m", "serving.campaigns.build_audience", "campaign=winback",
                         "+campaign.eligibility.favourite_colour=blue", f"paths.artifacts={tmp_path}"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2
     assert "campaign.eligibility.favourite_colour: unknown field" in r.stderr
     assert not (tmp_path / "campaigns").exists()
+
+
+@pytest.mark.parametrize("path,value,field,words", [
+    ("budget.min_score", 1.5, "budget.min_score", "[0, 1]"),
+    ("budget.min_score", -0.1, "budget.min_score", "[0, 1]"),
+    ("exclusions.max_churn_prob", 1.2, "exclusions.max_churn_prob", "[0, 1]"),
+    ("model.lr", -0.001, "model.lr", "positive"),
+    ("model.lr", "fast", "model.lr", "number"),
+    ("model.epochs", 0, "model.epochs", "positive"),
+    ("model.dropout", 1.0, "model.dropout", "[0, 1)"),
+    ("model.kind", "magic", "model.kind", "magic"),
+    ("model.features", ["recency_days", "recency_days"], "model.features", "twice"),
+    ("evaluation.margin_rate", 0.0, "evaluation.margin_rate", "(0, 1]"),
+    ("evaluation.attribution_days", 0, "evaluation.attribution_days", "positive"),
+    ("job.backtest_cutoff", "2011-13-01", "job.backtest_cutoff", "YYYY-MM-DD"),
+])
+def test_thresholds_and_model_values_name_the_field(campaign_raw, path, value, field, words):
+    with pytest.raises(CampaignConfigError) as e:
+        parse_campaign(_bad(campaign_raw, path, value))
+    assert e.value.field == field and words in str(e.value)
+
+
+def test_uplift_scores_may_be_negative(campaign_raw):
+    raw = _bad(_bad(campaign_raw, "model.kind", "uplift"), "budget.min_score", -0.05)
+    assert parse_campaign(raw).budget.min_score == -0.05
+
+
+def test_published_json_schema_is_current():
+    """conf/campaign/campaign.schema.json is what the spec generates (regenerate: python -m serving.campaigns.spec)."""
+    import json
+
+    from serving.campaigns.spec import SCHEMA_FILE, json_schema
+
+    assert json.loads(SCHEMA_FILE.read_text()) == json.loads(json.dumps(json_schema()))
+    schema = json_schema()
+    assert schema["additionalProperties"] is False and {"id", "name", "data"} <= set(schema["required"])
+
+
+def test_shipped_campaigns_validate_against_the_json_schema():
+    """A campaign writer's editor check (the JSON Schema) accepts every shipped campaign and refuses a typo."""
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    from serving.campaigns.spec import json_schema
+
+    schema = json_schema()
+    for path in (REPO / "conf" / "campaign").glob("[!_]*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        raw.pop("defaults", None)
+        jsonschema.validate(raw, schema)
+        raw["budget"]["max_user"] = 3
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(raw, schema)

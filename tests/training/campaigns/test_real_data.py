@@ -9,7 +9,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from models.uplift import qini_auc_score, uplift_at_k
-from training.campaign import TLearner, complete_journey_table, load_hillstrom
+from models.uplift_learners import TLearner
+from training.campaigns.completejourney import complete_journey_table
+from training.campaigns.hillstrom import load_hillstrom
 
 pytestmark = pytest.mark.slow
 

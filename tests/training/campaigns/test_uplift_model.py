@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from models.uplift import CampaignEnsemble, CampaignNet, qini_auc_score, qini_curve, uplift_at_k
-from serving.campaign_scoring import CampaignModel
-from training.campaign import NetSettings, save_campaign_model, train_campaign_net
+from serving.campaigns.scoring import CampaignModel, save_campaign_model
+from serving.campaigns.spec import NetSettings
+from training.campaigns.response import train_campaign_net
 
 
 @pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
