@@ -80,6 +80,8 @@ def body(i: int) -> dict:
 
 
 def swap_check(url: str, bundles: Path, r) -> dict:
+    from serving.bundle import set_latest
+
     flips = []
 
     async def flipper():
@@ -88,8 +90,7 @@ def swap_check(url: str, bundles: Path, r) -> dict:
         i = 0
         while time.monotonic() + float(r.swap_every_s) < t_end:
             await asyncio.sleep(float(r.swap_every_s))
-            (bundles / ".LATEST.tmp").write_text(names[i % 2] + "\n")
-            os.replace(bundles / ".LATEST.tmp", bundles / "LATEST")  # atomic, as training.export does
+            set_latest(bundles, names[i % 2])  # atomic, as every publisher does
             flips.append(names[i % 2])
             i += 1
 
@@ -137,6 +138,7 @@ def kill_check(url: str, r, app_name: str) -> dict:
 
 def main(argv: list[str]) -> dict:
     from serving.app import compose_config
+    from serving.bundle import set_latest
     from serving.run import start, stop
     from training.synthetic_bundle import SyntheticBundleSpec, build_synthetic_bundle
 
@@ -164,7 +166,7 @@ def main(argv: list[str]) -> dict:
             out.update(fuzz(started.url, int(r.fuzz_examples)))
             goals.append(out["fuzz_5xx"] == 0 and out["fuzz_requests"] >= 1000)
         if "swap" in checks:
-            (bundles / "LATEST").write_text("b1\n")
+            set_latest(bundles, "b1")
             time.sleep(2)
             out.update(swap_check(started.url, bundles, r))
             goals.append(out["swap_failed"] == 0 and len(out["swap_bundles_answering"]) == 2)
