@@ -5,10 +5,12 @@ when it has one, else from ``trainer.callback_metrics`` (what it logged, as floa
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import pytorch_lightning as pl
 
+log = logging.getLogger(__name__)
 MONITOR = "valid/ndcg@10"
 
 
@@ -37,6 +39,12 @@ class EpochHistory(pl.Callback):
         self.history.append({"epoch": trainer.current_epoch + 1,
                              "time_s": round(self._offset + time.perf_counter() - self._t0, 3),
                              MONITOR: _metric(trainer, pl_module, MONITOR), "valid/hr@10": _metric(trainer, pl_module, "valid/hr@10")})
+        if trainer.progress_bar_callback is None and trainer.is_global_zero:   # plain log lines instead of a bar
+            h = self.history[-1]
+            loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+            log.info("epoch %d: %s=%s train/loss=%s (%.1f s)", h["epoch"], MONITOR,
+                     "n/a" if h[MONITOR] is None else f"{h[MONITOR]:.4f}",
+                     "n/a" if loss is None else f"{float(loss):.4f}", h["time_s"])
 
     def state_dict(self) -> dict:
         return {"history": self.history}

@@ -22,16 +22,11 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from features.processed import load_items, load_split, load_users, processed_dir
+from features.processed import load_items, load_split, load_users
 from features.splits import SHOP, shop_targets
 from features.user_features import UserFeatureConfig, UserFeatureSpec
 
 log = logging.getLogger(__name__)
-
-
-def processed_path(cfg) -> Path:
-    """``${paths.processed}/${data.name}`` (``features.processed.processed_dir``)."""
-    return processed_dir(cfg)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -377,6 +372,11 @@ class SequenceDataModule(pl.LightningDataModule):
     def to(self, device) -> None:
         self.data.to(device)
         self._train.tensors = self._tensors()
+        self.valid_epoch = self._valid_view()
+
+    def use_full_validation(self) -> None:
+        """Validate on every valid user from now on (the final validation after fitting)."""
+        self._valid_rows = None
         self.valid_epoch = self._valid_view()
 
     def set_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:

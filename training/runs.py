@@ -92,6 +92,10 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ValueError(f"model.{key} must be > 0, got {m[key]}")
         if float(m.lr) <= 0:
             raise ValueError(f"model.lr must be > 0, got {m.lr}")
+    if m.get("family") == "ranker":
+        from training.ranker_data import check_ranker_config
+
+        check_ranker_config(m)
     if int(cfg.trainer.max_epochs) <= 0:
         raise ValueError(f"trainer.max_epochs must be > 0, got {cfg.trainer.max_epochs}")
 

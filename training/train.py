@@ -1,13 +1,17 @@
-"""Train a retrieval model: ``python -m training.train model=<sasrec|two_tower|pop|ease|ranker> data=<name> trainer=<cpu|gpu|ddp>``.
+"""Train a model: ``python -m training.train model=<sasrec|two_tower|pop|buy_again|ease|ranker> data=<name> trainer=<cpu|gpu|ddp>``.
 
-Dispatch on ``model.family``: ``sequence`` / ``two_tower`` train a LightningModule (early stopping on
-``valid/ndcg@10``, best and last checkpoints, CSV + TensorBoard logs, test on the best checkpoint);
-``baseline`` fits popularity or EASE/ItemKNN in closed form; ``ranker`` is handed to
-``training.ranker.train_ranker``. Every run writes ``${paths.runs}/<data>/<model>/<time>/`` with
-``config.yaml``, ``checkpoints/``, ``logs/``, ``manifest.json`` and, last, ``metrics.json``.
+Dispatch on ``model.family``: ``sequence``, ``two_tower`` and ``ranker`` train a LightningModule with one
+``pl.Trainer`` built here from ``conf/trainer`` (hardware, epochs, ``max_time``), ``conf/logger`` (csv,
+tensorboard, mlflow) and ``conf/callbacks`` (best/last checkpoints and early stopping on
+``valid/ndcg@10``, epoch history); after fitting, the final validation and the test run through
+``trainer.validate`` / ``trainer.test`` on the best checkpoint, so their metrics reach the loggers.
+``baseline`` fits popularity, buy-again or EASE/ItemKNN in closed form. Every run writes
+``${paths.runs}/<data>/<model>/<time>/`` with ``config.yaml``, ``checkpoints/``, ``logs/``,
+``manifest.json`` and, last, ``metrics.json``; the ranker also ``export/`` (``ranker.onnx``, ``ranker.json``).
 
 Resume: ``trainer.resume=true`` continues the newest run of this data/model from its ``last.ckpt``;
-``trainer.resume=<path.ckpt>`` continues that checkpoint's run.
+``trainer.resume=<path.ckpt>`` continues that checkpoint's run. ``main`` returns ``valid/ndcg@10`` (what a
+Hydra sweeper maximises in ``-m`` runs).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,13 +29,15 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from features.artifacts import code_version, file_sha256, read_json, write_json
+from features.artifacts import code_version, file_sha256, write_json
 from features.processed import load_manifest, processed_dir
 from features.splits import split_files
+from training.callbacks import EpochHistory, StopAtTarget
 from training.evaluate import evaluate_split, protocol
-from training.modules import NonFiniteLossError, split_scorer
+from training.modules import NonFiniteLossError
 from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
                            pick_device, validate_config)
 
@@ -39,64 +46,13 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*isn't a `torch.utils.data.DataLoader`.*")
 # under DDP every rank evaluates the whole validation split, so its metrics are equal on all ranks: no sync needed
 warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+warnings.filterwarnings("ignore", message=".*MLFlow only allows.*")   # '@' dropped from metric names (ndcg@10 -> ndcg10)
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     metrics: dict = field(default_factory=dict)
-
-
-class EpochHistory(pl.Callback):
-    """Wall time and validation NDCG@10 after every epoch (kept in checkpoints, so resume continues it)."""
-
-    def __init__(self) -> None:
-        self.history: list[dict] = []
-        self._t0 = 0.0
-        self._offset = 0.0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
-        self._offset = self.history[-1]["time_s"] if self.history else 0.0
-
-    def on_validation_end(self, trainer, pl_module) -> None:  # after the module has logged its metrics
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        m = pl_module.last_eval
-        self.history.append({"epoch": trainer.current_epoch + 1,
-                             "time_s": round(self._offset + time.perf_counter() - self._t0, 3),
-                             "valid/ndcg@10": m.get("valid/ndcg@10"), "valid/hr@10": m.get("valid/hr@10")})
-
-    def state_dict(self) -> dict:
-        return {"history": self.history}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history = list(state.get("history", []))
-
-
-class StopAtTarget(pl.Callback):
-    """Stop training once the per-epoch ``valid/ndcg@10`` reaches ``target`` (speed benchmarks: time to a quality)."""
-
-    def __init__(self, target: float) -> None:
-        self.target = target
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        if (pl_module.last_eval.get("valid/ndcg@10") or 0.0) >= self.target:
-            trainer.should_stop = True
-
-
-def _loggers(run_dir: Path) -> list:
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = [CSVLogger(save_dir=str(run_dir), name="logs", version="csv")]
-    try:
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard",
-                                         default_hp_metric=False))
-    except ModuleNotFoundError:
-        log.warning("tensorboard is not installed: writing the CSV log only")
-    return loggers
 
 
 def _input_hashes(pdir: Path, split: str) -> dict:
@@ -160,6 +116,70 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
     return {**metrics, "algorithm": algo, "fit_time_s": fit_s}
 
 
+def max_time(value) -> timedelta | None:
+    """``trainer.max_time`` as a ``timedelta``: seconds (a number or a numeric string), Lightning's
+    ``"DD:HH:MM:SS"`` string, or a dict of ``timedelta`` fields (``{minutes: 50}``); null = no cap."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, (Mapping, DictConfig)):
+            out = timedelta(**{str(k): float(v) for k, v in dict(value).items()})
+        elif isinstance(value, str) and ":" in value:
+            d, h, m, s = (int(p) for p in value.split(":"))
+            out = timedelta(days=d, hours=h, minutes=m, seconds=s)
+        else:
+            out = timedelta(seconds=float(value))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"trainer.max_time={value!r}: expected seconds, \"DD:HH:MM:SS\" or a dict such as "
+                         f"{{minutes: 50}} ({err})") from None
+    if out <= timedelta(0):
+        raise ValueError(f"trainer.max_time={value!r}: must be > 0")
+    return out
+
+
+def show_progress_bar(setting) -> bool:
+    """``trainer.progress_bar``: ``auto`` = a bar when the output is a terminal (plain log lines otherwise)."""
+    if str(setting).lower() == "auto":
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    return bool(setting)
+
+
+def instantiate_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """The loggers of ``conf/logger`` (``logger=[csv,tensorboard,mlflow]``), writing into the run folder."""
+    loggers = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        if lcfg is None or "_target_" not in lcfg:
+            continue
+        kwargs = {}
+        if "save_dir" in lcfg and lcfg.save_dir is None:
+            kwargs["save_dir"] = str(run_dir)
+        if "run_name" in lcfg and lcfg.run_name is None:
+            kwargs["run_name"] = run_dir.name
+        if str(lcfg.get("tracking_uri") or "").startswith("file:"):
+            # MLflow 3 keeps its file store for local use behind this switch (a database backend is the default)
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        try:
+            loggers.append(instantiate(lcfg, **kwargs))
+        except (ImportError, ModuleNotFoundError) as err:
+            log.warning("logger %s is not available (%s): skipped", name, err)
+    return loggers
+
+
+def instantiate_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    """The callbacks of ``conf/callbacks``; a ``ModelCheckpoint`` is required (it writes ``<run>/checkpoints``)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    ckpts = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if not ckpts:
+        raise ValueError("callbacks: no ModelCheckpoint (conf/callbacks/model_checkpoint.yaml); the final test "
+                         "loads the best checkpoint")
+    for c in ckpts:
+        if c.dirpath is None:
+            c.dirpath = str(run_dir / "checkpoints")
+    return callbacks
+
+
 @dataclass
 class Hardware:
     """What ``pl.Trainer`` gets: accelerator, devices (GPUs or CPU processes), strategy, precision."""
@@ -183,9 +203,71 @@ def hardware(t: DictConfig, device: str) -> Hardware:
     return Hardware("cpu", 1, "auto", "32-true")
 
 
-def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None) -> dict:
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+def build_trainer(cfg: DictConfig, run_dir: Path, device: str) -> tuple[pl.Trainer, Hardware]:
+    """The ``pl.Trainer`` of every Lightning model: ``conf/trainer`` + ``conf/logger`` + ``conf/callbacks``."""
+    t = cfg.trainer
+    hw = hardware(t, device)
+    loggers = instantiate_loggers(cfg, run_dir)
+    trainer = pl.Trainer(
+        accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy, precision=hw.precision,
+        max_epochs=int(t.max_epochs), min_epochs=int(t.min_epochs), max_time=max_time(t.get("max_time")),
+        check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
+        gradient_clip_val=t.get("gradient_clip_val"), deterministic=bool(t.deterministic),
+        callbacks=instantiate_callbacks(cfg, run_dir), logger=loggers or False, default_root_dir=str(run_dir),
+        enable_progress_bar=show_progress_bar(t.get("progress_bar", "auto")), enable_model_summary=False,
+        num_sanity_val_steps=0, use_distributed_sampler=False,
+    )
+    for lg in trainer.loggers:     # the composed settings, for comparing runs (MLflow params, TensorBoard hparams)
+        lg.log_hyperparams({"model": OmegaConf.to_container(cfg.model, resolve=True), "data": str(cfg.data.name),
+                            "trainer": OmegaConf.to_container(t, resolve=True), "seed": int(cfg.seed)})
+    return trainer, hw
 
+
+def _callback(trainer: pl.Trainer, kind: type):
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def fit_and_test(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule, resume: Path | None,
+                 hw: Hardware) -> dict:
+    """Fit, then validate and test the best checkpoint (last weights when no validation ran); the module keeps
+    the best weights. Returns the final valid/test metrics and the loop's figures (epochs, times, stop reason)."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    fit_s = time.perf_counter() - t0
+    ckpt = trainer.checkpoint_callback
+    best = "best" if ckpt is not None and ckpt.best_model_path else None
+    if hasattr(dm, "use_full_validation"):
+        dm.use_full_validation()            # per-epoch validation may use a subset; the final one uses every user
+    trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+    trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+    metrics = dict(getattr(module, "last_eval", {}) or {})
+    history = _callback(trainer, EpochHistory)
+    hist = history.history if history is not None else []
+    best_i = int(np.argmax([h["valid/ndcg@10"] or 0 for h in hist])) if hist else -1
+    epochs_run = hist[-1]["epoch"] if hist else int(trainer.current_epoch)
+    train_time = hist[-1]["time_s"] if hist else fit_s
+    early, target = _callback(trainer, EarlyStopping), _callback(trainer, StopAtTarget)
+    best_path = Path(ckpt.best_model_path) if best else None
+    run_dir = Path(trainer.default_root_dir)
+    metrics.update({
+        "best_checkpoint": (None if best_path is None else
+                            str(best_path.relative_to(run_dir)) if best_path.is_relative_to(run_dir) else str(best_path)),
+        "best_epoch": hist[best_i]["epoch"] if hist else None,
+        "time_to_best_s": hist[best_i]["time_s"] if hist else None,
+        "epochs": epochs_run, "train_time_s": train_time, "fit_wall_s": fit_s,
+        "epoch_time_s": train_time / max(epochs_run, 1), "history": hist,
+        "n_parameters": sum(p.numel() for p in module.parameters()),
+        "processes": int(trainer.world_size), "strategy": str(hw.strategy), "precision": str(hw.precision),
+        "stop_reason": ("early_stopping" if early is not None and early.stopped_epoch > 0 else
+                        "target_reached" if target is not None and hist and target.reached(hist[-1]["valid/ndcg@10"]) else
+                        "max_epochs" if epochs_run >= int(trainer.max_epochs) else "max_time"),
+    })
+    return metrics
+
+
+def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None) -> dict:
     from training.data import SequenceDataModule
 
     data, extra = load_data(cfg, pdir)
@@ -197,72 +279,73 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     if bool(t.get("compile", False)):
         # compile the network's forward only: parameter names (checkpoints, export) stay those of the plain module
         module.net.forward = torch.compile(module.net.forward, dynamic=False)
-    ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-{epoch:03d}",
-                           monitor="valid/ndcg@10", mode="max", save_top_k=1, save_last=True)
-    history = EpochHistory()
-    early = EarlyStopping(monitor="valid/ndcg@10", mode="max", patience=int(t.patience))
-    callbacks = [ckpt, history, early]
-    if t.get("stop_at_valid_ndcg") is not None:
-        callbacks.append(StopAtTarget(float(t.stop_at_valid_ndcg)))
-    hw = hardware(t, device)
-    trainer = pl.Trainer(
-        accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy, precision=hw.precision,
-        max_epochs=int(t.max_epochs), min_epochs=int(t.min_epochs), max_time=timedelta(seconds=float(t.max_time)) if t.get("max_time") else None,
-        check_val_every_n_epoch=int(t.check_val_every_n_epoch), log_every_n_steps=int(t.log_every_n_steps),
-        gradient_clip_val=t.get("gradient_clip_val"), deterministic=bool(t.deterministic),
-        callbacks=callbacks, logger=_loggers(run_dir), default_root_dir=str(run_dir),
-        enable_progress_bar=bool(t.progress_bar), enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-    )
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    fit_s = time.perf_counter() - t0
+    valid_epoch_users = len(dm.valid_epoch)
+    trainer, hw = build_trainer(cfg, run_dir, device)
+    metrics = fit_and_test(trainer, module, dm, resume, hw)
     if not trainer.is_global_zero:
         return {}
-    best = Path(ckpt.best_model_path) if ckpt.best_model_path else run_dir / "checkpoints" / "last.ckpt"
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    module = module.to(device).eval()
-    data.to(device)
-    with torch.no_grad():
-        items = module.item_embeddings().float()
-    e = cfg.trainer.eval
-    common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
-                  batch_size=int(e.batch_size), model=str(cfg.model.name))
-    metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
-    metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
-                                  sampled_negatives=int(e.sampled_negatives), **common))
-    hist = history.history
-    best_i = int(np.argmax([h["valid/ndcg@10"] or 0 for h in hist])) if hist else -1
-    epochs_run = hist[-1]["epoch"] if hist else 0
-    train_time = hist[-1]["time_s"] if hist else fit_s
-    metrics.update({
-        "best_checkpoint": str(best.relative_to(run_dir)) if best.is_relative_to(run_dir) else str(best),
-        "best_epoch": hist[best_i]["epoch"] if hist else None,
-        "time_to_best_s": hist[best_i]["time_s"] if hist else None,
-        "epochs": epochs_run, "train_time_s": train_time, "fit_wall_s": fit_s,
-        "epoch_time_s": train_time / max(epochs_run, 1),
-        "sequences_per_s": data.info["train_sequences"] * epochs_run / max(train_time, 1e-9),
-        "history": hist, "n_parameters": sum(p.numel() for p in module.parameters()),
-        "processes": int(trainer.world_size), "strategy": str(hw.strategy), "precision": str(hw.precision),
-        "valid_epoch_users": len(dm.valid_epoch), "compiled": bool(t.get("compile", False)),
-        "stop_reason": ("early_stopping" if early.stopped_epoch > 0 else
-                        "target_reached" if t.get("stop_at_valid_ndcg") is not None and hist
-                        and (hist[-1]["valid/ndcg@10"] or 0) >= float(t.stop_at_valid_ndcg) else
-                        "max_epochs" if epochs_run >= int(t.max_epochs) else "max_time"),
-    })
+    metrics.update({"sequences_per_s": data.info["train_sequences"] * metrics["epochs"] / max(metrics["train_time_s"], 1e-9),
+                    "valid_epoch_users": valid_epoch_users, "compiled": bool(t.get("compile", False))})
     return metrics
+
+
+def _train_ranker(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None,
+                  manifest: dict) -> dict:
+    """The DCN-v2 ranker on the retriever's candidates (``training.ranker``); exports ``export/ranker.onnx``
+    and, with ``model.export_to_bundle``, adds it to the retriever's bundle."""
+    from training.ranker import build_module as build_ranker, copy_to_bundle, export_onnx
+    from training.ranker_data import RankerDataModule, load_ranker_data
+
+    m = cfg.model
+    data = load_ranker_data(cfg, pdir, device)
+    module = build_ranker(data, m)
+    dm = RankerDataModule(data, int(m.batch_size), int(cfg.seed))
+    trainer, hw = build_trainer(cfg, run_dir, device)
+    metrics = fit_and_test(trainer, module, dm, resume, hw)
+    if not trainer.is_global_zero:
+        return {}
+    export_dir = run_dir / "export"
+    metrics.update(export_onnx(module.net, data.spec, export_dir, data.test.batch, float(m.onnx_tolerance)))
+    if data.spec.user_features and data.retriever.user_spec is None:  # the bundle has no user-feature table yet: add one
+        from training.export import user_feature_table
+
+        user_feature_table(pdir, data.user_spec, data.retriever.items).to_parquet(export_dir / "user_features.parquet",
+                                                                                   index=False)
+        write_json(export_dir / "user_features.json", data.user_spec.to_json())
+    metrics["user_features"] = list(data.spec.user_features)
+    metrics["protocol"] = {"split": data.split, "period": data.period, "candidates": int(m.n_candidates),
+                           "ranking": "the retriever's top candidates, re-ranked",
+                           "exclude_history": bool(m.exclude_history),
+                           "relevant": f"items with a '{data.heads[0]}' event in the label period",
+                           "ties": "broken by the retrieval order"}
+    manifest.update({"kind": "ranker", "retriever_bundle": str(data.retriever.bundle_dir),
+                     "retriever_model": data.retriever.manifest.get("model"), "heads": data.heads,
+                     "counts": data.counts(),
+                     "input_hashes": {"processed_manifest": file_sha256(pdir / "manifest.json"),
+                                      "item_embeddings": file_sha256(data.retriever.bundle_dir / "item_embeddings.npy")}})
+    if bool(m.export_to_bundle):
+        copy_to_bundle(export_dir, data.retriever.bundle_dir,
+                       {"run": str(run_dir), "test/ndcg@10": metrics["test/ndcg@10"],
+                        "test/rerank_gain": metrics.get("test/rerank_gain")})
+        metrics["bundle"] = str(data.retriever.bundle_dir)
+    log.info("ranker: test ndcg@10 %.4f vs retrieval order %.4f (gain %+.1f%%)", metrics["test/ndcg@10"],
+             metrics["test/retrieval_ndcg@10"], 100 * float(metrics.get("test/rerank_gain", float("nan"))))
+    return metrics
+
+
+def _log_baseline(cfg: DictConfig, run_dir: Path, metrics: dict) -> None:
+    """A closed-form fit has no Trainer: its final metrics go to the configured loggers directly."""
+    for lg in instantiate_loggers(cfg, run_dir):
+        lg.log_hyperparams({"model": OmegaConf.to_container(cfg.model, resolve=True), "data": str(cfg.data.name)})
+        lg.log_metrics({k: float(v) for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}, step=0)
+        lg.finalize("success")
 
 
 def run(cfg: DictConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; returns the run folder and its metrics."""
-    if cfg.model.get("family") == "ranker":
-        from training.ranker import train_ranker
-
-        run_dir = Path(train_ranker(cfg))
-        metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-        return TrainResult(run_dir, metrics)
     validate_config(cfg)
+    max_time(cfg.trainer.get("max_time"))          # a bad value fails before any work
     torch.set_num_threads(int(cfg.trainer.num_threads))
     torch.set_float32_matmul_precision("high")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -274,23 +357,29 @@ def run(cfg: DictConfig) -> TrainResult:
     os.environ[RUN_DIR_ENV] = str(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info("run folder %s (device %s%s)", run_dir, device, f", resuming {resume}" if resume else "")
-    if cfg.model.family == "baseline":
-        metrics = _train_baseline(cfg, pdir, run_dir, device)
-    elif cfg.model.family in NEURAL_FAMILIES:
-        metrics = _train_neural(cfg, pdir, run_dir, device, resume)
-        if not metrics:                              # a non-zero DDP rank
-            return TrainResult(run_dir, {})
-    else:
-        raise ValueError(f"model.family={cfg.model.family!r} is not trainable here")
-    metrics.update({"model": str(cfg.model.name), "family": str(cfg.model.family), "data": str(cfg.data.name),
-                    "device": device, "protocol": protocol(cfg), "run_dir": str(run_dir)})
+    family = str(cfg.model.family)
     manifest = {
         "kind": "training_run", "model": str(cfg.model.name), "data": str(cfg.data.name), "device": device,
         "counts": {k: v for k, v in data_manifest.get("counts", {}).items()} if isinstance(data_manifest.get("counts"), dict) else {},
         "input_hashes": _input_hashes(pdir, split_files(str(cfg.trainer.eval.split))),
-        "config": OmegaConf.to_container(cfg, resolve=True), "code_version": code_version(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed_from": str(resume) if resume else None,
     }
+    if family == "baseline":
+        metrics = _train_baseline(cfg, pdir, run_dir, device)
+        _log_baseline(cfg, run_dir, metrics)
+    elif family in NEURAL_FAMILIES:
+        metrics = _train_neural(cfg, pdir, run_dir, device, resume)
+    elif family == "ranker":
+        metrics = _train_ranker(cfg, pdir, run_dir, device, resume, manifest)
+    else:
+        raise ValueError(f"model.family={family!r} is not trainable here")
+    if not metrics:                                  # a non-zero DDP rank
+        return TrainResult(run_dir, {})
+    metrics.setdefault("protocol", protocol(cfg))
+    metrics.update({"model": str(cfg.model.name), "family": family, "data": str(cfg.data.name),
+                    "device": device, "run_dir": str(run_dir)})
+    manifest.update({"config": OmegaConf.to_container(cfg, resolve=True), "code_version": code_version(),
+                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "resumed_from": str(resume) if resume else None})
     _write_final(run_dir, metrics, manifest)
     log.info("test/ndcg@10=%.4f test/hr@10=%.4f valid/ndcg@10=%.4f -> %s", metrics["test/ndcg@10"],
              metrics["test/hr@10"], metrics["valid/ndcg@10"], run_dir / "metrics.json")
@@ -298,16 +387,19 @@ def run(cfg: DictConfig) -> TrainResult:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns ``valid/ndcg@10`` of the run: the objective of a Hydra sweep (``-m``), never a test figure."""
     try:
         res = run(cfg)
     except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
         print(f"training.train: error: {err}", file=sys.stderr)
         sys.exit(2)
-    if res.metrics:
-        print(f"run folder: {res.run_dir}")
-        print(" ".join(f"{k}={res.metrics[k]:.4f}" for k in ("valid/ndcg@10", "test/ndcg@10", "test/hr@10")
-                       if k in res.metrics))
+    if not res.metrics:
+        return None
+    print(f"run folder: {res.run_dir}")
+    print(" ".join(f"{k}={res.metrics[k]:.4f}" for k in ("valid/ndcg@10", "test/ndcg@10", "test/hr@10")
+                   if k in res.metrics))
+    return float(res.metrics["valid/ndcg@10"])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""training.ranker end to end on a small synthetic shop: hard-negative stages, metrics, ONNX export and
-parity, the bundle copy that serving.ranking loads; plus one run on the real Online Retail data."""
+"""The ranker through ``training.train`` on a small synthetic shop: hard-negative stages, metrics, the standard
+run folder (trainer settings, loggers incl. MLflow, resume), ONNX export and parity, the bundle files that
+serving.ranking loads, and the refusal of a retriever trained on another split or period."""
 from __future__ import annotations
 
 import json
-import sys
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toy_bundle import make_bundle  # noqa: E402
-
-from models.ranker import DCNv2Ranker  # noqa: E402
-from serving.ranking import Ranker, RankRequest  # noqa: E402
-from training.ranker import RankerSetupError, train_ranker  # noqa: E402
+from models.ranker import DCNv2Ranker
+from serving.ranking import Ranker, RankRequest
+from tests.toy_bundle import make_bundle
+from training.ranker_data import RankerSetupError
+from training.train import run
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -50,15 +50,34 @@ def write_processed(root: Path, seed: int = 0) -> Path:
     ev[ev.ts < cut_v].to_parquet(pdir / "splits/temporal/train.parquet")
     ev[(ev.ts >= cut_v) & (ev.ts < cut_t)].to_parquet(pdir / "splits/temporal/valid.parquet")
     ev[ev.ts >= cut_t].to_parquet(pdir / "splits/temporal/test.parquet")
-    (pdir / "manifest.json").write_text(json.dumps({"n_items": N_ITEMS, "n_users": N_USERS, "code_version": "test"}))
+    (pdir / "manifest.json").write_text(json.dumps({"n_items": N_ITEMS, "n_users": N_USERS, "code_version": "test",
+                                                    "config": {"splits": {"temporal": PERIOD}}}))
     return pdir
+
+
+PERIOD = {"valid_start": "2024-10-01", "test_start": "2024-11-15"}
+
+
+def retriever_bundle(root: Path, split: str = "temporal", period: dict | None = PERIOD, **kw) -> Path:
+    """A toy retriever bundle whose manifest records the split and period its retriever was trained on."""
+    bundle = make_bundle(root, **kw)
+    man = json.loads((bundle / "manifest.json").read_text())
+    man.update({"split": split, "period": period})
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    return bundle
+
+
+def train_ranker(cfg) -> Path:
+    res = run(cfg)
+    assert res.metrics, "no metrics"
+    return res.run_dir
 
 
 def ranker_cfg(art: Path, bundle: Path, *extra: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return compose("config", overrides=[
             "model=ranker", "trainer=cpu", f"paths.artifacts={art}", "data.name=toyshop",
-            f"model.retriever_bundle={bundle}", "model.n_candidates=50", "model.max_epochs=4", "model.patience=2",
+            f"model.retriever_bundle={bundle}", "model.n_candidates=50", "trainer.max_epochs=4", "trainer.patience=2",
             "model.batch_size=512", "trainer.num_threads=1", *extra])
 
 
@@ -66,8 +85,9 @@ def ranker_cfg(art: Path, bundle: Path, *extra: str):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranker")
     write_processed(root / "art")
-    bundle = make_bundle(root / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
-    run_dir = train_ranker(ranker_cfg(root / "art", bundle, "model.user_features.enabled=true"))
+    bundle = retriever_bundle(root / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    run_dir = train_ranker(ranker_cfg(root / "art", bundle, "model.user_features.enabled=true",
+                                      "logger=[csv,tensorboard,mlflow]"))
     return run_dir, bundle
 
 
@@ -80,10 +100,17 @@ def test_run_folder_metrics_and_export(trained):
     # re-buying favourites is learnable from the history features: the ranker beats retrieval order
     assert m["test/rerank_gain"] > 0.05
     assert m["onnx_max_abs_diff"] <= 1e-4
-    assert (run_dir / "checkpoints").is_dir() and (run_dir / "config.yaml").exists()
-    assert list((run_dir / "logs").rglob("metrics.csv"))
+    # the standard run folder: trainer settings honoured, best + last checkpoints, loggers
+    assert run_dir.parent.name == "ranker" and run_dir.parent.parent.name == "toyshop"
+    assert m["epochs"] <= 4 and [h["epoch"] for h in m["history"]] == list(range(1, m["epochs"] + 1))
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and m["best_checkpoint"].startswith("checkpoints/best-")
+    assert (run_dir / "config.yaml").exists() and (run_dir / "export" / "ranker.onnx").exists()
+    assert m["protocol"]["split"] == "temporal" and m["protocol"]["period"] == PERIOD
+    csv = pd.read_csv(run_dir / "logs" / "csv" / "metrics.csv")
+    assert csv["test/ndcg@10"].dropna().iloc[-1] == pytest.approx(m["test/ndcg@10"], rel=1e-5)   # trainer.test logged
+    assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents*"))
     man = json.loads((run_dir / "manifest.json").read_text())
-    assert man["heads"] == ["purchase", "return"] and man["device"] == "cpu"
+    assert man["heads"] == ["purchase", "return"] and man["device"] == "cpu" and man["kind"] == "ranker"
     assert (bundle / "ranker.onnx").exists() and "ranker.onnx" in json.loads((bundle / "manifest.json").read_text())["files"]
     # user features: fitted on the train part, inputs of the ranker, their table copied into the bundle for serving
     assert m["user_features"][0] == "attr_country" and "activity" in m["user_features"]
@@ -92,6 +119,47 @@ def test_run_folder_metrics_and_export(trained):
     table = pd.read_parquet(bundle / "user_features.parquet")
     assert list(table.columns) == ["user_id", "user_key", *m["user_features"]] and len(table) == N_USERS
     assert json.loads((bundle / "user_features.json").read_text())["names"] == m["user_features"]
+
+
+def test_mlflow_file_store_holds_the_run(trained):
+    """logger=mlflow: a local MLflow file store (artifacts/mlruns) with the config and the final test metrics."""
+    import mlflow
+
+    run_dir, _ = trained
+    m = json.loads((run_dir / "metrics.json").read_text())
+    store = Path(json.loads((run_dir / "manifest.json").read_text())["config"]["paths"]["artifacts"]) / "mlruns"
+    client = mlflow.tracking.MlflowClient(f"file:{store}")
+    exp = client.get_experiment_by_name("toyshop-ranker")
+    (found,) = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_dir.name}'")
+    assert found.data.metrics["test/ndcg10"] == pytest.approx(m["test/ndcg@10"], rel=1e-5)   # MLflow drops '@'
+    assert found.data.params["model/n_candidates"] == "50" and found.info.status == "FINISHED"
+
+
+def test_ranker_honours_trainer_epochs_and_resumes(tmp_path):
+    write_processed(tmp_path / "art")
+    bundle = retriever_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    common = ["model.export_to_bundle=false", "trainer.patience=10", "logger=[csv]"]
+    first = run(ranker_cfg(tmp_path / "art", bundle, *common, "trainer.max_epochs=1"))
+    assert first.metrics["epochs"] == 1 and first.metrics["stop_reason"] == "max_epochs"
+    resumed = run(ranker_cfg(tmp_path / "art", bundle, *common, "trainer.max_epochs=2", "trainer.resume=true"))
+    assert resumed.run_dir == first.run_dir                            # the newest ranker run, continued
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2]
+    assert resumed.metrics["history"][0] == first.metrics["history"][0]
+
+
+@pytest.mark.parametrize("split, period, message", [
+    ("loo", None, "split 'loo', period None; the ranker evaluates on model.split='temporal'"),
+    ("temporal", {"valid_start": "2024-09-01", "test_start": "2024-11-15"}, "period {'valid_start': '2024-09-01'"),
+])
+def test_refuses_a_retriever_trained_on_another_split_or_period(tmp_path, split, period, message):
+    write_processed(tmp_path / "art")
+    bundle = retriever_bundle(tmp_path / "bundle", split, period, n_items=N_ITEMS, dim=16, max_len=20)
+    with pytest.raises(RankerSetupError, match=re.escape(message)):
+        run(ranker_cfg(tmp_path / "art", bundle))
+    assert not (tmp_path / "art" / "runs").exists() or not list((tmp_path / "art" / "runs").rglob("metrics.json"))
+    plain = make_bundle(tmp_path / "unrecorded", n_items=N_ITEMS, dim=16, max_len=20)   # no split recorded
+    with pytest.raises(RankerSetupError, match="records no split"):
+        run(ranker_cfg(tmp_path / "art", plain))
 
 
 def test_serving_ranker_matches_pytorch(trained):
@@ -122,7 +190,7 @@ def test_bad_settings_fail_naming_them(tmp_path):
     write_processed(tmp_path / "art")
     with pytest.raises(RankerSetupError, match="model.retriever_bundle"):
         train_ranker(ranker_cfg(tmp_path / "art", tmp_path / "missing"))
-    bundle = make_bundle(tmp_path / "small", n_items=50, dim=8)
+    bundle = retriever_bundle(tmp_path / "small", n_items=50, dim=8)
     with pytest.raises(RankerSetupError, match="item_embeddings.npy: 50 items"):
         train_ranker(ranker_cfg(tmp_path / "art", bundle))
     with pytest.raises(RankerSetupError, match="model.n_candidates"):
@@ -159,7 +227,7 @@ def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
     from training.svd_retriever import MeanPoolEncoder
 
     pdir = write_processed(tmp_path / "art")
-    bundle = make_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    bundle = retriever_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
     spec = UserFeatureSpec.fit(pd.read_parquet(pdir / "splits/temporal/train.parquet"), pd.read_parquet(pdir / "users.parquet"),
                                pd.read_parquet(bundle / "items.parquet"), UserFeatureConfig(enabled=True))
 
@@ -174,11 +242,11 @@ def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
     seq, uf = torch.ones(2, 20, dtype=torch.long), torch.ones(2, len(spec.names), dtype=torch.long)
     export_encoder_onnx(Encoder(), 20, bundle / "encoder.onnx", seq, uf)
     with pytest.raises(RankerSetupError, match="user_features.json: missing"):
-        train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1"))
+        train_ranker(ranker_cfg(tmp_path / "art", bundle, "trainer.max_epochs=1"))
     (bundle / "user_features.json").write_text(json.dumps(spec.to_json()))
-    m = json.loads((train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1")) / "metrics.json").read_text())
+    m = json.loads((train_ranker(ranker_cfg(tmp_path / "art", bundle, "trainer.max_epochs=1")) / "metrics.json").read_text())
     assert m["user_features"] == [] and np.isfinite(m["test/ndcg@10"])   # encoder fed, ranker without them (default)
-    run_dir = train_ranker(ranker_cfg(tmp_path / "art", bundle, "model.max_epochs=1", "model.user_features.enabled=true"))
+    run_dir = train_ranker(ranker_cfg(tmp_path / "art", bundle, "trainer.max_epochs=1", "model.user_features.enabled=true"))
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["user_features"] == spec.names and np.isfinite(m["test/ndcg@10"])
     assert not (bundle / "user_features.parquet").exists()   # the retriever's export owns the bundle's table
