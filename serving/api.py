@@ -119,6 +119,8 @@ class RecommendationRequest(Strict):
     exclude: list[Key] = Field(default_factory=list, max_length=1000, description="item ids never to return")
     recent_events: list[RecentEvent] = Field(default_factory=list, max_length=200,
                                              description="the session's latest events, oldest first")
+    session_id: Key | None = Field(None, description="an anonymous visitor's session or device id: when given, "
+                                                     "the unit of experiment assignment (else user_id)")
 
 
 class Item(Strict):
@@ -133,6 +135,9 @@ class RecommendationResponse(Strict):
     cold_start: bool
     degraded: str | None = Field(None, description="the stage that ran out of time or failed, if any")
     bundle: str
+    experiment: str | None = Field(None, description="the experiment this answer is part of (absent outside one)")
+    variant: str | None = Field(None, description="the experiment variant that answered")
+    request_id: str | None = Field(None, description="in an experiment: send it with events to attribute them")
 
 
 class SimilarResponse(Strict):
@@ -146,6 +151,9 @@ class EventIn(Strict):
     item_id: Key
     event: EventType
     ts: EventTime | None = Field(None, description="event time (ISO 8601; naive = UTC); default: when it arrives")
+    request_id: StrictStr | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                         description="the recommendation response this event answers")
+    position: StrictInt | None = Field(None, ge=0, le=MAX_K, description="0-based position of the item in it")
 
 
 # One event or a list of them; the callable discriminator validates only the matching shape, and the
@@ -183,7 +191,7 @@ def _items(items: list[RecItem]) -> list[Item]:
                  reason=i.reason) for i in items]
 
 
-def recommendation_json(result: RecResult) -> Response:
+def recommendation_json(result: RecResult, experiment: dict[str, str] | None = None) -> Response:
     """The ``RecommendationResponse`` body, serialised here in one ``json.dumps``: FastAPI would
     otherwise build the pydantic models, validate them again against ``response_model`` and encode
     them through ``jsonable_encoder``, for a body whose types ``RecResult`` already fixes. The
@@ -192,6 +200,8 @@ def recommendation_json(result: RecResult) -> Response:
               "reason": i.reason} for i in result.items]
     body = {"items": items, "cold_start": bool(result.cold_start), "degraded": result.degraded,
             "bundle": result.bundle}
+    if experiment:  # experiment, variant, request_id
+        body.update(experiment)
     return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),
                     media_type="application/json")
 
@@ -401,7 +411,13 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         q = RecQuery(user_key=service.user_key(_key(req.user_id, "user_id")), k=req.k, category=ctx.category,
                      price_min=ctx.price_min, price_max=ctx.price_max, exclude=tuple(str(x) for x in req.exclude),
                      recent_items=tuple(str(e.item_id) for e in req.recent_events), channel=ctx.channel)
-        if ranker_handle is None:
+        exps = getattr(service, "experiments", None)  # serving.experiments: assignment + exposure log
+        exp = None if exps is None else exps.serve(rec, q, q.user_key if req.session_id is None else
+                                                   service.user_key(_key(req.session_id, "session_id")),
+                                                   tel.observe_stage)
+        if exp is not None:
+            result = exp[0]
+        elif ranker_handle is None:
             result = rec.recommend(q, observe=tel.observe_stage)
         else:
             result = await _recommend_remote(rec, q, ranker_handle, tel)
@@ -409,7 +425,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             tel.degraded.labels(result.degraded).inc()
         if result.cold_start:
             tel.cold_start.inc()
-        return recommendation_json(result)
+        return recommendation_json(result, exp[1] if exp is not None else None)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, dependencies=authed, tags=["recommend"],
              responses={404: {"description": "unknown item"}})
@@ -436,10 +452,13 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
                               _epoch(e.ts, now)) for e in batch]
         if online:
             try:
-                service.store.append(online)
+                stamped = service.store.append(online)
             except ValueError as e:  # the store's own check of what the models above already refuse
                 raise RequestValidationError([{"loc": ("body",), "msg": str(e), "type": "value_error",
                                                "input": None}]) from None
+        exps = getattr(service, "experiments", None)
+        if exps is not None and any(e.request_id for e in batch):  # which response each event answers
+            exps.attribute(stamped, [(e.request_id, e.position) for e in batch])
         tel.events.inc(len(online))
         return EventsAccepted(accepted=len(online))
 

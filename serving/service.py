@@ -20,6 +20,7 @@ from typing import Any
 from features.privacy import pseudo_key, pseudonymise_one
 from serving.auth import Auth
 from serving.bundle import Bundle, BundleError, load_bundle, resolve_bundle_dir
+from serving.experiments.router import Experiments
 from serving.recommender import RecommendSettings, Recommender, RecQuery
 from serving.store import EventStore
 from serving.telemetry import Telemetry
@@ -44,6 +45,7 @@ class Service:
         self._loading = False
         self._stop = threading.Event()
         self._campaign_scorers: dict[tuple[str, str], Any] = {}
+        self.experiments = Experiments.from_service(self)  # None unless serve.experiments.active names some
         if load:
             if background:
                 threading.Thread(target=self._initial_load, name="bundle-load", daemon=True).start()
@@ -147,6 +149,8 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.experiments is not None:
+            self.experiments.stop()
 
     # -------------------------------------------------------------------------------------------
     def campaign_scorer(self, campaign_id: str) -> Any:
