@@ -10,9 +10,9 @@ network is ``models.ranker.DCNv2Ranker`` (plain PyTorch, exported to ONNX). ``Ra
 with a multi-task BCE (one head per event type) and evaluates the re-ranked list of the early-stopping
 users (validation) and of the test stage against the retrieval order.
 
-NDCG@k here: binary relevance = the candidate was bought in the label period; IDCG counts all items the
-user bought then (capped at k), so items the retriever missed count against both orders. Ties in the
-ranker's scores are broken by the retrieval order (a stable sort over candidates stored best first).
+Metrics (``training.metrics.evaluate_candidate_lists``, the evaluator of every model): relevant = the
+candidate was bought in the label period; the ideal DCG counts all items the user bought then (capped at
+k), so items the retriever missed count against both orders; ties at their expected position.
 """
 from __future__ import annotations
 
@@ -28,29 +28,16 @@ from omegaconf import DictConfig
 
 from features.artifacts import file_sha256, write_json
 from models.ranker import DENSE_FEATURES, DCNv2Ranker, FeatureBatch, FeatureSpec, combine_heads
+from training.metrics import evaluate_candidate_lists
 from training.ranker_data import RankerData, Stage
 
 
-class NonFiniteScoresError(RuntimeError):
-    """The ranker produced NaN/inf probabilities; the message names the stage and the count of bad rows."""
-
-
-def ranking_metrics(stage: Stage, scores: np.ndarray, k: int = 10) -> dict[str, float]:
-    """NDCG@k, HR@k, MRR of the order given by ``scores`` (higher first) over each request's candidates."""
-    ndcg, hr, mrr = [], [], []
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    for r in range(len(stage.requests)):
-        sl = stage.rows(r)
-        rel = stage.labels[sl, 0]
-        order = np.argsort(-scores[sl], kind="stable")
-        top = rel[order[:k]]
-        n_rel = max(1, int(stage.n_relevant[r]))
-        idcg = disc[:min(n_rel, k)].sum()
-        ndcg.append(float((top * disc[:len(top)]).sum() / idcg))
-        hr.append(float(top.any()))
-        hits = np.flatnonzero(rel[order])
-        mrr.append(1.0 / (hits[0] + 1) if len(hits) else 0.0)
-    return {f"ndcg@{k}": float(np.mean(ndcg)), f"hr@{k}": float(np.mean(hr)), "mrr": float(np.mean(mrr))}
+def ranking_metrics(stage: Stage, scores: np.ndarray, k: int = 10, model: str = "ranker") -> dict[str, float]:
+    """NDCG@k, HR@k, recall@k, MRR of the order given by ``scores`` (higher first) over each request's
+    candidates (``training.metrics.evaluate_candidate_lists``: ties at their expected position; relevant items
+    the retriever missed count against every order; NaN/inf scores raise ``NonFiniteScoresError``)."""
+    return evaluate_candidate_lists(scores, stage.batch.offsets, stage.labels[:, 0] > 0,
+                                    np.maximum(stage.n_relevant, 1), ks=(k,), model=model)
 
 
 def retrieval_order(stage: Stage) -> np.ndarray:
@@ -60,18 +47,16 @@ def retrieval_order(stage: Stage) -> np.ndarray:
 
 def stage_metrics(stage: Stage, probs: np.ndarray, spec: FeatureSpec, prefix: str) -> dict[str, float]:
     """Re-ranked vs retrieval order on one stage, the candidates' recall and the user count."""
-    bad = int((~np.isfinite(probs)).any(axis=1).sum())
-    if bad:
-        raise NonFiniteScoresError(f"ranker: {bad} of {len(probs)} {prefix.rstrip('/')} rows have NaN/inf scores")
-    rr = ranking_metrics(stage, combine_heads(probs, spec))
-    base = ranking_metrics(stage, retrieval_order(stage))
+    name = prefix.rstrip("/")
+    rr = ranking_metrics(stage, combine_heads(probs, spec), model=f"ranker ({name})")
+    base = ranking_metrics(stage, retrieval_order(stage), model=f"retrieval order ({name})")
     n_cand = int(np.diff(stage.batch.offsets).max()) if len(stage.users) else 0
     recall = np.mean([stage.labels[stage.rows(r), 0].sum() / max(1, stage.n_relevant[r]) for r in range(len(stage.users))])
-    return {f"{prefix}ndcg@10": rr["ndcg@10"], f"{prefix}hr@10": rr["hr@10"], f"{prefix}mrr": rr["mrr"],
-            f"{prefix}retrieval_ndcg@10": base["ndcg@10"], f"{prefix}retrieval_hr@10": base["hr@10"],
-            f"{prefix}retrieval_mrr": base["mrr"],
-            f"{prefix}rerank_gain": rr["ndcg@10"] / base["ndcg@10"] - 1.0 if base["ndcg@10"] > 0 else float("nan"),
-            f"{prefix}users": float(len(stage.users)), f"{prefix}candidate_recall@{n_cand}": float(recall)}
+    out = {f"{prefix}{k}": v for k, v in rr.items()}
+    out.update({f"{prefix}retrieval_{k}": v for k, v in base.items()})
+    out.update({f"{prefix}rerank_gain": rr["ndcg@10"] / base["ndcg@10"] - 1.0 if base["ndcg@10"] > 0 else float("nan"),
+                f"{prefix}users": float(len(stage.users)), f"{prefix}candidate_recall@{n_cand}": float(recall)})
+    return out
 
 
 class RankerModule(pl.LightningModule):

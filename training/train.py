@@ -317,7 +317,7 @@ def _train_ranker(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
                            "ranking": "the retriever's top candidates, re-ranked",
                            "exclude_history": bool(m.exclude_history),
                            "relevant": f"items with a '{data.heads[0]}' event in the label period",
-                           "ties": "broken by the retrieval order"}
+                           "ties": "expected position"}
     manifest.update({"kind": "ranker", "retriever_bundle": str(data.retriever.bundle_dir),
                      "retriever_model": data.retriever.manifest.get("model"), "heads": data.heads,
                      "counts": data.counts(),

@@ -24,7 +24,6 @@ def test_taobao_ranker_has_a_head_per_behaviour(tmp_path_factory, data_root):
     from features.prepare import run as prepare
     from serving.ranking import Ranker, RankRequest
     from training import export
-    from training.ranker import train_ranker
     from training.train import run as train
 
     root = tmp_path_factory.mktemp("taobao")
@@ -33,10 +32,10 @@ def test_taobao_ranker_has_a_head_per_behaviour(tmp_path_factory, data_root):
     ecfg = _cfg(root, data_root, "model=two_tower")
     ecfg.run = str(res.run_dir)
     bundle = export.run(ecfg).bundle_dir
-    cfg = _cfg(root, data_root, "model=ranker", f"model.retriever_bundle={bundle}", "model.max_epochs=2",
+    cfg = _cfg(root, data_root, "model=ranker", f"model.retriever_bundle={bundle}", "trainer.max_epochs=2",
                "model.n_candidates=100")
     assert list(cfg.model.heads) == ["view", "cart", "purchase"]       # the data_model specialisation applied
-    run_dir = train_ranker(cfg)
+    run_dir = train(cfg).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/users"] > 100 and np.isfinite(metrics["test/ndcg@10"]) and metrics["onnx_max_abs_diff"] <= 1e-4
     ranker = Ranker.load(bundle)                                        # export_to_bundle: served from the bundle
