@@ -40,13 +40,26 @@ def read_outcomes(campaign: CampaignConfig, audience: pd.DataFrame, seed: int) -
     return load_outcomes(how)
 
 
+def outcome_warnings(outcomes: Outcomes) -> list[str]:
+    """What the reader must know about the outcomes: windows not over yet, audience users without events."""
+    info, out = outcomes.info, []
+    if info.get("users_with_incomplete_window"):
+        out.append(f"{info['users_with_incomplete_window']} audience users' outcome windows run past the last event "
+                   f"({info['last_event']}): their outcomes are incomplete; read the campaign again later")
+    if info.get("audience_users_unknown_to_events"):
+        out.append(f"{info['audience_users_unknown_to_events']} audience users are unknown to the events "
+                   "(counted as no response)")
+    return out
+
+
 def write_report(campaign: CampaignConfig, res: dict, outcomes: Outcomes, steps: list[dict], inputs: dict,
                  extra: dict[str, pd.DataFrame] | None = None) -> dict:
     """``campaign.job.report_dir``: report.html + PNGs, outcomes.parquet, results.json, manifest.json (and
     ``extra`` tables as ``<name>.parquet``)."""
     public = {k: v for k, v in res.items() if not k.startswith("_")}
     public.update(outcomes_source=outcomes.source, outcomes_info=outcomes.info,
-                  simulated_outcomes=outcomes.source == "simulate")
+                  simulated_outcomes=outcomes.source == "simulate", warnings=outcome_warnings(outcomes))
+    res["warnings"] = public["warnings"]
     where = outcomes.info.get("path") or outcomes.info.get("processed") or f"seed {outcomes.info.get('seed')}"
     with atomic_dir(campaign.job.report_dir) as tmp:
         images = plots(res, steps, tmp)
@@ -92,6 +105,7 @@ def summary(res: dict) -> str:
                  + (", SIMULATED" if res["simulated_outcomes"] else "") + f"); report {res['report']}")
     if res.get("aa_check"):
         lines.append(res["aa_check"]["statement"])
+    lines += [f"WARNING: {w}" for w in res.get("warnings", [])]
     conv = next(e for e in res["effects"] if e["metric"] == "conversion")
     lines.append(json.dumps({"n_treatment": res["n_treatment"], "n_control": res["n_control"],
                              "conversion_uplift": conv["uplift"], "ci_low": conv["ci_low"], "ci_high": conv["ci_high"],

@@ -97,6 +97,8 @@ def render_html(campaign: CampaignConfig, res: dict, images: dict[str, str], sou
     if res.get("aa_check"):
         a = res["aa_check"]
         notes += f"<p style='color:{'#070' if a['passed'] else '#a00'}'><b>{html.escape(a['statement'])}</b></p>"
+    for w in res.get("warnings", []):
+        notes += f"<p style='color:#a60'><b>Warning:</b> {html.escape(w)}</p>"
     imgs = "".join(f"<h3>{html.escape(k)}</h3><img src='data:image/png;base64,{v}'/>" for k, v in images.items())
     return f"""<!doctype html><html><head><meta charset='utf-8'><title>Campaign {html.escape(campaign.id)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}</style></head><body>
