@@ -16,9 +16,6 @@ k), so items the retriever missed count against both orders; ties at their expec
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +23,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from features.artifacts import file_sha256, write_json
+from features.artifacts import write_json
 from models.ranker import DENSE_FEATURES, DCNv2Ranker, FeatureBatch, FeatureSpec, combine_heads
+from serving.bundle.contract import RANKER_JSON, RANKER_ONNX
 from training.metrics import evaluate_candidate_lists
 from training.ranker_data import RankerData, Stage
 
@@ -128,14 +126,14 @@ def build_module(data: RankerData, m: DictConfig) -> RankerModule:
 
 
 def export_onnx(net: DCNv2Ranker, spec: FeatureSpec, out_dir: Path, sample: FeatureBatch, tolerance: float) -> dict:
-    """Write ``ranker.onnx`` + ``ranker.json`` into ``out_dir``; check ONNX Runtime against PyTorch on ``sample``."""
+    """Write ``ranker.onnx`` + ``ranker.json`` (the bundle's file names) into ``out_dir``; check ONNX Runtime against PyTorch on ``sample``."""
     import onnxruntime as ort
 
     out_dir.mkdir(parents=True, exist_ok=True)
     net = net.to("cpu").float().eval()
     n = min(256, len(sample.dense))
     args = tuple(torch.from_numpy(np.ascontiguousarray(x[:n])) for x in (sample.dense, sample.cat, sample.user_emb, sample.item_emb))
-    path = out_dir / "ranker.onnx"
+    path = out_dir / RANKER_ONNX
     torch.onnx.export(net, args, str(path), input_names=list(spec.onnx_inputs), output_names=[spec.onnx_output],
                       dynamic_axes={**{k: {0: "n"} for k in spec.onnx_inputs}, spec.onnx_output: {0: "n"}},
                       dynamo=False, opset_version=17)
@@ -145,24 +143,7 @@ def export_onnx(net: DCNv2Ranker, spec: FeatureSpec, out_dir: Path, sample: Feat
         ref = net(*args).numpy()
     diff = float(np.abs(got - ref).max()) if n else 0.0
     if diff > tolerance:
-        raise RuntimeError(f"ranker.onnx differs from PyTorch by {diff:.2e} > model.onnx_tolerance={tolerance}")
-    write_json(out_dir / "ranker.json", spec.to_json())
+        raise RuntimeError(f"{RANKER_ONNX} differs from PyTorch by {diff:.2e} > model.onnx_tolerance={tolerance}")
+    write_json(out_dir / RANKER_JSON, spec.to_json())
     return {"onnx_max_abs_diff": diff, "onnx_rows_checked": n}
 
-
-def copy_to_bundle(export_dir: Path, bundle_dir: Path, extra: dict) -> None:
-    """Copy ranker.onnx + ranker.json (+ user_features.{parquet,json} when the ranker brought them) into the
-    retriever bundle (file by file, atomic renames)."""
-    man_path = bundle_dir / "manifest.json"
-    m = json.loads(man_path.read_text())
-    names = ["ranker.json", "ranker.onnx"] + [n for n in ("user_features.parquet", "user_features.json")
-                                              if (export_dir / n).exists()]
-    for name in names:
-        tmp = bundle_dir / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(export_dir / name, tmp)
-        os.replace(tmp, bundle_dir / name)
-        m.setdefault("files", {})[name] = file_sha256(bundle_dir / name)
-    m["ranker"] = extra
-    tmp = bundle_dir / f".manifest.json.tmp-{os.getpid()}"
-    write_json(tmp, m)
-    os.replace(tmp, man_path)

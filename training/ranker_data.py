@@ -3,10 +3,10 @@
 ``load_ranker_data(cfg, pdir, device)``:
 
 1. Opens the retriever bundle (``model.retriever_bundle``, else ``${paths.bundles}/LATEST``): item
-   embeddings, items table, ``encoder.onnx``. Its items must be the processed dataset's items, and its
-   manifest must record the same split and period as the ranker's own evaluation (``model.split`` and
-   the data's temporal cut-offs): a retriever fitted on a leave-one-out split has seen most of the
-   temporal test purchases, which would leak into the candidates and the popularity feature.
+   embeddings, items table, ``encoder.onnx`` (``serving.bundle`` contract). Its items must be the processed
+   dataset's items, and its manifest's ``trained_on`` must name the train part of the ranker's own split
+   (``model.split``, same period, same prepared data): a retriever fitted on a leave-one-out split has seen
+   most of the temporal test purchases, which would leak into the candidates and the popularity feature.
 2. Builds two stages from the split (``model.split``):
    - *fit*: history = the user's events before ``valid`` starts; labels = what the user does in the
      ``valid`` part. Users are split (``model.holdout_fraction``) into training users and early-stopping
@@ -36,6 +36,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from features.processed import load_manifest, load_split, load_users
 from features.user_features import UserFeatureConfig, UserFeatureSpec
 from models.ranker import FeatureBatch, FeatureSpec, ItemTable, build_batch
+from serving.bundle.contract import (ENCODER, ITEM_EMBEDDINGS, ITEMS, MANIFEST, USER_FEATURES_SPEC, BundleError,
+                                     encode_sequences, read_manifest, resolve_bundle_dir)
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +75,13 @@ class Retriever:
     user_spec: UserFeatureSpec | None = None  # the bundle's user_features.json (its encoder takes user_feat)
 
     def encode(self, histories: list[np.ndarray], user_feat: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
-        """User embeddings from ``encoder.onnx`` (item_id + 1, left-padded, most recent last; plus the users'
-        feature codes ``[R, F]`` when the encoder takes ``user_feat``)."""
-        L = self.max_len
+        """User embeddings from ``encoder.onnx`` (``serving.bundle.encode_sequences`` of the histories; plus the
+        users' feature codes ``[R, F]`` when the encoder takes ``user_feat``)."""
         if self.user_spec is not None and user_feat is None:
-            raise RankerSetupError(f"{self.bundle_dir / 'encoder.onnx'} takes user_feat: user-feature codes are needed")
+            raise RankerSetupError(f"{self.bundle_dir / ENCODER} takes user_feat: user-feature codes are needed")
         out = []
         for s in range(0, len(histories), batch):
-            chunk = histories[s:s + batch]
-            seq = np.zeros((len(chunk), L), np.int64)
-            for i, h in enumerate(chunk):
-                h = np.asarray(h, np.int64)[-L:]
-                if len(h):
-                    seq[i, L - len(h):] = h + 1
-            feed = {"item_seq": seq}
+            feed = {"item_seq": encode_sequences(histories[s:s + batch], self.max_len)}
             if self.user_spec is not None:
                 feed["user_feat"] = np.ascontiguousarray(user_feat[s:s + batch], np.int64)
             out.append(self.session.run(["user_emb"], feed)[0])
@@ -94,16 +89,14 @@ class Retriever:
 
 
 def resolve_retriever_bundle(cfg: DictConfig) -> Path:
+    """``model.retriever_bundle`` (a folder, or a version name under ``${paths.bundles}``), else ``LATEST``."""
     b = cfg.model.get("retriever_bundle")
-    if b:
-        path = Path(str(b))
-        if not path.is_dir():
-            raise RankerSetupError(f"model.retriever_bundle={path}: folder not found")
-        return path
-    latest = Path(str(cfg.paths.bundles)) / "LATEST"
-    if not latest.exists():
-        raise RankerSetupError(f"{latest}: missing; export a retriever bundle first or set model.retriever_bundle")
-    return Path(str(cfg.paths.bundles)) / latest.read_text().strip()
+    if b and not Path(str(b)).is_dir() and not (Path(str(cfg.paths.bundles)) / str(b)).is_dir():
+        raise RankerSetupError(f"model.retriever_bundle={b}: folder not found")
+    try:
+        return resolve_bundle_dir(str(b) if b else None, str(cfg.paths.bundles))
+    except BundleError as err:
+        raise RankerSetupError(f"{err}; export a retriever bundle first or set model.retriever_bundle") from None
 
 
 def training_split(split: str) -> str:
@@ -111,54 +104,58 @@ def training_split(split: str) -> str:
     return "temporal" if split == "shop" else str(split)
 
 
-def split_period(pdir: Path, split: str) -> dict | None:
-    """The time cut-offs of ``split`` that the processed data was made with (``None`` for leave-one-out)."""
-    if training_split(split) != "temporal":
-        return None
-    temporal = (((load_manifest(pdir).get("config") or {}).get("splits") or {}).get("temporal")) or {}
-    return {k: (None if temporal.get(k) is None else str(temporal[k])) for k in ("valid_start", "test_start")}
+def train_period(pdir: Path, split: str) -> list[str] | None:
+    """[first, last] event time of the train part of ``split`` (as ``training.export`` records ``trained_on``)."""
+    ts = load_split(pdir, training_split(split), "train", columns=["ts"])["ts"]
+    return [str(ts.min()), str(ts.max())] if len(ts) else None
 
 
-def check_retriever_protocol(manifest: dict, bundle_dir: Path, split: str, period: dict | None) -> None:
-    """The retriever must have been trained on the ranker's own split and period: otherwise it has seen the
-    ranker's validation/test purchases (candidates and the popularity feature would leak them). A bundle's
-    manifest records them (``split``, ``period``: written by ``training.export``)."""
-    where = bundle_dir / "manifest.json"
-    if "split" not in manifest:
-        raise RankerSetupError(f"{where}: records no split; the ranker evaluates on model.split={split}, period "
-                               f"{period}: export a retriever trained on that split and period (training.export)")
-    got_split, got_period = str(manifest.get("split")), manifest.get("period")
+def check_retriever_protocol(manifest: dict, bundle_dir: Path, split: str, period: list[str] | None,
+                             fingerprint: str | None) -> None:
+    """The retriever must have been fitted on the train part of the ranker's own split (same period, same
+    prepared data): otherwise it has seen the ranker's validation/test purchases, and its candidates and the
+    popularity feature would leak them. The bundle records it in ``trained_on`` (``serving/bundle_layout.md``)."""
+    where = bundle_dir / MANIFEST
+    on = manifest.get("trained_on")
+    if not isinstance(on, dict) or "split" not in on:
+        raise RankerSetupError(f"{where}: records no trained_on split/period; the ranker evaluates on model.split="
+                               f"{split} (train part {period}): export a retriever trained on that split (training.export)")
+    got_split, got_period = str(on.get("split")), on.get("period")
     if training_split(got_split) != training_split(split) or got_period != period:
         raise RankerSetupError(f"{where}: the retriever was trained on split {got_split!r}, period {got_period}; the "
-                               f"ranker evaluates on model.split={split!r}, period {period}: train and export a retriever "
-                               f"with trainer.eval.split={split} on this data")
+                               f"ranker evaluates on model.split={split!r}, whose train part spans {period}: train and "
+                               f"export a retriever with trainer.eval.split={training_split(split)} on this data")
+    got_fp = on.get("processed_fingerprint")
+    if got_fp and fingerprint and got_fp != fingerprint:
+        raise RankerSetupError(f"{where}: trained_on.processed_fingerprint={got_fp} but the prepared data here has "
+                               f"{fingerprint}: the retriever was trained on other prepared data")
 
 
 def open_retriever(bundle_dir: Path, n_items_expected: int, threads: int) -> Retriever:
     import onnxruntime as ort
 
-    for name in ("item_embeddings.npy", "items.parquet", "encoder.onnx", "manifest.json"):
+    for name in (ITEM_EMBEDDINGS, ITEMS, ENCODER, MANIFEST):
         if not (bundle_dir / name).exists():
             raise RankerSetupError(f"{bundle_dir / name}: missing (the ranker needs the retriever bundle's {name})")
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    emb = np.load(bundle_dir / "item_embeddings.npy").astype(np.float32)
+    manifest = read_manifest(bundle_dir, validate=False)
+    emb = np.load(bundle_dir / ITEM_EMBEDDINGS).astype(np.float32)
     if emb.shape[0] != n_items_expected:
-        raise RankerSetupError(f"{bundle_dir / 'item_embeddings.npy'}: {emb.shape[0]} items, but the processed data has "
+        raise RankerSetupError(f"{bundle_dir / ITEM_EMBEDDINGS}: {emb.shape[0]} items, but the processed data has "
                                f"{n_items_expected}: the bundle was exported from other data")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(bundle_dir / "encoder.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(bundle_dir / ENCODER), sess_options=opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     if names not in (["item_seq"], ["item_seq", "user_feat"]):
-        raise RankerSetupError(f"{bundle_dir / 'encoder.onnx'}: inputs {names}; the ranker feeds item_seq (and user_feat)")
+        raise RankerSetupError(f"{bundle_dir / ENCODER}: inputs {names}; the ranker feeds item_seq (and user_feat)")
     user_spec = None
     if "user_feat" in names:
-        if not (bundle_dir / "user_features.json").exists():
-            raise RankerSetupError(f"{bundle_dir / 'user_features.json'}: missing, but encoder.onnx takes user_feat")
-        user_spec = UserFeatureSpec.from_json(json.loads((bundle_dir / "user_features.json").read_text()))
+        if not (bundle_dir / USER_FEATURES_SPEC).exists():
+            raise RankerSetupError(f"{bundle_dir / USER_FEATURES_SPEC}: missing, but {ENCODER} takes user_feat")
+        user_spec = UserFeatureSpec.from_json(json.loads((bundle_dir / USER_FEATURES_SPEC).read_text()))
     max_len = int(manifest.get("max_len") or sess.get_inputs()[0].shape[1])
-    return Retriever(bundle_dir, emb, pd.read_parquet(bundle_dir / "items.parquet"), max_len, sess, manifest, user_spec)
+    return Retriever(bundle_dir, emb, pd.read_parquet(bundle_dir / ITEMS), max_len, sess, manifest, user_spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +284,7 @@ class RankerData:
     valid: Stage                           # fit stage, early-stopping users
     test: Stage
     split: str
-    period: dict | None
+    period: list[str] | None               # [first, last] event time of the split's train part
 
     def stage(self, name: str) -> Stage:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
@@ -301,11 +298,12 @@ def load_ranker_data(cfg: DictConfig, pdir: Path, device: str) -> RankerData:
     """Open and check the retriever bundle, then build the fit (train / valid users) and test stages."""
     m = cfg.model
     check_ranker_config(m)
-    n_items = int(load_manifest(pdir)["n_items"])
+    pman = load_manifest(pdir)
+    n_items = int(pman["n_items"])
     retriever = open_retriever(resolve_retriever_bundle(cfg), n_items, int(cfg.trainer.num_threads))
     kind = str(m.split)
-    period = split_period(pdir, kind)
-    check_retriever_protocol(retriever.manifest, retriever.bundle_dir, kind, period)
+    period = train_period(pdir, kind)
+    check_retriever_protocol(retriever.manifest, retriever.bundle_dir, kind, period, pman.get("fingerprint"))
     parts = {p: load_split(pdir, kind, p) for p in ("train", "valid", "test")}
     present = set(pd.concat([parts["valid"]["event"], parts["test"]["event"]]).unique())
     heads = [h for h in m.heads if h in present]

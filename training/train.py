@@ -292,8 +292,10 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
 def _train_ranker(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None,
                   manifest: dict) -> dict:
     """The DCN-v2 ranker on the retriever's candidates (``training.ranker``); exports ``export/ranker.onnx``
-    and, with ``model.export_to_bundle``, adds it to the retriever's bundle."""
-    from training.ranker import build_module as build_ranker, copy_to_bundle, export_onnx
+    and, with ``model.export_to_bundle``, publishes a new bundle version: the retriever's bundle plus the
+    ranker (``serving.bundle.publish_derived``; ``LATEST`` moves to it, the retriever's version is unchanged)."""
+    from serving.bundle import RANKER_JSON, RANKER_ONNX, USER_FEATURES_SPEC, USER_FEATURES_TABLE, publish_derived
+    from training.ranker import build_module as build_ranker, export_onnx
     from training.ranker_data import RankerDataModule, load_ranker_data
 
     m = cfg.model
@@ -309,9 +311,9 @@ def _train_ranker(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     if data.spec.user_features and data.retriever.user_spec is None:  # the bundle has no user-feature table yet: add one
         from training.export import user_feature_table
 
-        user_feature_table(pdir, data.user_spec, data.retriever.items).to_parquet(export_dir / "user_features.parquet",
-                                                                                   index=False)
-        write_json(export_dir / "user_features.json", data.user_spec.to_json())
+        user_feature_table(pdir, data.user_spec, data.retriever.items).to_parquet(
+            export_dir / USER_FEATURES_TABLE, index=False)
+        write_json(export_dir / USER_FEATURES_SPEC, data.user_spec.to_json())
     metrics["user_features"] = list(data.spec.user_features)
     metrics["protocol"] = {"split": data.split, "period": data.period, "candidates": int(m.n_candidates),
                            "ranking": "the retriever's top candidates, re-ranked",
@@ -323,11 +325,13 @@ def _train_ranker(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
                      "counts": data.counts(),
                      "input_hashes": {"processed_manifest": file_sha256(pdir / "manifest.json"),
                                       "item_embeddings": file_sha256(data.retriever.bundle_dir / "item_embeddings.npy")}})
-    if bool(m.export_to_bundle):
-        copy_to_bundle(export_dir, data.retriever.bundle_dir,
-                       {"run": str(run_dir), "test/ndcg@10": metrics["test/ndcg@10"],
-                        "test/rerank_gain": metrics.get("test/rerank_gain")})
-        metrics["bundle"] = str(data.retriever.bundle_dir)
+    if bool(m.export_to_bundle):      # a new bundle version: the retriever's files + the ranker's (parent recorded)
+        added = {f: export_dir / f for f in (RANKER_ONNX, RANKER_JSON, USER_FEATURES_TABLE, USER_FEATURES_SPEC)
+                 if (export_dir / f).exists()}
+        bundle = publish_derived(data.retriever.bundle_dir, add_files=added, manifest_updates={"ranker": {
+            "run": str(run_dir), "test/ndcg@10": metrics["test/ndcg@10"],
+            "test/retrieval_ndcg@10": metrics["test/retrieval_ndcg@10"], "protocol": metrics["protocol"]}})
+        metrics["bundle"] = str(bundle)
     log.info("ranker: test ndcg@10 %.4f vs retrieval order %.4f (gain %+.1f%%)", metrics["test/ndcg@10"],
              metrics["test/retrieval_ndcg@10"], 100 * float(metrics.get("test/rerank_gain", float("nan"))))
     return metrics

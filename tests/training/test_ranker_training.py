@@ -50,19 +50,22 @@ def write_processed(root: Path, seed: int = 0) -> Path:
     ev[ev.ts < cut_v].to_parquet(pdir / "splits/temporal/train.parquet")
     ev[(ev.ts >= cut_v) & (ev.ts < cut_t)].to_parquet(pdir / "splits/temporal/valid.parquet")
     ev[ev.ts >= cut_t].to_parquet(pdir / "splits/temporal/test.parquet")
-    (pdir / "manifest.json").write_text(json.dumps({"n_items": N_ITEMS, "n_users": N_USERS, "code_version": "test",
-                                                    "config": {"splits": {"temporal": PERIOD}}}))
+    (pdir / "manifest.json").write_text(json.dumps({"n_items": N_ITEMS, "n_users": N_USERS, "code_version": "test"}))
     return pdir
 
 
-PERIOD = {"valid_start": "2024-10-01", "test_start": "2024-11-15"}
+def train_period(pdir: Path) -> list[str]:
+    ts = pd.read_parquet(pdir / "splits/temporal/train.parquet")["ts"]
+    return [str(ts.min()), str(ts.max())]
 
 
-def retriever_bundle(root: Path, split: str = "temporal", period: dict | None = PERIOD, **kw) -> Path:
-    """A toy retriever bundle whose manifest records the split and period its retriever was trained on."""
+def retriever_bundle(root: Path, pdir: Path, split: str = "temporal", period: list[str] | None = None, **kw) -> Path:
+    """A toy retriever bundle whose manifest records what its retriever was trained on (``trained_on``): by
+    default the train part of the temporal split of ``pdir``."""
     bundle = make_bundle(root, **kw)
     man = json.loads((bundle / "manifest.json").read_text())
-    man.update({"split": split, "period": period})
+    man["trained_on"] = {"data": "toyshop", "split": split, "part": "train",
+                         "period": train_period(pdir) if period is None else period}
     (bundle / "manifest.json").write_text(json.dumps(man))
     return bundle
 
@@ -84,11 +87,11 @@ def ranker_cfg(art: Path, bundle: Path, *extra: str):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranker")
-    write_processed(root / "art")
-    bundle = retriever_bundle(root / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    pdir = write_processed(root / "art")
+    bundle = retriever_bundle(root / "bundles" / "toy-retriever", pdir, n_items=N_ITEMS, dim=16, max_len=20)
     run_dir = train_ranker(ranker_cfg(root / "art", bundle, "model.user_features.enabled=true",
                                       "logger=[csv,tensorboard,mlflow]"))
-    return run_dir, bundle
+    return run_dir, Path(json.loads((run_dir / "metrics.json").read_text())["bundle"])
 
 
 def test_run_folder_metrics_and_export(trained):
@@ -105,13 +108,20 @@ def test_run_folder_metrics_and_export(trained):
     assert m["epochs"] <= 4 and [h["epoch"] for h in m["history"]] == list(range(1, m["epochs"] + 1))
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and m["best_checkpoint"].startswith("checkpoints/best-")
     assert (run_dir / "config.yaml").exists() and (run_dir / "export" / "ranker.onnx").exists()
-    assert m["protocol"]["split"] == "temporal" and m["protocol"]["period"] == PERIOD
+    assert m["protocol"]["split"] == "temporal" and m["protocol"]["period"] == train_period(
+        run_dir.parents[3] / "processed" / "toyshop")
     csv = pd.read_csv(run_dir / "logs" / "csv" / "metrics.csv")
     assert csv["test/ndcg@10"].dropna().iloc[-1] == pytest.approx(m["test/ndcg@10"], rel=1e-5)   # trainer.test logged
     assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents*"))
     man = json.loads((run_dir / "manifest.json").read_text())
     assert man["heads"] == ["purchase", "return"] and man["device"] == "cpu" and man["kind"] == "ranker"
-    assert (bundle / "ranker.onnx").exists() and "ranker.onnx" in json.loads((bundle / "manifest.json").read_text())["files"]
+    # a new bundle version: the retriever's files plus the ranker; the retriever's version is left as it was
+    new_man = json.loads((bundle / "manifest.json").read_text())
+    parent = bundle.parent / new_man["parent"]
+    assert parent.name == "toy-retriever" and bundle.name == "toy-retriever.1"
+    assert (bundle / "ranker.onnx").exists() and "ranker.onnx" in new_man["files"] and "ranker.onnx" in new_man["adds"]
+    assert not (parent / "ranker.onnx").exists() and "ranker" not in json.loads((parent / "manifest.json").read_text())
+    assert (bundle.parent / "LATEST").read_text().strip() == bundle.name
     # user features: fitted on the train part, inputs of the ranker, their table copied into the bundle for serving
     assert m["user_features"][0] == "attr_country" and "activity" in m["user_features"]
     spec = json.loads((bundle / "ranker.json").read_text())
@@ -136,8 +146,8 @@ def test_mlflow_file_store_holds_the_run(trained):
 
 
 def test_ranker_honours_trainer_epochs_and_resumes(tmp_path):
-    write_processed(tmp_path / "art")
-    bundle = retriever_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    pdir = write_processed(tmp_path / "art")
+    bundle = retriever_bundle(tmp_path / "bundle", pdir, n_items=N_ITEMS, dim=16, max_len=20)
     common = ["model.export_to_bundle=false", "trainer.patience=10", "logger=[csv]"]
     first = run(ranker_cfg(tmp_path / "art", bundle, *common, "trainer.max_epochs=1"))
     assert first.metrics["epochs"] == 1 and first.metrics["stop_reason"] == "max_epochs"
@@ -148,17 +158,20 @@ def test_ranker_honours_trainer_epochs_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("split, period, message", [
-    ("loo", None, "split 'loo', period None; the ranker evaluates on model.split='temporal'"),
-    ("temporal", {"valid_start": "2024-09-01", "test_start": "2024-11-15"}, "period {'valid_start': '2024-09-01'"),
+    ("loo", None, "trained on split 'loo', period ['2024-01-01"),                      # leave-one-out retriever
+    ("temporal", ["2024-01-01 00:00:00+00:00", "2024-12-31 00:00:00+00:00"], "period ['2024-01-01 00:00:00+00:00', "
+     "'2024-12-31 00:00:00+00:00']; the ranker evaluates on model.split='temporal', whose train part spans ['2024-01-"),
 ])
 def test_refuses_a_retriever_trained_on_another_split_or_period(tmp_path, split, period, message):
-    write_processed(tmp_path / "art")
-    bundle = retriever_bundle(tmp_path / "bundle", split, period, n_items=N_ITEMS, dim=16, max_len=20)
+    pdir = write_processed(tmp_path / "art")
+    if split == "loo":
+        period = [str(pd.Timestamp("2024-01-01", tz="UTC")), train_period(pdir)[1]]
+    bundle = retriever_bundle(tmp_path / "bundle", pdir, split, period, n_items=N_ITEMS, dim=16, max_len=20)
     with pytest.raises(RankerSetupError, match=re.escape(message)):
         run(ranker_cfg(tmp_path / "art", bundle))
-    assert not (tmp_path / "art" / "runs").exists() or not list((tmp_path / "art" / "runs").rglob("metrics.json"))
-    plain = make_bundle(tmp_path / "unrecorded", n_items=N_ITEMS, dim=16, max_len=20)   # no split recorded
-    with pytest.raises(RankerSetupError, match="records no split"):
+    assert not list((tmp_path / "art").rglob("metrics.json"))
+    plain = make_bundle(tmp_path / "unrecorded", n_items=N_ITEMS, dim=16, max_len=20)   # trained_on not recorded
+    with pytest.raises(RankerSetupError, match="records no trained_on split/period"):
         run(ranker_cfg(tmp_path / "art", plain))
 
 
@@ -190,7 +203,7 @@ def test_bad_settings_fail_naming_them(tmp_path):
     write_processed(tmp_path / "art")
     with pytest.raises(RankerSetupError, match="model.retriever_bundle"):
         train_ranker(ranker_cfg(tmp_path / "art", tmp_path / "missing"))
-    bundle = retriever_bundle(tmp_path / "small", n_items=50, dim=8)
+    bundle = retriever_bundle(tmp_path / "small", tmp_path / "art" / "processed" / "toyshop", n_items=50, dim=8)
     with pytest.raises(RankerSetupError, match="item_embeddings.npy: 50 items"):
         train_ranker(ranker_cfg(tmp_path / "art", bundle))
     with pytest.raises(RankerSetupError, match="model.n_candidates"):
@@ -227,7 +240,7 @@ def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
     from training.svd_retriever import MeanPoolEncoder
 
     pdir = write_processed(tmp_path / "art")
-    bundle = retriever_bundle(tmp_path / "bundle", n_items=N_ITEMS, dim=16, max_len=20)
+    bundle = retriever_bundle(tmp_path / "bundle", pdir, n_items=N_ITEMS, dim=16, max_len=20)
     spec = UserFeatureSpec.fit(pd.read_parquet(pdir / "splits/temporal/train.parquet"), pd.read_parquet(pdir / "users.parquet"),
                                pd.read_parquet(bundle / "items.parquet"), UserFeatureConfig(enabled=True))
 
@@ -249,4 +262,5 @@ def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
     run_dir = train_ranker(ranker_cfg(tmp_path / "art", bundle, "trainer.max_epochs=1", "model.user_features.enabled=true"))
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["user_features"] == spec.names and np.isfinite(m["test/ndcg@10"])
-    assert not (bundle / "user_features.parquet").exists()   # the retriever's export owns the bundle's table
+    new = Path(m["bundle"])                                   # the retriever's export owns the bundle's table
+    assert (new / "ranker.onnx").exists() and not (new / "user_features.parquet").exists()
