@@ -156,16 +156,21 @@ def read_manifest(bundle_dir: str | Path, *, validate: bool = True) -> dict[str,
     return m
 
 
-def file_hashes(folder: str | Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``folder`` (sub-folders too), except the manifest and
-    hidden files."""
+def bundle_files(folder: str | Path) -> list[tuple[str, Path]]:
+    """``(relative path, path)`` of every file under ``folder`` (sub-folders too) except the manifest and hidden
+    files, sorted: the files a manifest's ``files`` lists."""
     folder = Path(folder)
-    out = {}
+    out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and rel != MANIFEST and not any(part.startswith(".") for part in Path(rel).parts):
-            out[rel] = file_sha256(p)
+            out.append((rel, p))
     return out
+
+
+def file_hashes(folder: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of ``bundle_files(folder)``."""
+    return {rel: file_sha256(p) for rel, p in bundle_files(folder)}
 
 
 def check_required_files(bundle_dir: str | Path, required: Iterable[str] = REQUIRED_FILES) -> None:

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from features.artifacts import code_version
+from features.artifacts import file_sha256
 from serving.bundle.contract import (
-    MANIFEST, SCHEMA_VERSION, BundleError, check_name, file_hashes, latest_name, pseudo_key_fingerprint,
-    read_manifest, set_latest, verify_files, write_manifest,
+    MANIFEST, SCHEMA_VERSION, BundleError, bundle_files, check_name, check_pseudo_key, file_hashes, latest_name,
+    pseudo_key_fingerprint, read_manifest, set_latest, verify_files, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -147,21 +148,38 @@ def _add(src: Path, dst: Path) -> None:
         raise BundleError(f"{src}: not found (a file to add to the bundle as {dst.name})")
 
 
+def _hashes_reusing_parent(folder: Path, parent_dir: Path, parent_files: Mapping[str, str]) -> dict[str, str]:
+    """``file_hashes(folder)``, taking the (verified) parent's hash of every file that is still a hard link to
+    the parent's file: a large bundle is not hashed twice."""
+    out = {}
+    for rel, p in bundle_files(folder):
+        q = parent_dir / rel
+        same = rel in parent_files and q.is_file() and os.path.samefile(p, q)
+        out[rel] = parent_files[rel] if same else file_sha256(p)
+    return out
+
+
 def publish_derived(parent_dir: str | Path, *, add_files: Mapping[str, str | Path] | None = None,
                     write: Callable[[Path], None] | None = None,
                     manifest_updates: Mapping[str, Any] | None = None, remove: tuple[str, ...] = (),
                     name: str | None = None, latest: bool = True, verify: bool = True) -> Path:
     """Publish a new version next to ``parent_dir``: the parent's files, plus ``add_files``
     (``{relative path in the bundle: source file or folder}``, replacing the parent's file or folder of that
-    name), plus whatever ``write(folder)`` writes, minus ``remove`` (relative paths). The manifest is the
+    name), plus whatever ``write(folder)`` writes into an empty staging folder (laid over the parent's files the
+    same way), minus ``remove`` (relative paths). The parent's files are hard links in the new version: they
+    are only ever replaced (unlink + new file), never written in place, so the parent cannot change. The manifest is the
     parent's with ``manifest_updates`` merged in (top-level keys), ``parent`` = the parent's name, ``adds``
     = the relative paths added, fresh hashes of every file. ``name`` defaults to ``next_derived_name``.
     ``latest``: move ``LATEST`` of the parent's folder to it (a warning when ``LATEST`` did not name the parent:
     what the newer version added is not in this one). Returns the new folder. The parent is verified first
-    (``verify``): a derived version never inherits a corrupt file."""
+    (``verify``): a derived version never inherits a corrupt file. The parent's ``pseudo_key_fingerprint`` is
+    kept, and must be this process's key's (added files may hold pseudonyms)."""
     parent_dir = Path(parent_dir)
     root = parent_dir.parent
     parent_m = read_manifest(parent_dir, validate=False)
+    if parent_m.get("pseudo_key_fingerprint"):
+        check_pseudo_key(parent_dir, parent_m)
+    parent_files = dict(parent_m.get("files") or {}) if verify else {}
     if verify:
         verify_files(parent_dir, parent_m, required=(MANIFEST,))
     name = _claim_derived(root, parent_dir.name, name)
@@ -169,10 +187,8 @@ def publish_derived(parent_dir: str | Path, *, add_files: Mapping[str, str | Pat
     tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for p in sorted(parent_dir.rglob("*")):
-            rel = p.relative_to(parent_dir)
-            if p.is_file() and rel.as_posix() != MANIFEST and not any(s.startswith(".") for s in rel.parts):
-                _link_or_copy(p, tmp / rel)
+        for rel, p in bundle_files(parent_dir):
+            _link_or_copy(p, tmp / rel)
         for rel in remove:
             target = tmp / rel
             if target.is_dir():
@@ -186,11 +202,20 @@ def publish_derived(parent_dir: str | Path, *, add_files: Mapping[str, str | Pat
             _add(Path(src), tmp / rel)
             added.append(rel)
         if write is not None:
-            before = set(file_hashes(tmp))
-            write(tmp)
-            added += sorted(set(file_hashes(tmp)) - before)
-        m = {**parent_m, **dict(manifest_updates or {}), **_common_fields(name), "parent": parent_dir.name,
-             "adds": sorted(set(added)) + [f"-{r}" for r in remove], "files": file_hashes(tmp)}
+            staging = root / f".{name}.write-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            try:
+                write(staging)
+                for rel, p in bundle_files(staging):
+                    _add(p, tmp / rel)
+                    added.append(rel)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        common = _common_fields(name)
+        common["pseudo_key_fingerprint"] = parent_m.get("pseudo_key_fingerprint") or common["pseudo_key_fingerprint"]
+        m = {**parent_m, **dict(manifest_updates or {}), **common, "parent": parent_dir.name,
+             "adds": sorted(set(added)) + [f"-{r}" for r in remove],
+             "files": _hashes_reusing_parent(tmp, parent_dir, parent_files)}
         write_manifest(tmp, m)
         os.replace(tmp, final)  # onto the reserved empty folder: atomic
     except BaseException:

@@ -14,11 +14,11 @@ Modules, one concern each:
   (``index.norm_strata``: the highest-norm items in their own small indexes);
 - ``gpu``: moving a FAISS index to the GPU, or keeping it on the CPU;
 - ``build``: ``build_index`` and recall against exact search;
-- ``persist``: ``<bundle>/index/`` on disk (``save_index``, ``load_index``).
+- ``persist``: ``<bundle>/index/`` on disk (``save_index``, ``load_index``); a bad file raises
+  ``serving.bundle.BundleError``, a bad setting ``IndexConfigError``.
 """
 from __future__ import annotations
 
-from serving.bundle.contract import BundleError  # noqa: F401  (the one bundle error; re-exported for callers)
 from serving.index.base import CandidateIndex  # noqa: F401
 from serving.index.build import build_index, exact_reference, recall_at_k  # noqa: F401
 from serving.index.exact import TorchExactIndex  # noqa: F401

@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.toy_bundle import make_bundle
-
 from models.ranker import (
     CAT_FEATURES, DENSE_FEATURES, DCNv2Ranker, FeatureSpec, ItemTable, build_batch, combine_heads,
 )
+from tests.toy_bundle import make_bundle
 
 torch.set_num_threads(1)
 F = {n: i for i, n in enumerate(DENSE_FEATURES)}

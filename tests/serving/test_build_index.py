@@ -13,12 +13,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.toy_bundle import make_bundle
-
 from serving.build_index import run
+from serving.bundle import BundleError
 from serving.index import (
-    BundleError, FaissIndex, IndexConfigError, NormRangedIndex, TorchExactIndex, load_index,
+    FaissIndex, IndexConfigError, NormRangedIndex, TorchExactIndex, load_index,
 )
+from tests.toy_bundle import make_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)

@@ -178,3 +178,22 @@ def test_bundle_made_with_another_pseudonymisation_key_is_refused(copy, monkeypa
     with pytest.raises(BundleError, match="key of fingerprint"):
         load_bundle(copy)
     load_bundle(copy, check_key=False)
+
+
+def test_writer_replaces_files_without_touching_the_parent(bundles_root, tmp_path, monkeypatch):
+    """The parent's files are hard links in the derived version: a writer replacing one must not change the
+    parent's bytes; a process with another pseudonymisation key may not derive (added files hold pseudonyms)."""
+    from serving.bundle import publish_derived, read_manifest
+
+    root = tmp_path / "bundles"
+    shutil.copytree(bundles_root / "bundles" / "b1", root / "b1")
+    before = (root / "b1" / "users.parquet").read_bytes()
+    new = publish_derived(root / "b1", write=lambda d: (d / "users.parquet").write_bytes(b"replaced"), verify=True)
+    assert (new / "users.parquet").read_bytes() == b"replaced"
+    assert (root / "b1" / "users.parquet").read_bytes() == before
+    m = read_manifest(new)
+    assert m["adds"] == ["users.parquet"] and m["files"]["items.parquet"] == read_manifest(root / "b1")["files"]["items.parquet"]
+    assert m["pseudo_key_fingerprint"] == read_manifest(root / "b1")["pseudo_key_fingerprint"]
+    monkeypatch.setenv("SHOPREC_PSEUDO_KEY", "another-key")
+    with pytest.raises(BundleError, match="key of fingerprint"):
+        publish_derived(root / "b1")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.toy_bundle import make_bundle, toy_embeddings
-
+from serving.bundle import BundleError
 from serving.index import (
-    BundleError, FaissIndex, IndexConfigError, IndexSettings, TorchExactIndex, build_index, load_index,
+    FaissIndex, IndexConfigError, IndexSettings, TorchExactIndex, build_index, load_index,
     recall_at_k, save_index, IndexManifest,
 )
+from tests.toy_bundle import make_bundle, toy_embeddings
 
 torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)

@@ -7,14 +7,13 @@ import faiss
 import numpy as np
 import pytest
 
-from tests.toy_bundle import make_bundle
-
-from tests.serving.test_index import brute as exact_brute
-
+from serving.bundle import BundleError
 from serving.index import (
-    BundleError, IndexConfigError, IndexManifest, IndexSettings, NormRangedIndex, build_index, load_index,
+    IndexConfigError, IndexManifest, IndexSettings, NormRangedIndex, build_index, load_index,
     save_index,
 )
+from tests.toy_bundle import make_bundle
+from tests.serving.test_index import brute as exact_brute
 
 faiss.omp_set_num_threads(1)
 
