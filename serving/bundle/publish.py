@@ -87,6 +87,29 @@ def _abandon(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
+def _staged(root: Path, name: str) -> Iterator[Path]:
+    """A temporary folder for the reserved version ``name``: renamed onto it when the block succeeds (atomic: the
+    reserved folder is empty), removed with the reservation when it raises."""
+    final = root / name
+    tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        _abandon(tmp, final)
+        raise
+
+
+def _move_latest(root: Path, name: str, parent: str | None = None) -> None:
+    current = latest_name(root)
+    if parent is not None and current is not None and current != parent:
+        log.warning("LATEST named %s, not %s: the new version %s derives from %s and lacks what %s added",
+                    current, parent, name, parent, current)
+    set_latest(root, name)
+
+
+@contextlib.contextmanager
 def new_version(bundles_root: str | Path, name: str, *, latest: bool = True,
                 manifest: Mapping[str, Any] | None = None) -> Iterator[Draft]:
     """Write a new version ``<bundles_root>/<name>/``: yields a ``Draft`` whose ``path`` is a temporary
@@ -96,23 +119,14 @@ def new_version(bundles_root: str | Path, name: str, *, latest: bool = True,
     root = Path(bundles_root)
     check_name(name, "new bundle version")
     root.mkdir(parents=True, exist_ok=True)
-    final = root / name
-    _claim(final)  # fails at once when the name is taken
-    tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    draft = Draft(tmp, name, dict(manifest or {}))
-    try:
+    _claim(root / name)  # fails at once when the name is taken
+    with _staged(root, name) as tmp:
+        draft = Draft(tmp, name, dict(manifest or {}))
         yield draft
-        m = {**draft.manifest, **_common_fields(name), "files": file_hashes(tmp)}
-        m.setdefault("parent", None)
-        write_manifest(tmp, m)
-        os.replace(tmp, final)  # onto the reserved empty folder: atomic
-    except BaseException:
-        _abandon(tmp, final)
-        raise
+        write_manifest(tmp, {"parent": None, **draft.manifest, **_common_fields(name), "files": file_hashes(tmp)})
     if latest:
-        set_latest(root, name)
-    log.info("published bundle %s%s", final, " (LATEST)" if latest else "")
+        _move_latest(root, name)
+    log.info("published bundle %s%s", root / name, " (LATEST)" if latest else "")
 
 
 def next_derived_name(bundles_root: str | Path, parent: str) -> str:
@@ -183,10 +197,7 @@ def publish_derived(parent_dir: str | Path, *, add_files: Mapping[str, str | Pat
     if verify:
         verify_files(parent_dir, parent_m, required=(MANIFEST,))
     name = _claim_derived(root, parent_dir.name, name)
-    final = root / name
-    tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with _staged(root, name) as tmp:
         for rel, p in bundle_files(parent_dir):
             _link_or_copy(p, tmp / rel)
         for rel in remove:
@@ -217,16 +228,8 @@ def publish_derived(parent_dir: str | Path, *, add_files: Mapping[str, str | Pat
              "adds": sorted(set(added)) + [f"-{r}" for r in remove],
              "files": _hashes_reusing_parent(tmp, parent_dir, parent_files)}
         write_manifest(tmp, m)
-        os.replace(tmp, final)  # onto the reserved empty folder: atomic
-    except BaseException:
-        _abandon(tmp, final)
-        raise
     if latest:
-        current = latest_name(root)
-        if current is not None and current != parent_dir.name:
-            log.warning("LATEST named %s, not %s: the new version %s derives from %s and lacks what %s added",
-                        current, parent_dir.name, name, parent_dir.name, current)
-        set_latest(root, name)
+        _move_latest(root, name, parent_dir.name)
     log.info("published bundle %s (parent %s, adds %s)%s", root / name, parent_dir.name, m["adds"],
              " (LATEST)" if latest else "")
     return root / name
