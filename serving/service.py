@@ -11,7 +11,6 @@ counted, and the old one stays.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from features.privacy import pseudo_key, pseudonymise_one
 from serving.auth import Auth
-from serving.bundle import Bundle, BundleError, load_bundle, resolve_bundle_dir
+from serving.bundle import Bundle, BundleError, latest_name, load_bundle, resolve_bundle_dir, set_latest
 from serving.experiments.router import Experiments
 from serving.recommender import RecommendSettings, Recommender, RecQuery
 from serving.store import EventStore
@@ -114,7 +113,6 @@ class Service:
 
     def _watch(self, interval: float) -> None:
         """Poll LATEST; swap when it names another folder (or retry after a failed start)."""
-        latest = Path(self.cfg.bundles_dir) / "LATEST"
         last_seen: str | None = None
         while not self._stop.wait(interval):
             if self.cfg.bundle_path:  # an explicit bundle is pinned: nothing to watch once it is in
@@ -125,8 +123,10 @@ class Service:
                     continue
             else:
                 try:
-                    name = latest.read_text().strip()
-                except OSError:
+                    name = latest_name(self.cfg.bundles_dir)
+                except (OSError, BundleError):  # a bad LATEST: keep serving, look again
+                    continue
+                if name is None:
                     continue
                 cur = self.bundle
                 if cur is not None and (name == cur.path.name or name == last_seen):
@@ -143,9 +143,7 @@ class Service:
         bundles = Path(self.cfg.bundles_dir)
         if bundle.path.parent.resolve() != bundles.resolve():
             return
-        tmp = bundles / f".LATEST.tmp-{os.getpid()}"
-        tmp.write_text(bundle.path.name + "\n")
-        os.replace(tmp, bundles / "LATEST")
+        set_latest(bundles, bundle.path.name)
 
     def stop(self) -> None:
         self._stop.set()
