@@ -27,7 +27,6 @@ Prints tables, then as its last line one JSON object.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

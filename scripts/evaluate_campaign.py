@@ -6,8 +6,22 @@ from __future__ import annotations
 
 import sys
 
-from serving.campaigns.evaluate import main, rewrite_argv
+import hydra
+from omegaconf import DictConfig
+
+from serving.campaigns import evaluate
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        res = evaluate.run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"evaluate_campaign: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(evaluate.summary(res))
+
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *rewrite_argv(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *evaluate.rewrite_argv(sys.argv[1:])]
     main()

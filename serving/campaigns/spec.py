@@ -11,6 +11,9 @@ Checks against the data (unknown segment or country) are ``serving.campaigns.eli
 
 The JSON Schema for campaign writers is published at ``conf/campaign/campaign.schema.json``;
 ``python -m serving.campaigns.spec`` rewrites it (a test fails when it is stale).
+
+About 450 lines: the sections (types, defaults, descriptions) and the rules between their fields are
+one contract for campaign writers, kept in one file so that a new field and its rule change together.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 LIFECYCLE_STAGES = ("new", "active", "at_risk", "dormant", "churned")
 CHANNELS = ("email", "sms", "push")
 MODEL_KINDS = ("response", "uplift")
-ID_REGEX = r"^[a-z0-9][a-z0-9_\-]{0,63}$"      # also the service's path pattern for campaign ids
+ID_REGEX = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 ID_PATTERN = re.compile(ID_REGEX)
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "conf" / "campaign" / "campaign.schema.json"
 
