@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
-from typing import Collection
+from typing import Collection, Iterable
 
 import numpy as np
 import pandas as pd
@@ -96,18 +97,41 @@ def _isnull(v: object) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class KnownIds:
+    """The user ids of a file's valid rows and their shapes (digits → 9, letters → a: ``17850`` → ``99999``), to
+    recognise an id wherever a malformed line has put it."""
+
+    ids: frozenset[str] = frozenset()
+    shapes: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> "KnownIds":
+        ids = frozenset(canonical(v) for v in values if v is not None and str(v).strip())
+        return cls(ids, frozenset(id_shape(v) for v in ids))
+
+    def matches(self, value: str) -> bool:
+        v = canonical(value)
+        return v in self.ids or id_shape(v) in self.shapes
+
+
+def id_shape(value: str) -> str:
+    return re.sub(r"[A-Za-z]", "a", re.sub(r"\d", "9", value))
+
+
 def mask_line(text: str, sep: str, user_pos: int, n_fields: int | None = None,
-              known_users: Collection[str] = ()) -> str:
+              known_users: KnownIds | Collection[str] = ()) -> str:
     """A malformed input line as text, with every field that may hold the user id pseudonymised.
 
     The line is split with the ``csv`` module (quotes and escaped quotes respected; ``sep`` of one
     character), never naively on ``sep``: a quoted ``"Bag, jumbo"`` is one field. A line with ``k`` fields
     too many or too few may have the user id up to ``k`` places from ``user_pos``: all of those fields are
-    masked, and so is any field equal to a user id seen in the file's valid rows (``known_users``,
-    canonical text). A field that holds ``sep`` (quoted, or merged by a stray quote) is masked part by
+    masked, and so is any field that is a user id seen in the file's valid rows or has the shape of one
+    (``known_users``). A field that holds ``sep`` (quoted, or merged by a stray quote) is masked part by
     part under the naive reading too, so that neither reading leaves an id in clear. Masked values read
     ``pseudo:<pseudonym>``.
     """
+    known = known_users if isinstance(known_users, KnownIds) else KnownIds.of(known_users)
     fields = split_line(text, sep)
     parts = [f.split(sep) if len(sep) == 1 and sep in f else [f] for f in fields]
     n_naive = sum(len(p) for p in parts)
@@ -118,7 +142,7 @@ def mask_line(text: str, sep: str, user_pos: int, n_fields: int | None = None,
         masked = []
         for value in sub:
             v = value.strip()
-            hit = (i in csv_window and len(sub) == 1) or j in naive_window or canonical(v) in known_users
+            hit = (i in csv_window and len(sub) == 1) or j in naive_window or (bool(v) and known.matches(v))
             masked.append("pseudo:" + pseudonymise_one(v) if v and hit else value)
             j += 1
         if len(sub) > 1 and i in csv_window:  # the whole quoted field is where the user should be
@@ -137,7 +161,12 @@ def split_line(text: str, sep: str) -> list[str]:
     """The fields of one CSV line (a quoted field may hold ``sep`` and doubled quotes)."""
     if len(sep) != 1:
         return text.split(sep)
-    return next(csv.reader([text.rstrip("\r\n")], delimiter=sep, quotechar='"', doublequote=True, strict=False), [])
+    try:
+        rows = list(csv.reader(io.StringIO(text.rstrip("\r\n"), newline=""), delimiter=sep, quotechar='"',
+                               doublequote=True, strict=False))
+    except csv.Error:
+        return text.split(sep)
+    return [f for row in rows for f in row]
 
 
 def join_line(fields: list[str], sep: str) -> str:

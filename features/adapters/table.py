@@ -27,8 +27,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.adapters.base import EVENT_FIELDS, DataConfigError, RawData, empty_quarantine
-from features.privacy import canonical, pseudonymise_one
-from features.quarantine import mask_line, split_line
+from features.privacy import pseudonymise_one
+from features.quarantine import KnownIds, mask_line, split_line
 from features.tables import read_tables
 
 REQUIRED = ("user", "item")
@@ -62,7 +62,7 @@ def _file_specs(cfg: Any) -> list[dict]:
     return specs
 
 
-def _read_parquet(path: Path, cols: dict[str, str]) -> tuple[pa.Table, list]:
+def _read_parquet(path: Path, cols: dict[str, str]) -> tuple[pa.Table, list, list]:
     try:
         schema = pq.read_schema(path)
     except Exception as e:  # noqa: BLE001 - any reader error means an unreadable file
@@ -73,10 +73,12 @@ def _read_parquet(path: Path, cols: dict[str, str]) -> tuple[pa.Table, list]:
     wanted = list(dict.fromkeys(cols.values()))
     text = [c for c in wanted if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)]
     table = pq.read_table(path, columns=wanted, read_dictionary=text)
-    return table, []
+    return table, [], []
 
 
-def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table, list]:
+def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table, list, list]:
+    """(rows, rejected [(data-row number, masked text)], data-row numbers of rows appended at the end of
+    ``rows``: lines recovered from a block that a stray quote had swallowed)."""
     sep = str(csv_cfg.get("sep", ","))
     header = bool(csv_cfg.get("header", True))
     names = list(csv_cfg.get("names") or []) or None
@@ -117,10 +119,38 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
     # Line numbers of rejected rows -> data-row numbers (1-based, header not counted); every field of the
     # raw text that may hold the user id is pseudonymised (no clear-text ids in the quarantine).
     offset = 1 if header else 0
+    bad, recovered = split_swallowed_lines(bad, sep, len(file_names))
+    if recovered:
+        extra = pa.table({c: pa.array([f[file_names.index(c)] or None for _, f in recovered], pa.string()) for c in wanted})
+        table = pa.concat_tables([table, extra])
     user_pos = file_names.index(cols["user"])
-    known = known_user_text(table.column(cols["user"])) if bad else set()
-    return table, [(None if n is None else n - offset, mask_line(text, sep, user_pos, len(file_names), known))
-                   for n, text in bad]
+    known = known_user_ids(table.column(cols["user"])) if bad else KnownIds()
+    return (table, [(None if n is None else n - offset, mask_line(text, sep, user_pos, len(file_names), known))
+                    for n, text in bad], [n - offset for n, _ in recovered])
+
+
+def split_swallowed_lines(bad: list[tuple[int | None, str]], sep: str, n_fields: int
+                          ) -> tuple[list[tuple[int | None, str]], list[tuple[int, list[str]]]]:
+    """A stray quote makes the CSV reader run on over the following lines into one invalid row. Such a row is
+    cut back into its lines: the first stays rejected, each following line with the right number of fields
+    is recovered (``(line number, fields)``), any other is rejected on its own. Valid rows are never lost to
+    a neighbour's quote."""
+    out_bad, recovered = [], []
+    for n, text in bad:
+        lines = text.splitlines()
+        if n is None or len(lines) < 2:
+            out_bad.append((n, text))
+            continue
+        out_bad.append((n, lines[0]))
+        for k, line in enumerate(lines[1:], start=1):
+            if not line.strip():
+                continue  # an empty line is no row (the reader skips them too)
+            fields = split_line(line, sep)
+            if len(fields) == n_fields:
+                recovered.append((n + k, fields))
+            else:
+                out_bad.append((n + k, line))
+    return out_bad, recovered
 
 
 def header_names(path: Path, sep: str, encoding: str) -> list[str]:
@@ -162,9 +192,9 @@ def encoding_error(path: Path, sep: str, encoding: str, names: list[str], cols: 
     return None
 
 
-def known_user_text(col: pa.ChunkedArray) -> set[str]:
-    """The distinct user values of a text column, canonical (to recognise an id in a malformed line)."""
-    return {canonical(v) for v in pc.unique(col).to_pylist() if v is not None and str(v).strip()}
+def known_user_ids(col: pa.ChunkedArray) -> KnownIds:
+    """The distinct user values of a text column (to recognise an id in a malformed line)."""
+    return KnownIds.of(pc.unique(col).to_pylist())
 
 
 def read_event_files(cfg: Any) -> tuple[pd.DataFrame, list[str], int, pd.DataFrame]:
@@ -185,15 +215,18 @@ def read_event_files(cfg: Any) -> tuple[pd.DataFrame, list[str], int, pd.DataFra
         fmt = file_format(path, spec["format"])
         cols = spec["columns"]
         if fmt == "parquet":
-            table, bad = _read_parquet(path, cols)
+            table, bad, appended = _read_parquet(path, cols)
         else:
-            table, bad = _read_csv(path, cols, cfg.get("csv") or {})
+            table, bad, appended = _read_csv(path, cols, cfg.get("csv") or {})
         n_file = table.num_rows + len(bad)
-        bad_rows = np.array(sorted(n for n, _ in bad if n is not None), dtype=np.int64)
+        taken = np.array(sorted([n for n, _ in bad if n is not None] + appended), dtype=np.int64)
         file_rows = np.arange(1, n_file + 1, dtype=np.int64)
-        if len(bad_rows):
-            file_rows = np.setdiff1d(file_rows, bad_rows)
-        file_rows = file_rows[: table.num_rows]
+        if len(taken):
+            file_rows = np.setdiff1d(file_rows, taken)
+        file_rows = np.r_[file_rows[: table.num_rows - len(appended)], np.asarray(appended, dtype=np.int64)]
+        if appended:  # recovered rows back in file order
+            order = np.argsort(file_rows, kind="stable")
+            table, file_rows = table.take(pa.array(order)), file_rows[order]
         arrays = {"src_file": pa.array(np.full(table.num_rows, i, dtype=np.int16)),
                   "src_row": pa.array(n_total + file_rows - 1), "file_row": pa.array(file_rows)}
         for canon, src in cols.items():

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.adapters import DataConfigError
+from features.cleaning import parse_times
 from features.prepare import run
 from features.processed import load_events, load_quarantine, load_users
 from tests.features.conftest import make_cfg
@@ -125,7 +129,7 @@ def _clear_ids_in(text: str, ids: set[str]) -> set[str]:
     return set(re.findall(r"[A-Za-z0-9]+", text)) & ids
 
 
-def test_malformed_lines_never_hold_a_clear_user_id(retail, tmp_path):
+def test_malformed_lines_never_hold_a_clear_user_id(retail, baseline, tmp_path):
     ids = set(retail["CustomerID"])
     lines = write_csv(tmp_path / "m.csv", retail).read_text().splitlines()
     row = dict(zip(COLUMNS, next(csv.reader([lines[1]]))))
@@ -148,6 +152,9 @@ def test_malformed_lines_never_hold_a_clear_user_id(retail, tmp_path):
     res = prepare(path, tmp_path)
     q = load_quarantine(res.out_dir)
     assert q["reason"].tolist() == ["malformed_row"] * len(bad)
+    assert q["src_row"].tolist() == [9, 14, 19, 24, 29]               # the lines as inserted (0-based data rows)
+    # no valid row is lost, not even the ones after the stray quote
+    assert res.manifest["n_events"] == baseline.manifest["n_events"]
     for text in q["raw"].tolist() + q["message"].tolist():
         assert not _clear_ids_in(text, ids | {"12583", "17850", "99999"}), text
     assert "Bag, jumbo" in q["raw"].iloc[0]            # the rest of the line stays readable
@@ -156,3 +163,21 @@ def test_malformed_lines_never_hold_a_clear_user_id(retail, tmp_path):
     assert not users["user_key"].isin(list(ids)).any()
     manifest_text = (res.out_dir / "manifest.json").read_text()
     assert not _clear_ids_in(manifest_text, ids - {"2010", "2011"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2099, 12, 31)),
+       st.integers(-14 * 4, 14 * 4), st.sampled_from(["T", " "]), st.booleans())
+def test_any_offset_gives_the_same_utc_instant(local, quarter_hours, sep, seconds):
+    """A time written with any UTC offset (or Z) parses to its UTC instant, next to local times without one."""
+    tz = timezone(timedelta(minutes=15 * quarter_hours))
+    aware = local.replace(tzinfo=tz, microsecond=0)
+    if not seconds:
+        aware = aware.replace(second=0)
+    text = aware.isoformat(sep=sep, timespec="seconds" if seconds else "minutes")
+    if quarter_hours == 0 and seconds:
+        text = text.replace("+00:00", "Z")
+    naive = "2024-07-15 10:00:00"   # a local time of the configured zone (BST: UTC+1)
+    got = parse_times(pd.Series([text, naive]), None, "Europe/London")
+    assert got.iloc[0] == pd.Timestamp(aware).tz_convert("UTC"), text
+    assert got.iloc[1] == pd.Timestamp("2024-07-15 09:00", tz="UTC")
