@@ -1,7 +1,7 @@
 """``python -m features.summary data=<name>``: a readable summary of a prepared dataset's manifest.
 
 Prints input rows, events, users, items, orders, time range, what each cleaning rule dropped, the
-quarantine reasons, the split sizes and the reconciliation check.
+quarantine reasons, the split sizes, the reconciliation check and the pseudonymisation key's fingerprint.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def summarise(manifest: dict) -> str:
         lines.append(f"  split {kind:<8s} " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
     for name, n in (m.get("tables") or {}).items():
         lines.append(f"  table {name}: {n:,} rows")
+    if m.get("pseudo_key_fingerprint"):
+        lines.append(f"  pseudonymisation key fingerprint {m['pseudo_key_fingerprint']} ({m.get('pseudonymisation_key')})")
     return "\n".join(lines)
 
 
