@@ -147,3 +147,24 @@ def evaluate(audience: pd.DataFrame, outcomes: pd.DataFrame, campaign: CampaignC
                              "Interval(s) not covering zero: " + ", ".join(m for m, ok in cover.items() if not ok)
                              + " (expected for about 1 metric in 20 by chance; more points to a broken split)."))}
     return res
+
+
+def aa_false_positive_rate(frame: pd.DataFrame, fraction: float, draws: int = 200, seed: int = 0,
+                           alpha: float = ALPHA) -> dict:
+    """How often the readout's intervals exclude zero when there is no effect by construction: the
+    audience's real outcomes (``frame``: ``segment``, ``converted``, ``revenue``) are split again and
+    again into a random control group (``fraction`` of every segment, as the audience job draws it)
+    and the rest. A calibrated readout excludes zero in about ``alpha`` of the draws."""
+    from serving.campaigns.audience import stratified_control
+
+    strata = pd.factorize(frame["segment"].astype("string").fillna("<null>"))[0]
+    conv = frame["converted"].to_numpy(dtype=float)
+    rev = frame["revenue"].to_numpy(dtype=float)
+    miss = {"conversion": 0, "revenue_per_user": 0}
+    for i in range(draws):
+        ctrl = stratified_control(strata, fraction, seed + i)
+        e = proportion_effect("conversion", conv[~ctrl], conv[ctrl], alpha)
+        m = mean_effect("revenue_per_user", rev[~ctrl], rev[ctrl], alpha)
+        miss["conversion"] += not e.ci_low <= 0.0 <= e.ci_high
+        miss["revenue_per_user"] += not m.ci_low <= 0.0 <= m.ci_high
+    return {"draws": draws, "alpha": alpha, "false_positive_rate": {k: v / draws for k, v in miss.items()}}

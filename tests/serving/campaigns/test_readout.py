@@ -153,3 +153,20 @@ def test_bad_outcomes_are_rejected(tmp_path, bad, match):
     with pytest.raises(ValueError, match="lacks column"):
         df.drop(columns=["retained"]).to_csv(path, index=False)
         load_outcomes(path)
+
+
+def test_aa_false_positive_rate_is_near_alpha_without_effect():
+    from serving.campaigns.readout import aa_false_positive_rate
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    conv = (rng.random(n) < 0.15).astype(int)
+    frame = pd.DataFrame({"segment": rng.integers(0, 4, n).astype(str), "converted": conv,
+                          "revenue": conv * rng.lognormal(3.0, 1.0, n)})
+    out = aa_false_positive_rate(frame, fraction=0.2, draws=200, seed=0)
+    assert out["draws"] == 200
+    for rate in out["false_positive_rate"].values():
+        assert 0.01 <= rate <= 0.10
+    # at alpha 0.5 about half the intervals exclude zero: the count follows alpha
+    half = aa_false_positive_rate(frame, fraction=0.2, draws=200, seed=0, alpha=0.5)
+    assert all(0.35 <= r <= 0.65 for r in half["false_positive_rate"].values())

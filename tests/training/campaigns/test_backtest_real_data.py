@@ -42,6 +42,8 @@ def test_online_retail_backtest_is_an_aa_check(prepared):
     conv = next(e for e in res["effects"] if e["metric"] == "conversion")
     assert 0.05 < conv["control"] < 0.6 and 0.05 < conv["treatment"] < 0.6   # real repeat purchases happen
     assert res["roi"] is None and res["costs"]["total"] == 0.0
+    cal = res["aa_calibration"]                                            # 200 random re-splits, no effect
+    assert cal["draws"] == 200 and all(0.01 <= r <= 0.10 for r in cal["false_positive_rate"].values()), cal
 
     # the outcomes are the real purchases after each user's own send_at: recompute one by hand
     report = prepared / "reports" / "campaigns" / f"winback-backtest-{CUTOFF}"
