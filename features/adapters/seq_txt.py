@@ -51,7 +51,9 @@ def load_seq_txt(cfg: Any) -> RawData:
     if not path.exists():
         raise DataConfigError(f"input file not found: {path}")
     try:
-        lines = path.read_text(encoding=cfg.get("encoding", "utf8")).splitlines()
+        encoding = str(cfg.get("encoding", "utf8"))
+        utf8 = encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+        lines = path.read_text(encoding="utf-8-sig" if utf8 else encoding).splitlines()  # a byte-order mark is no id
     except (OSError, UnicodeDecodeError) as e:
         raise DataConfigError(f"cannot read {path}: {e}") from e
     users, items, bad = [], [], []

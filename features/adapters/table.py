@@ -154,13 +154,16 @@ def split_swallowed_lines(bad: list[tuple[int | None, str]], sep: str, n_fields:
 
 
 def header_names(path: Path, sep: str, encoding: str) -> list[str]:
-    """Column names of a CSV header line, parsed as CSV: a UTF-8 byte-order mark, quoted names and spaces
-    around names are accepted."""
+    """Column names of a CSV header line, parsed as CSV: a UTF-8 byte-order mark, quoted names, spaces around
+    names and a compressed file (``.gz``, ``.bz2``, ``.zst``...) are accepted."""
     enc = "utf-8-sig" if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") else encoding
     try:
-        with open(path, "rb") as fh:
-            first = fh.readline().decode(enc)
-    except (OSError, UnicodeDecodeError, LookupError) as e:
+        with pa.input_stream(str(path), compression="detect") as fh:  # .csv.gz, .csv.bz2 ... as the reader does
+            head = b""
+            while b"\n" not in head and (chunk := fh.read(1 << 16)):
+                head += chunk
+        first = head.split(b"\n", 1)[0].decode(enc)
+    except (OSError, pa.ArrowException, UnicodeDecodeError, LookupError) as e:
         raise DataConfigError(f"cannot read the header line of {path} (data.csv.encoding={encoding}): {e}") from e
     if not first.strip():
         raise DataConfigError(f"{path}: the first line is empty; expected a header line (or set data.csv.header=false "

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from features.adapters import DataConfigError
 from features.cleaning import parse_times
 from features.prepare import run
+from features.privacy import pseudonymise_one
 from features.processed import load_events, load_quarantine, load_users
 from tests.features.conftest import make_cfg
 
@@ -67,6 +68,20 @@ def test_byte_order_mark_and_quoted_header_are_read_like_the_plain_file(retail, 
         assert res.manifest["n_events"] == baseline.manifest["n_events"], name
         assert res.manifest["n_quarantined"] == 0, name
         pd.testing.assert_frame_equal(load_events(res.out_dir), load_events(baseline.out_dir))
+
+
+def test_a_compressed_csv_is_read_like_the_plain_file(retail, baseline, tmp_path):
+    path = tmp_path / "retail.csv.gz"
+    retail.to_csv(path, index=False, compression="gzip")
+    res = prepare(path, tmp_path)
+    pd.testing.assert_frame_equal(load_events(res.out_dir), load_events(baseline.out_dir))
+
+
+def test_byte_order_mark_in_a_sequence_file_is_not_part_of_the_first_user(tmp_path):
+    (tmp_path / "s.txt").write_text("\ufeff1 10 11\n2 11\n", encoding="utf-8")
+    cfg = make_cfg("data=seq_txt", f"data.path={tmp_path / 's.txt'}", f"paths.artifacts={tmp_path}", "data.name=s")
+    users = load_users(run(cfg).out_dir)
+    assert sorted(users["user_key"]) == sorted([pseudonymise_one("1"), pseudonymise_one("2")])
 
 
 def test_mixed_utc_offsets_are_converted_to_utc(retail, baseline, tmp_path):
