@@ -95,13 +95,12 @@ def resolve(bundles_root: str | Path, name: str | None = LATEST) -> Path:
 
 
 def resolve_bundle_dir(bundle: str | Path | None, bundles_root: str | Path) -> Path:
-    """``bundle`` as given (a folder path, or a version name under ``bundles_root``), else ``LATEST``."""
+    """``bundle`` as given (a version name under ``bundles_root``, else a folder path), else ``LATEST``."""
     if bundle:
-        p = Path(bundle)
-        if p.is_dir():
-            return p
         if _NAME.match(str(bundle)) and (Path(bundles_root) / str(bundle)).is_dir():
             return Path(bundles_root) / str(bundle)
+        if Path(bundle).is_dir():
+            return Path(bundle)
         raise BundleError(f"bundle={bundle}: folder not found")
     return resolve(bundles_root, LATEST)
 

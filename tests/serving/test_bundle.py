@@ -197,3 +197,11 @@ def test_writer_replaces_files_without_touching_the_parent(bundles_root, tmp_pat
     monkeypatch.setenv("SHOPREC_PSEUDO_KEY", "another-key")
     with pytest.raises(BundleError, match="key of fingerprint"):
         publish_derived(root / "b1")
+
+
+def test_a_version_name_is_looked_up_under_the_bundles_root(tmp_path, monkeypatch):
+    (tmp_path / "root" / "v1").mkdir(parents=True)
+    (tmp_path / "v1").mkdir()  # a folder of the same name where the process runs
+    monkeypatch.chdir(tmp_path)
+    assert resolve_bundle_dir("v1", tmp_path / "root") == tmp_path / "root" / "v1"
+    assert resolve_bundle_dir(str(tmp_path / "v1"), tmp_path / "root") == tmp_path / "v1"
