@@ -87,9 +87,25 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
         raise DataConfigError(f"data.csv.names must be given when data.csv.header=false (file {path})")
     bad: list[tuple[int | None, str]] = []
 
-    def on_invalid(row: Any) -> str:
-        bad.append((row.number, row.text))
-        return "skip"
+    def read(columns: list[str] | None, rejected: list) -> pa.Table:
+        def on_invalid(row: Any) -> str:
+            rejected.append((row.number, row.text))
+            return "skip"
+
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                use_threads=False,  # keeps line numbers of invalid rows
+                column_names=file_names,  # the header line (parsed above: BOM, quotes, spaces) is skipped
+                skip_rows=1 if header else 0,
+                encoding=encoding,
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns or file_names, column_types={c: pa.string() for c in columns or file_names},
+                strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False,
+            ),
+        )
 
     file_names = header_names(path, sep, encoding) if header else names
     for canon, src in cols.items():
@@ -100,25 +116,13 @@ def _read_csv(path: Path, cols: dict[str, str], csv_cfg: Any) -> tuple[pa.Table,
         raise DataConfigError(f"{path}: column {dup!r} appears twice in the header line")
     wanted = list(dict.fromkeys(cols.values()))
     try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                use_threads=False,  # keeps line numbers of invalid rows
-                column_names=file_names,  # the header line (parsed above: BOM, quotes, spaces) is skipped
-                skip_rows=1 if header else 0,
-                encoding=encoding,
-            ),
-            parse_options=pacsv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=wanted, column_types={c: pa.string() for c in wanted},
-                strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False,
-            ),
-        )
+        table = read(wanted, bad)
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as e:
         raise encoding_error(path, sep, encoding, file_names, cols) or DataConfigError(f"cannot read {path}: {e}") from e
     # Line numbers of rejected rows -> data-row numbers (1-based, header not counted); every field of the
     # raw text that may hold the user id is pseudonymised (no clear-text ids in the quarantine).
     offset = 1 if header else 0
+    check_no_swallowed_rows(path, table, bad, header, sep, file_names, lambda: read(None, []), cols["user"])
     bad, recovered = split_swallowed_lines(bad, sep, len(file_names))
     if recovered:
         extra = pa.table({c: pa.array([f[file_names.index(c)] or None for _, f in recovered], pa.string()) for c in wanted})
@@ -151,6 +155,46 @@ def split_swallowed_lines(bad: list[tuple[int | None, str]], sep: str, n_fields:
             else:
                 out_bad.append((n + k, line))
     return out_bad, recovered
+
+
+def count_data_lines(path: Path) -> int:
+    """Non-empty physical lines of a (possibly compressed) text file, the header line included."""
+    n, last = 0, 10  # a line starts after "\n" (and at the start of the file)
+    with pa.input_stream(str(path), compression="detect") as fh:
+        while chunk := fh.read(1 << 24):
+            a = np.frombuffer(chunk, np.uint8)
+            prev = np.r_[np.uint8(last), a[:-1]]
+            n += int(((prev == 10) & (a != 10) & (a != 13)).sum())
+            last = int(a[-1])
+    return n
+
+
+def check_no_swallowed_rows(path: Path, table: pa.Table, bad: list, header: bool, sep: str, file_names: list[str],
+                            read_all: Any, user_col: str) -> None:
+    """A stray quote closed by a quote some lines later turns those lines into one *valid* row (their text
+    inside one value): rows lost without a trace. When the file has more lines than rows, find such a row
+    and fail naming file, row, column and value; a genuine multi-line value (no line inside it is a row of
+    its own) passes."""
+    lines_in_bad = sum(max(1, sum(1 for x in text.splitlines() if x.strip())) for _, text in bad)
+    if count_data_lines(path) == table.num_rows + lines_in_bad + int(header):
+        return
+    full = read_all()
+    has_nl = None
+    for name in full.column_names:
+        col = full.column(name)
+        m = pc.fill_null(pc.or_(pc.match_substring(col, "\n"), pc.match_substring(col, "\r")), False)
+        has_nl = m if has_nl is None else pc.or_(has_nl, m)
+    for r in np.flatnonzero(has_nl.to_numpy(zero_copy_only=False)) if has_nl is not None else []:
+        values = {c: full.column(c)[int(r)].as_py() for c in full.column_names}
+        for k, (c, v) in enumerate(values.items()):
+            parts = (v or "").splitlines()
+            inner = [split_line(x, sep) for x in parts[1:-1]]
+            first_line_is_a_row = len(parts) > 1 and k + len(parts[0].split(sep)) == len(file_names)
+            if first_line_is_a_row or any(len(f) == len(file_names) for f in inner):
+                shown = "pseudo:" + pseudonymise_one(v) if c == user_col else v[:120]
+                raise DataConfigError(
+                    f"{path}, parsed row {int(r) + 1}, column {c!r}: a quote opened here closes only {len(parts) - 1} lines "
+                    f"later, so those lines would be read as one value: {shown!r}. Fix the quote in the file.")
 
 
 def header_names(path: Path, sep: str, encoding: str) -> list[str]:
@@ -223,7 +267,8 @@ def read_event_files(cfg: Any) -> tuple[pd.DataFrame, list[str], int, pd.DataFra
             table, bad, appended = _read_csv(path, cols, cfg.get("csv") or {})
         n_file = table.num_rows + len(bad)
         taken = np.array(sorted([n for n, _ in bad if n is not None] + appended), dtype=np.int64)
-        file_rows = np.arange(1, n_file + 1, dtype=np.int64)
+        # numbers run to the last line named (an empty line inside a swallowed block has a number, no row)
+        file_rows = np.arange(1, max(n_file, int(taken.max()) if len(taken) else 0) + 1, dtype=np.int64)
         if len(taken):
             file_rows = np.setdiff1d(file_rows, taken)
         file_rows = np.r_[file_rows[: table.num_rows - len(appended)], np.asarray(appended, dtype=np.int64)]

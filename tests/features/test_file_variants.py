@@ -196,3 +196,32 @@ def test_any_offset_gives_the_same_utc_instant(local, quarter_hours, sep, second
     got = parse_times(pd.Series([text, naive]), None, "Europe/London")
     assert got.iloc[0] == pd.Timestamp(aware).tz_convert("UTC"), text
     assert got.iloc[1] == pd.Timestamp("2024-07-15 09:00", tz="UTC")
+
+
+def _small(tmp_path: Path, text: str):
+    (tmp_path / "s.csv").write_text(text)
+    return make_cfg("data=events_csv", f"data.path={tmp_path / 's.csv'}", f"paths.artifacts={tmp_path}", "data.name=s",
+                    "force=true", "data.columns.user=u", "data.columns.item=i", "data.columns.ts=t", "data.columns.event=e")
+
+
+def test_a_stray_quote_closed_lines_later_is_an_error_not_lost_rows(tmp_path):
+    text = ('u,i,t,e\n1,"a,2024-01-01T00:00:00,view\n2,b,2024-01-01T00:00:01,cart\n'
+            '3,"x",2024-01-01T00:00:03,view\n5,c,2024-01-01T00:00:04,view\n')
+    with pytest.raises(DataConfigError, match=r"s\.csv, parsed row 1, column 'i': a quote opened here closes only 2 lines"):
+        run(_small(tmp_path, text))
+
+
+def test_a_genuine_multi_line_value_is_kept(tmp_path):
+    text = 'u,i,t,e\n1,"line one\nline two",2024-01-01T00:00:00,view\n5,c,2024-01-01T00:00:04,view\n'
+    m = run(_small(tmp_path, text)).manifest
+    assert (m["n_input_rows"], m["n_events"], m["n_quarantined"]) == (2, 2, 0)
+
+
+def test_a_stray_quote_running_to_the_end_loses_no_valid_line(tmp_path):
+    text = ('u,i,t,e\n1,a,2024-01-01T00:00:00,view\ndeadbeef,"SKU\n2,b,2024-01-01T00:00:01,cart\n'
+            '3,c,2024-01-01T00:00:02,view\n')
+    res = run(_small(tmp_path, text))
+    m = res.manifest
+    assert (m["n_input_rows"], m["n_events"], m["n_quarantined"]) == (4, 3, 1)
+    q = load_quarantine(res.out_dir)
+    assert q["src_row"].tolist() == [1] and "deadbeef" not in q["raw"].iloc[0]
