@@ -18,7 +18,8 @@ it, with the response's ``request_id`` and the item's position. Revenue is the i
    the same units anew (``assignment.variant_of``) and the readout is computed again, giving many A/A
    experiments over the same replay. The false-positive rate at alpha = 0.05 should be about 0.05.
 3. Cost: during the A/A replay each request is sent twice, in random order, with the experiments on
-   (assignment + exposure line) and off; recommendation p50 on / off. Also with ``fsync=request``.
+   (assignment + exposure line) and off, before the visit's events are posted; recommendation p50 on
+   / off (client-side time of the HTTP call). Also with ``fsync=request`` (300 users).
 
 Table, then one JSON object on the last line. Needs a trained bundle and the processed data in the
 artifacts folder (``--artifacts``; scripts/demo.sh steps 1 and 3 build them).
@@ -47,8 +48,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--max-users", type=int, default=0, help="0 = every test-period user")
     p.add_argument("--aa-readouts", type=int, default=1000)
-    p.add_argument("--timing-users", type=int, default=600, help="users of the A/A replay timed on and off")
+    p.add_argument("--timing-users", type=int, default=0, help="users of the A/A replay timed on and off (0 = all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bundle", default=None, help="bundle folder name under <artifacts>/bundles (default LATEST)")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=False,
+                   help="A/B arms drop items of the user's history (the service default); off by default: a "
+                        "wholesaler's customers re-order, so both arms may show them")
     return p.parse_args()
 
 
@@ -62,23 +67,28 @@ def raw_ids(data_root: str) -> list[str]:
     return sorted(out)
 
 
-def spec_files(folder: Path, salt_ab: str, salt_aa: str) -> None:
+def spec_files(folder: Path, salt_ab: str, salt_aa: str, exclude_seen: bool) -> None:
     base = yaml.safe_load(Path("conf/experiment/homepage_ab.yaml").read_text())
     base.update(name="bench_ab", salt=salt_ab, start="2020-01-01T00:00:00Z", end="2100-01-01T00:00:00Z")
+    base["mde"] = mde = {"relative": 0.3, "baseline": 0.3}  # planned: a 30 % lift on a 30 % conversion rate
+    for v in base["variants"]:  # the same rules in both arms: items bought before may be shown again
+        v.setdefault("overrides", {}).setdefault("rules", {})["exclude_seen"] = exclude_seen
     (folder / "bench_ab.yaml").write_text(yaml.safe_dump(base))
     aa = yaml.safe_load(Path("conf/experiment/homepage_aa.yaml").read_text())
-    aa.update(name="bench_aa", salt=salt_aa, start="2020-01-01T00:00:00Z", end="2100-01-01T00:00:00Z")
+    aa.update(name="bench_aa", salt=salt_aa, start="2020-01-01T00:00:00Z", end="2100-01-01T00:00:00Z", mde=mde)
     (folder / "bench_aa.yaml").write_text(yaml.safe_dump(aa))
 
 
-def make_service(art: str, exp_dir: Path, active: str, log_dir: Path, events: Path, fsync: str = "interval"):
+def make_service(art: str, bundle: str | None, exp_dir: Path, active: str, log_dir: Path, events: Path,
+                 fsync: str = "interval"):
     from fastapi.testclient import TestClient
 
     from serving.api import create_app
     from serving.app import compose_config
     from serving.service import Service
 
-    cfg = compose_config([f"paths.artifacts={art}", "serve.watch_interval_s=0", f"serve.store.event_log={events}",
+    cfg = compose_config([f"paths.artifacts={art}", f"bundle={bundle}" if bundle else "bundle=null",
+                          "serve.watch_interval_s=0", f"serve.store.event_log={events}",
                           "serve.budget_ms.retrieve=5000", "serve.budget_ms.rank=5000", "serve.budget_ms.rules=5000",
                           f"serve.experiments.dir={exp_dir}", f"serve.experiments.active=[{active}]",
                           f"serve.experiments.log_dir={log_dir}", f"serve.experiments.fsync={fsync}",
@@ -130,10 +140,12 @@ def main() -> None:
     print(f"replay: {len(replay)} users of the test period ({first.min().date()} .. {test.ts.max().date()}), "
           f"k={args.k}", file=sys.stderr)
 
+    bundle_dir = str(Path(art) / "bundles" / args.bundle) if args.bundle else None
     work = Path(tempfile.mkdtemp(prefix="bench_experiment.", dir=art))
     exp_dir = work / "conf"
     exp_dir.mkdir()
-    spec_files(exp_dir, f"bench-ab-{args.seed}-{rng.getrandbits(32):08x}", f"bench-aa-{args.seed}-{rng.getrandbits(32):08x}")
+    spec_files(exp_dir, f"bench-ab-{args.seed}-{rng.getrandbits(32):08x}", f"bench-aa-{args.seed}-{rng.getrandbits(32):08x}",
+               args.exclude_seen)
     events_log = work / "events.csv"
     valid_events = [{"user_id": raw_of_key[key_of_user[u]], "item_id": key_of_item[i], "event": e,
                      "ts": t.isoformat()} for u, i, e, t in valid.itertuples(index=False)
@@ -152,6 +164,11 @@ def main() -> None:
         dt_ms = (time.perf_counter() - t0) * 1000
         assert r.status_code == 200, r.text
         body = r.json()
+        return body, dt_ms, visit_events(client, u, body)
+
+    def visit_events(client, u: str, body: dict) -> int:
+        """click + purchase of the shown items that are among the user's real next purchases."""
+        raw = raw_of_key[key_of_user[u]]
         bought = next_purchases[u]
         evs = []
         for pos, it in enumerate(body["items"]):
@@ -163,10 +180,10 @@ def main() -> None:
                     evs.append(e)
         if evs:
             assert client.post("/v1/events", json=evs).status_code == 202
-        return body, dt_ms, int(bool(evs))
+        return int(bool(evs))
 
     # ---------------------------------------------------------------------------------------- A/B
-    svc, client = make_service(art, exp_dir, "bench_ab", work / "logs_ab", events_log)
+    svc, client = make_service(art, bundle_dir, exp_dir, "bench_ab", work / "logs_ab", events_log)
     post_valid(client)
     ab = svc.experiments.specs[0]
     rec = svc.recommender
@@ -192,25 +209,25 @@ def main() -> None:
 
     # ---------------------------------------------------------------------------------------- A/A + cost
     events_aa = work / "events_aa.csv"
-    svc, client = make_service(art, exp_dir, "bench_aa", work / "logs_aa", events_aa)
+    svc, client = make_service(art, bundle_dir, exp_dir, "bench_aa", work / "logs_aa", events_aa)
     post_valid(client)
     exps = svc.experiments
     on, off = [], []
-    timed = set(replay[: args.timing_users])
+    timed = set(replay[: args.timing_users]) if args.timing_users else set(replay)
     for u in replay:
-        if u in timed:  # the same request with experiments off (no exposure line), in random order
-            order = [True, False] if rng.random() < 0.5 else [False, True]
-            for is_on in order:
+        if u in timed:  # the same request with experiments on and off (no exposure line), in random order,
+            raw = raw_of_key[key_of_user[u]]  # both before the visit's events are posted
+            on_body = None
+            for is_on in ([True, False] if rng.random() < 0.5 else [False, True]):
                 svc.experiments = exps if is_on else None
+                t0 = time.perf_counter()
+                r = client.post("/v1/recommendations", json={"user_id": raw, "k": args.k})
+                (on if is_on else off).append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200
                 if is_on:
-                    _, ms, _ = storefront(client, u)
-                    on.append(ms)
-                else:
-                    raw = raw_of_key[key_of_user[u]]
-                    t0 = time.perf_counter()
-                    assert client.post("/v1/recommendations", json={"user_id": raw, "k": args.k}).status_code == 200
-                    off.append((time.perf_counter() - t0) * 1000)
+                    on_body = r.json()
             svc.experiments = exps
+            visit_events(client, u, on_body)
         else:
             storefront(client, u)
     svc.stop()
@@ -234,10 +251,10 @@ def main() -> None:
 
     # cost with an fsync per exposure (the event log's own guarantee), same replay users, same run
     events_fs = work / "events_fsync.csv"
-    svc, client = make_service(art, exp_dir, "bench_aa", work / "logs_fsync", events_fs, fsync="request")
+    svc, client = make_service(art, bundle_dir, exp_dir, "bench_aa", work / "logs_fsync", events_fs, fsync="request")
     exps = svc.experiments
     on_fs, off_fs = [], []
-    for u in replay[: min(200, args.timing_users)]:
+    for u in replay[:300]:
         raw = raw_of_key[key_of_user[u]]
         for is_on in ([True, False] if rng.random() < 0.5 else [False, True]):
             svc.experiments = exps if is_on else None

@@ -13,9 +13,10 @@ event counts for a unit when it names one of the unit's responses (attribution b
 or else when its user is one of the unit's users and its time lies within
 ``primary_metric.window_hours`` after one of the unit's exposures.
 
-Per unit: exposures, clicks, purchases, converted (0/1), revenue, and the CUPED covariate (the
+Per unit: exposures, impressions (items shown), clicks, purchases, converted (0/1), revenue, and the
+CUPED covariate (the
 given pre-period value, else the unit's events in the ``pre_period_days`` before its first
-exposure). Per variant: users, exposures, clicks, conversions, revenue, CTR (clicks per exposure,
+exposure). Per variant: users, exposures, clicks, conversions, revenue, CTR (clicks per impression,
 a ratio over units), conversion rate (Wilson), revenue per user (t), each with a 95 % interval; per
 treatment variant against the control: difference, relative lift (delta method) and p-value of each
 metric, CUPED-adjusted primary metric, the always-valid p-value. Over the experiment: SRM
@@ -67,7 +68,10 @@ class Quarantine:
 def _epoch(value: Any, name: str) -> float:
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected an ISO 8601 string, got {type(value).__name__}")
-    t = dt.datetime.fromisoformat(value)
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name}: {value[:40]!r} is not an ISO 8601 time") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     ts = t.timestamp()
@@ -117,12 +121,12 @@ def parse_exposures(path: str | Path | None, spec: ExperimentSpec, q: Quarantine
             seen.add(r["request_id"])
             lat = r.get("latency_ms")
             lat = float(lat) if isinstance(lat, (int, float)) and not isinstance(lat, bool) else math.nan
-            rows.append((r["request_id"], r["user_key"], unit, r["variant"], ts, len(items), lat,
+            rows.append((r["request_id"], r["user_key"], unit, r["variant"], ts, tuple(items), len(items), lat,
                          r.get("degraded") is not None))
         except (ValueError, TypeError, OverflowError) as e:
             q.add("exposures", no, str(e) if not isinstance(e, json.JSONDecodeError) else f"not JSON: {e}", line)
-    return pd.DataFrame(rows, columns=["request_id", "user_key", "unit", "variant", "ts", "n_items", "latency_ms",
-                                       "degraded"])
+    return pd.DataFrame(rows, columns=["request_id", "user_key", "unit", "variant", "ts", "items", "n_items",
+                                       "latency_ms", "degraded"])
 
 
 def parse_events(path: str | Path | None, q: Quarantine) -> pd.DataFrame:
@@ -172,13 +176,15 @@ def unit_table(exposures: pd.DataFrame, events: pd.DataFrame, attributions: pd.D
     """One row per unit: variant, first exposure, exposures, clicks, purchases, converted, revenue, pre.
 
     Returns the table and the number of crossover units left out."""
-    cols = ["unit", "variant", "first_ts", "exposures", "clicks", "purchases", "converted", "revenue", "pre"]
+    cols = ["unit", "variant", "first_ts", "exposures", "impressions", "clicks", "purchases", "converted", "revenue",
+            "pre"]
     if exposures.empty:
         return pd.DataFrame(columns=cols), 0
     nvar = exposures.groupby("unit")["variant"].nunique()
     crossover = set(nvar.index[nvar > 1])
     ex = exposures[~exposures.unit.isin(crossover)] if crossover else exposures
-    units = ex.groupby("unit").agg(variant=("variant", "first"), first_ts=("ts", "min"), exposures=("ts", "size"))
+    units = ex.groupby("unit").agg(variant=("variant", "first"), first_ts=("ts", "min"), exposures=("ts", "size"),
+                                   impressions=("n_items", "sum"))
     window = spec.primary_metric.window_hours * 3600.0
 
     ev = events
@@ -186,15 +192,20 @@ def unit_table(exposures: pd.DataFrame, events: pd.DataFrame, attributions: pd.D
     att = attributions.merge(ex[["request_id", "unit"]], on="request_id", how="inner")
     linked = ev.merge(att[["event_id", "unit"]], on="event_id", how="inner")
     linked_ids = set(linked.event_id)
-    # 2. the other events of the exposed users, within the window after one of their unit's exposures
+    # 2. the other events of the exposed users, within the window after one of their unit's exposures:
+    #    purchases of any item (conversion within the window), clicks on an item that exposure showed
     rest = ev[~ev.event_id.isin(linked_ids) & ev.user_key.isin(set(ex.user_key))] if len(ev) else ev
-    in_window = pd.DataFrame(columns=["event_id", "unit"])
+    in_window = [pd.DataFrame(columns=["event_id", "unit"])]
     if len(rest):
-        pairs = rest[["event_id", "user_key", "ts"]].merge(ex[["user_key", "unit", "ts"]].rename(
-            columns={"ts": "exp_ts"}), on="user_key")
-        hit = pairs[(pairs.ts >= pairs.exp_ts) & (pairs.ts <= pairs.exp_ts + window)]
-        in_window = hit.drop_duplicates("event_id")[["event_id", "unit"]]
-    counted = pd.concat([linked[["event_id", "unit"]], in_window], ignore_index=True).merge(
+        exp_ts = ex[["user_key", "unit", "ts", "items"]].rename(columns={"ts": "exp_ts"})
+        buys = rest[rest.event.isin(PURCHASE_EVENTS)][["event_id", "user_key", "ts"]].merge(
+            exp_ts.drop(columns="items"), on="user_key")
+        clicks = rest[rest.event.isin(CLICK_EVENTS)][["event_id", "user_key", "item_key", "ts"]].merge(
+            exp_ts.explode("items").rename(columns={"items": "item_key"}), on=["user_key", "item_key"])
+        for pairs in (buys, clicks):
+            hit = pairs[(pairs.ts >= pairs.exp_ts) & (pairs.ts <= pairs.exp_ts + window)]
+            in_window.append(hit.drop_duplicates("event_id")[["event_id", "unit"]])
+    counted = pd.concat([linked[["event_id", "unit"]], *in_window], ignore_index=True).merge(
         ev[["event_id", "item_key", "event"]], on="event_id")
     price = counted.item_key.map(prices).fillna(0.0).astype(float) if prices else pd.Series(0.0, index=counted.index)
     counted = counted.assign(click=counted.event.isin(CLICK_EVENTS), purchase=counted.event.isin(PURCHASE_EVENTS))
@@ -216,7 +227,7 @@ def unit_table(exposures: pd.DataFrame, events: pd.DataFrame, attributions: pd.D
     else:
         units["pre"] = 0.0
     units = units.reset_index()
-    for c in ("clicks", "purchases", "exposures"):
+    for c in ("clicks", "purchases", "exposures", "impressions"):
         units[c] = units[c].astype(int)
     return units[cols], len(crossover)
 
@@ -228,7 +239,7 @@ def _ci(pair: tuple[float, float]) -> list[float]:
 
 def _clean(x: Any) -> Any:
     if isinstance(x, float):
-        return None if not math.isfinite(x) else round(x, 10)
+        return x if math.isfinite(x) else None
     if isinstance(x, dict):
         return {k: _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -244,10 +255,11 @@ def variant_figures(u: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
     n = len(u)
     conv = int(u.converted.sum())
     rev = stats.MeanStats.of(u.revenue.to_numpy(float))
-    ctr = stats.ratio_stats(u.clicks.to_numpy(float), u.exposures.to_numpy(float))
+    ctr = stats.ratio_stats(u.clicks.to_numpy(float), u.impressions.to_numpy(float))
     z = stats.z_value(alpha)
     return {
-        "users": n, "exposures": int(u.exposures.sum()), "clicks": int(u.clicks.sum()),
+        "users": n, "exposures": int(u.exposures.sum()), "impressions": int(u.impressions.sum()),
+        "clicks": int(u.clicks.sum()),
         "conversions": conv, "purchases": int(u.purchases.sum()), "revenue": float(u.revenue.sum()),
         "ctr": ctr.ratio, "ctr_ci": [ctr.ratio - z * ctr.se, ctr.ratio + z * ctr.se],
         "conversion_rate": conv / n if n else math.nan,
@@ -269,8 +281,8 @@ def compare(t: pd.DataFrame, c: pd.DataFrame, metric: str, alpha: float = 0.05) 
         diff, ci, p = w.diff, w.ci, w.p_value
         lift = stats.relative_lift(stats.MeanStats.of(t.revenue), stats.MeanStats.of(c.revenue), alpha)
     elif metric == "ctr":
-        diff, ci, p, lift = stats.ratio_comparison(stats.ratio_stats(t.clicks, t.exposures),
-                                                   stats.ratio_stats(c.clicks, c.exposures), alpha)
+        diff, ci, p, lift = stats.ratio_comparison(stats.ratio_stats(t.clicks, t.impressions),
+                                                   stats.ratio_stats(c.clicks, c.impressions), alpha)
     else:
         raise ValueError(f"metric: unknown {metric!r}")
     return {"metric": metric, "diff": diff, "diff_ci": _ci(ci), "p_value": p, "lift": lift.lift,
@@ -279,27 +291,25 @@ def compare(t: pd.DataFrame, c: pd.DataFrame, metric: str, alpha: float = 0.05) 
 
 def _primary_values(u: pd.DataFrame, metric: str) -> np.ndarray:
     return (u.converted if metric == "conversion" else u.revenue if metric == "revenue_per_user" else
-            u.clicks / u.exposures.clip(lower=1)).to_numpy(float)
+            u.clicks / u.impressions.clip(lower=1)).to_numpy(float)
 
 
 def cuped_comparison(units: pd.DataFrame, variant: str, control: str, metric: str, alpha: float = 0.05
                      ) -> dict[str, Any]:
-    """The primary metric adjusted by the pre-period covariate (theta pooled over all units)."""
+    """The primary metric adjusted by the pre-period covariate (theta pooled over all units), compared
+    as the unadjusted one (Welch difference, delta-method lift); ``variance_reduction`` is
+    ``1 - var(adjusted) / var(raw)`` over all units (``corr(y, pre)**2``)."""
     y_all, x_all = _primary_values(units, metric), units.pre.to_numpy(float)
     theta = stats.cuped_theta(y_all, x_all)
     adj = stats.cuped_adjust(y_all, x_all, theta, float(x_all.mean()) if len(x_all) else 0.0)
-    a, b = adj[(units.variant == variant).to_numpy()], adj[(units.variant == control).to_numpy()]
-    ya, yb = y_all[(units.variant == variant).to_numpy()], y_all[(units.variant == control).to_numpy()]
-    w = stats.welch_test(stats.MeanStats.of(a), stats.MeanStats.of(b), alpha)
-    w0 = stats.welch_test(stats.MeanStats.of(ya), stats.MeanStats.of(yb), alpha)
-    base = stats.MeanStats.of(yb)
-    # lift of the adjusted means over the (unadjusted) control mean, its se from the adjusted difference
-    lift = w.diff / base.mean if base.mean else math.nan
-    z = stats.z_value(alpha)
-    lift_se = w.se / abs(base.mean) if base.mean else math.nan
-    reduction = 1 - (w.se ** 2) / (w0.se ** 2) if w0.se and not math.isnan(w0.se) else math.nan
-    return {"theta": theta, "diff": w.diff, "diff_ci": _ci(w.ci), "p_value": w.p_value, "lift": lift,
-            "lift_ci": [lift - z * lift_se, lift + z * lift_se], "variance_reduction": reduction}
+    a = stats.MeanStats.of(adj[(units.variant == variant).to_numpy()])
+    b = stats.MeanStats.of(adj[(units.variant == control).to_numpy()])
+    w = stats.welch_test(a, b, alpha)
+    lift = stats.relative_lift(a, b, alpha)
+    v_raw = float(np.var(y_all, ddof=1)) if len(y_all) > 1 else math.nan
+    reduction = 1 - float(np.var(adj, ddof=1)) / v_raw if v_raw and not math.isnan(v_raw) else math.nan
+    return {"theta": theta, "diff": w.diff, "diff_ci": _ci(w.ci), "p_value": w.p_value, "lift": lift.lift,
+            "lift_ci": _ci(lift.ci), "variance_reduction": reduction}
 
 
 def planned_sample_size(spec: ExperimentSpec) -> int:

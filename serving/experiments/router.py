@@ -71,6 +71,8 @@ def variant_settings(base: RecommendSettings, v: Variant) -> RecommendSettings:
         s = dataclasses.replace(s, rules=RuleSettings(
             no_repurchase_days=r.no_repurchase_days if o.rules.no_repurchase_days is None else o.rules.no_repurchase_days,
             max_per_category=r.max_per_category if o.rules.max_per_category is None else o.rules.max_per_category))
+        if o.rules.exclude_seen is not None:
+            s = dataclasses.replace(s, exclude_seen=o.rules.exclude_seen)
     return s
 
 

@@ -37,6 +37,7 @@ class Strict(BaseModel):
 class RuleOverrides(Strict):
     no_repurchase_days: float | None = Field(None, ge=0)
     max_per_category: int | None = Field(None, ge=0)
+    exclude_seen: bool | None = Field(None, description="false = items of the user's history may be shown again")
 
 
 class Overrides(Strict):
