@@ -67,8 +67,8 @@ def pipeline_code_hash() -> str:
     """Hash of the data layer's source files: a code change re-runs preparation."""
     root = Path(__file__).resolve().parent
     files = sorted([*root.glob("adapters/*.py"), *(root / n for n in (
-        "prepare.py", "entities.py", "cleaning.py", "splits.py", "quarantine.py", "synthetic.py", "schema.py",
-        "privacy.py", "tables.py", "artifacts.py"))])
+        "prepare.py", "entities.py", "cleaning.py", "timestamps.py", "splits.py", "quarantine.py", "synthetic.py",
+        "schema.py", "privacy.py", "tables.py", "artifacts.py"))])
     h = hashlib.sha256()
     for f in files:
         if f.exists():

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.adapters import DataConfigError
-from features.cleaning import parse_times
+from features.timestamps import parse_times
 from features.prepare import run
 from features.privacy import pseudonymise_one
 from features.processed import load_events, load_quarantine, load_users
