@@ -143,8 +143,7 @@ def write_bundle_campaign(folder: Path, campaign: CampaignConfig, model_dir: Pat
 def publish_to_bundle(campaign: CampaignConfig, model_dir: Path, profiles: pd.DataFrame, manifest: dict) -> Path | None:
     """A new bundle version (parent: the configured bundle or ``LATEST``) that adds ``campaigns/<id>/``;
     None when there is no bundle. Published versions are never changed."""
-    from serving.bundle.contract import CAMPAIGNS_DIR, BundleError, read_manifest, resolve_bundle_dir
-    from serving.bundle.publish import publish_derived
+    from serving.bundle import CAMPAIGNS_DIR, BundleError, publish_derived, read_manifest, resolve_bundle_dir
 
     try:
         parent = resolve_bundle_dir(campaign.job.bundle, campaign.job.bundles)

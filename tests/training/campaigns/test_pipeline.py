@@ -33,7 +33,7 @@ def cfg(root, *overrides):
 
 
 def test_train_build_publish_and_read_out(shop):
-    from serving.bundle.contract import latest_name, read_manifest
+    from serving.bundle import latest_name, read_manifest
     from serving.campaigns import build_audience, evaluate
     from serving.campaigns.scoring import load_campaign_scorer
     from training.campaigns import train
