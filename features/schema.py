@@ -20,8 +20,9 @@ A prepared dataset lives in ``<artifacts>/processed/<name>/``:
 - ``users.parquet``    ``user_id``, ``user_key`` (pseudonymised original key: hex keyed hash), plus
   source attributes (e.g. ``country``, ``age``, ``gender``) where the source has them, and
   ``n_events``. Rows without a user (Online Retail guests) never reach this table.
-- ``quarantine.parquet`` ``src_file``, ``src_row``, ``reason``, ``message``, ``raw`` (the row as text,
-  user key pseudonymised). ``message`` gives the 1-based row number inside ``src_file``.
+- ``quarantine.parquet`` ``src_file``, ``src_row``, ``reason``, ``message``, ``raw`` (the row as text;
+  every field that may hold the user id pseudonymised, see ``features.quarantine.mask_line``).
+  ``message`` gives the 1-based row number inside ``src_file`` and the source column.
 - ``splits/loo/{train,valid,test}.parquet`` and ``splits/temporal/{train,valid,test}.parquet``: the
   events table cut in three (same columns). Leave-one-out: per user by (ts, src_row), the last
   *target* event = test, the second-to-last = valid, every event (of any type) before the valid
@@ -35,7 +36,8 @@ A prepared dataset lives in ``<artifacts>/processed/<name>/``:
 - ``tables/<name>.parquet`` (optional) validated side tables (Complete Journey campaigns, coupons,
   demographics...; Hillstrom), customer ids replaced by ``user_key``; rejected rows in
   ``tables/quarantine.parquet``. Read with ``features.processed.load_table``.
-- ``manifest.json``    counts, config, hashes, code version (see ``features.artifacts``).
+- ``manifest.json``    counts, config, hashes, code version (see ``features.artifacts``) and
+  ``pseudo_key_fingerprint``, the fingerprint of the pseudonymisation key (``features.privacy``).
 
 Sequence models read ``splits/loo`` and build per-user item sequences ordered by ``ts`` then ``src_row``.
 """
