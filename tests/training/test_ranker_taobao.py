@@ -22,6 +22,7 @@ def _cfg(root, data_root, *overrides):
 
 def test_taobao_ranker_has_a_head_per_behaviour(tmp_path_factory, data_root):
     from features.prepare import run as prepare
+    from serving.bundle import read_manifest, resolve
     from serving.ranking import Ranker, RankRequest
     from training import export
     from training.train import run as train
@@ -38,7 +39,9 @@ def test_taobao_ranker_has_a_head_per_behaviour(tmp_path_factory, data_root):
     run_dir = train(cfg).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/users"] > 100 and np.isfinite(metrics["test/ndcg@10"]) and metrics["onnx_max_abs_diff"] <= 1e-4
-    ranker = Ranker.load(bundle)                                        # export_to_bundle: served from the bundle
+    served = resolve(bundle.parent)                   # export_to_bundle: a new version (parent: the retriever's), LATEST
+    assert served != bundle and read_manifest(served)["parent"] == bundle.name and Ranker.load(bundle) is None
+    ranker = Ranker.load(served)
     assert ranker is not None and ranker.heads == ["view", "cart", "purchase"]
     emb = np.load(bundle / "item_embeddings.npy")
     req = RankRequest(user_emb=emb[:5].mean(0), history=np.arange(5), candidates=np.arange(10, 40),
