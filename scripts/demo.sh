@@ -51,8 +51,9 @@ step "4. index: FAISS index of the item embeddings inside the bundle"
 python -m serving.build_index bundle="$BUNDLE" index=hnsw
 BUNDLE="$ART/bundles/$(cat "$ART/bundles/LATEST")"   # a new version: the export + index/ (bundles never change)
 
-step "5. ranker (DCN-v2 on the retriever's own candidates) + bought-together rules, into the bundle"
-python -m training.train model=ranker data=$RETAIL model.retriever_bundle="$BUNDLE" \
+step "5. ranker (DCN-v2 on the retriever's own candidates; a new bundle version) + bought-together rules"
+# Same entry point, trainer group, loggers and callbacks as every model; refuses a retriever trained on another split.
+python -m training.train model=ranker data=$RETAIL trainer=cpu model.retriever_bundle="$BUNDLE" \
   trainer.run_dir="$ART/runs/$RETAIL/ranker/demo"
 python -m features.baskets data=$RETAIL
 python -m serving.publish_rules data=$RETAIL

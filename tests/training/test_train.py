@@ -1,13 +1,15 @@
-"""training.train end to end on a tiny dataset: run folder, baselines, resume, NaN guard, bad configs."""
+"""training.train end to end on a tiny dataset: run folder, baselines, resume, NaN guard, bad configs, the
+Trainer settings (max_time formats, loggers incl. MLflow, callbacks, progress bar), --help, the returned metric."""
 import json
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 import torch
 
 from training.modules import NonFiniteLossError, SASRecModule
-from training.train import run
+from training.train import max_time, run
 
 FAST = ["model.hidden=16", "model.blocks=1", "model.heads=1", "model.batch_size=64", "model.lr=0.005",
         "model.dropout=0.1", "model.emb_dropout=0.1", "model.label_smoothing=0.0", "model.weight_decay=0.0",
@@ -154,3 +156,81 @@ def test_ddp_on_cpu_two_processes_ends_with_metrics(tiny_artifacts, tmp_path, re
     assert m["processes"] == 2 and m["strategy"] == "ddp" and m["epochs"] == 2
     assert all(k in m for k in KEYS) and 0 <= m["test/ndcg@10"] <= 1
     assert (tmp_path / "hydra" / "train_ddp_process_1.log").exists()   # a second process really ran
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None), (90, timedelta(seconds=90)), ("90", timedelta(seconds=90)), (2.5, timedelta(seconds=2.5)),
+    ("00:00:50:00", timedelta(minutes=50)), ("01:02:03:04", timedelta(days=1, hours=2, minutes=3, seconds=4)),
+    ({"minutes": 50}, timedelta(minutes=50)), ({"hours": 1, "seconds": 30}, timedelta(hours=1, seconds=30)),
+])
+def test_max_time_accepts_seconds_and_lightning_formats(value, expected):
+    assert max_time(value) == expected
+
+
+@pytest.mark.parametrize("value", ["soon", "00:50:00", {"fortnights": 1}, 0, "-5"])
+def test_bad_max_time_names_the_setting(value):
+    with pytest.raises(ValueError, match="trainer.max_time"):
+        max_time(value)
+
+
+def test_max_time_from_the_command_line_caps_training(make_cfg):
+    """Hydra hands "DD:HH:MM:SS" and {minutes: ...} through; a cap of 1 s stops after the first epoch."""
+    cfg = make_cfg("model=sasrec", *FAST, "trainer.max_epochs=50", "trainer.max_time=00:00:00:01")
+    assert cfg.trainer.max_time == "00:00:00:01" and max_time(make_cfg("trainer.max_time={minutes:50}").trainer.max_time) \
+        == timedelta(minutes=50)
+    m = run(cfg).metrics
+    assert m["stop_reason"] == "max_time" and m["epochs"] < 50
+
+
+def test_loggers_callbacks_and_the_returned_metric(make_cfg, tmp_path):
+    """logger=[csv,mlflow]: the final validation and test metrics reach both; main returns valid/ndcg@10."""
+    import mlflow
+    import pandas as pd
+
+    from training.train import main
+
+    cfg = make_cfg("model=sasrec", *FAST[:-1], "trainer.max_epochs=2", "logger=[csv,mlflow]",
+                   "callbacks=[default,lr_monitor]", "trainer.log_every_n_steps=1", f"logger.mlflow.tracking_uri=file:{tmp_path / 'mlruns'}")
+    value = main.__wrapped__(cfg)                                # the task function a Hydra sweeper calls
+    run_dir = sorted((tmp_path / "runs" / "tiny" / "sasrec").iterdir())[-1]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert value == m["valid/ndcg@10"]
+    csv = pd.read_csv(run_dir / "logs" / "csv" / "metrics.csv")
+    assert csv["test/ndcg@10"].dropna().iloc[-1] == pytest.approx(m["test/ndcg@10"], rel=1e-5)
+    assert csv.filter(like="lr-").notna().any().any()            # lr_monitor added through callbacks=
+    client = mlflow.tracking.MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("tiny-sasrec").experiment_id])
+    assert found.info.run_name == run_dir.name and found.info.status == "FINISHED"
+    assert found.data.metrics["test/ndcg10"] == pytest.approx(m["test/ndcg@10"], rel=1e-5)
+    assert found.data.metrics["valid/ndcg10"] == pytest.approx(m["valid/ndcg@10"], rel=1e-5)
+    # a closed-form baseline has no Trainer: its metrics are logged to the same loggers
+    pop = run(make_cfg("model=pop", "logger=[mlflow]", f"logger.mlflow.tracking_uri=file:{tmp_path / 'mlruns'}"))
+    (found,) = client.search_runs([client.get_experiment_by_name("tiny-pop").experiment_id])
+    assert found.data.metrics["test/ndcg10"] == pytest.approx(pop.metrics["test/ndcg@10"], rel=1e-5)
+
+
+def test_a_checkpoint_callback_is_required(make_cfg):
+    with pytest.raises(ValueError, match="callbacks: no ModelCheckpoint"):
+        run(make_cfg("model=sasrec", *FAST, "callbacks=[early_stopping]"))
+
+
+def test_help_lists_only_real_choices(repo_root):
+    out = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=repo_root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    groups = out.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    choices = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
+    assert choices["trainer"] == "cpu, ddp, gpu"
+    assert choices["logger"] == "csv, mlflow, tensorboard"
+    assert "model_checkpoint" in choices["callbacks"] and "online_retail" in choices["data"]
+    hidden = {g: [c for c in opts.split(", ") if c.startswith("_")] for g, opts in choices.items()}
+    assert not any(hidden.values()), hidden
+
+
+def test_progress_bar_auto_follows_the_terminal(monkeypatch):
+    from training.train import show_progress_bar
+
+    assert show_progress_bar("auto") is False                   # pytest captures the output: plain log lines
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert show_progress_bar("auto") is True and show_progress_bar(False) is False
