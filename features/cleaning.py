@@ -136,7 +136,7 @@ def _normalise_time(df: pd.DataFrame, raw: RawData, cfg: Any, ledger: Ledger) ->
             num = raw_ts
         else:
             _fail_ts(df, raw, f"holds {raw_ts.dtype} values, not unix times (data.time.unit={unit})")
-        ts = pd.to_datetime(num.astype("float64"), unit=str(unit), errors="coerce")
+        ts = pd.to_datetime(num.astype("float64"), unit=str(unit), errors="coerce", utc=True)  # unix times are UTC
     elif pd.api.types.is_datetime64_any_dtype(raw_ts.dtype):
         ts = raw_ts
     elif _is_text(raw_ts):
@@ -163,7 +163,7 @@ def _normalise_time(df: pd.DataFrame, raw: RawData, cfg: Any, ledger: Ledger) ->
 def _fail_ts(df: pd.DataFrame, raw: RawData, what: str) -> None:
     i = int(df["src_file"].iloc[0]) if len(df) else 0
     value = df["ts"].dropna().iloc[0] if df["ts"].notna().any() else None
-    raise DataConfigError(f"{raw.where(i, 'ts')} (data.columns.ts) {what}; e.g. {value!r}")
+    raise DataConfigError(f"{raw.where(i, 'ts')} (data.columns.ts) {what}; e.g. {str(value)!r}")
 
 
 def _fail_if_no_time_parses(df: pd.DataFrame, raw: RawData, bad: np.ndarray, fmt: Any, unit: Any) -> None:

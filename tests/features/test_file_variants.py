@@ -225,3 +225,16 @@ def test_a_stray_quote_running_to_the_end_loses_no_valid_line(tmp_path):
     assert (m["n_input_rows"], m["n_events"], m["n_quarantined"]) == (4, 3, 1)
     q = load_quarantine(res.out_dir)
     assert q["src_row"].tolist() == [1] and "deadbeef" not in q["raw"].iloc[0]
+
+
+def test_numbers_as_times_without_a_unit_fail_naming_file_column_and_value(retail, tmp_path):
+    df = retail.copy()
+    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"]).astype("datetime64[s]").astype("int64")
+    df[["Quantity", "UnitPrice"]] = df[["Quantity", "UnitPrice"]].astype(float)
+    df.to_parquet(tmp_path / "epoch.parquet")
+    with pytest.raises(DataConfigError, match=r"epoch\.parquet, column 'InvoiceDate' .*int64.*'1291191960'"):
+        prepare(tmp_path / "epoch.parquet", tmp_path, "data.format=parquet")
+    res = prepare(tmp_path / "epoch.parquet", tmp_path, "data.format=parquet", "data.time.unit=s")
+    assert res.manifest["n_quarantined"] == 0   # unix times are UTC whatever data.time.timezone says
+    ts = load_events(res.out_dir)["ts"]
+    assert ts.min() == pd.Timestamp("2010-12-01 08:26", tz="UTC")
