@@ -7,8 +7,8 @@ and campaigns 404, and a service still loading its bundle 503. User ids are pseu
 and never logged.
 
 Client input never causes a 500: ids are 1-128 characters without control characters or unpaired
-surrogates; numbers must be finite (``NaN``, ``Infinity``, ``1e309`` are refused); event times must
-lie in [1970-01-01, 2262-04-11) once their UTC offset is applied (naive times are UTC). Error bodies
+surrogates; numbers must be finite (``NaN``, ``Infinity``, ``1e309`` are refused); event times
+are RFC 3339 strings with their UTC offset, years 1971-2261 as written (the OpenAPI schema says the same). Error bodies
 are always valid JSON (non-finite numbers and unpaired surrogates of the echoed input are escaped).
 A batch of events is all or nothing: one bad event answers 422 naming its index and field
 (``loc: ["body", 3, "ts"]``) and none of the batch is logged, so a client can fix and resend it.
@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import socket
 import time
 from typing import Annotated, Any, Literal, Union
@@ -35,8 +36,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt,
+                      StrictStr, Tag, WithJsonSchema, model_validator)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.schema import EVENT_TYPES
@@ -51,16 +52,41 @@ MAX_KEY_CHARS = 128
 # Event times the log and every reader of it (pandas datetime64[ns] ends in 2262) can represent.
 EVENT_TS_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 EVENT_TS_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.timezone.utc)
+# The same in the OpenAPI schema (a client's generator and the server agree on what is valid): the year
+# as written in 1971-2261, so that no UTC offset can move it out of the range above.
+EVENT_TS_PATTERN = (r"^(?:197[1-9]|19[89]\d|20\d\d|21\d\d|22[0-5]\d|226[01])-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+                    r"[Tt](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
+# Keys: 1-128 characters, no control characters (C0, DEL, C1), not only white space.
+KEY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+# Integer keys: exact in every JSON parser (IEEE doubles); larger ids travel as strings.
+INT_KEY_MIN, INT_KEY_MAX = -(2**53 - 1), 2**53 - 1
+
+
+def _integral(v: Any) -> Any:
+    """``500.0`` -> ``500``: JSON (and JSON Schema) do not tell an integral float from an integer."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def _clean_key(v: str | int) -> str:
-    s = str(v).strip()
-    if not s or len(s) > MAX_KEY_CHARS:
-        raise ValueError(f"must be 1 to {MAX_KEY_CHARS} characters (got {len(s)})")
-    problem = key_problem(s)
+    if isinstance(v, int) and not INT_KEY_MIN <= v <= INT_KEY_MAX:
+        raise ValueError(f"an integer key must be within +-{INT_KEY_MAX} (send a larger id as a string)")
+    raw = str(v)
+    if len(raw) > MAX_KEY_CHARS:
+        raise ValueError(f"must be at most {MAX_KEY_CHARS} characters (got {len(raw)})")
+    problem = key_problem(raw)
     if problem:
         raise ValueError(problem)
+    s = raw.strip()
+    if not s or not re.fullmatch(KEY_PATTERN, raw):
+        raise ValueError("must not be empty or only white space")
     return s
+
+
+def _event_time_text(v: Any) -> Any:
+    if v is None or (isinstance(v, str) and re.fullmatch(EVENT_TS_PATTERN, v)):
+        return v
+    raise ValueError("must be an RFC 3339 date-time with its UTC offset, years 1971-2261 "
+                     "(e.g. 2026-01-02T03:04:05Z)")
 
 
 def _utc_event_time(ts: dt.datetime) -> dt.datetime:
@@ -75,9 +101,15 @@ def _utc_event_time(ts: dt.datetime) -> dt.datetime:
     return utc
 
 
-Key = Annotated[Union[StrictStr, StrictInt], AfterValidator(_clean_key),
-                Field(description="a raw storefront key (string or integer; 1-128 characters, no control characters)")]
-EventTime = Annotated[dt.datetime, AfterValidator(_utc_event_time)]
+# The checks are ``_clean_key``'s (its messages name the problem); the schema states the same rules.
+Key = Annotated[Union[StrictStr, StrictInt], BeforeValidator(_integral), AfterValidator(_clean_key),
+                WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS,
+                                           "pattern": KEY_PATTERN},
+                                          {"type": "integer", "minimum": INT_KEY_MIN, "maximum": INT_KEY_MAX}],
+                                "description": "a raw storefront key: a string (1-128 characters, no control "
+                                               "characters, not only white space) or an integer within +-(2^53-1)"})]
+EventTime = Annotated[dt.datetime, BeforeValidator(_event_time_text), AfterValidator(_utc_event_time),
+                      WithJsonSchema({"type": "string", "format": "date-time", "pattern": EVENT_TS_PATTERN})]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
@@ -114,7 +146,7 @@ class RecentEvent(Strict):
 
 class RecommendationRequest(Strict):
     user_id: Key
-    k: int = Field(10, ge=1, le=MAX_K, strict=True)
+    k: Annotated[int, BeforeValidator(_integral)] = Field(10, ge=1, le=MAX_K, strict=True)
     context: Context | None = None
     exclude: list[Key] = Field(default_factory=list, max_length=1000, description="item ids never to return")
     recent_events: list[RecentEvent] = Field(default_factory=list, max_length=200,
@@ -150,10 +182,11 @@ class EventIn(Strict):
     user_id: Key
     item_id: Key
     event: EventType
-    ts: EventTime | None = Field(None, description="event time (ISO 8601; naive = UTC); default: when it arrives")
+    ts: EventTime | None = Field(None, description="event time (RFC 3339 with its offset); default: when it arrives")
     request_id: StrictStr | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
                                          description="the recommendation response this event answers")
-    position: StrictInt | None = Field(None, ge=0, le=MAX_K, description="0-based position of the item in it")
+    position: Annotated[StrictInt, Field(ge=0, le=MAX_K), BeforeValidator(_integral)] | None = Field(
+        None, description="0-based position of the item in it")
 
 
 # One event or a list of them; the callable discriminator validates only the matching shape, and the
@@ -312,6 +345,16 @@ def _swagger_dir() -> pathlib.Path:
     return pathlib.Path(swagger_ui.__file__).parent / "static"
 
 
+# Answers any operation may give (documented, so a client generated from the schema expects them).
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not UTF-8 JSON, or holds a number over 4300 digits"},
+    401: {"description": "no API key"},
+    403: {"description": "an API key that is not allowed here"},
+    413: {"description": "the request body is over serve.http.max_body_bytes"},
+    429: {"description": "over this API key's rate limit (see Retry-After)"},
+    503: {"description": "not ready: the bundle is still loading"},
+}
+
 SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
                  "favicon-32x32.png": "image/png"}
 
@@ -332,7 +375,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
     """
     cfg = service.cfg
     app = FastAPI(title="shoprec", version="1", description="Recommendations, events and campaign scores.",
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, responses=COMMON_RESPONSES)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     if list(cfg.http.cors_origins or []):
@@ -480,7 +523,8 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         return CampaignResponse(campaign_id=campaign_id, scores=[
             CampaignScore(user_id=u, score=None if s is None or s != s else float(s)) for u, s in zip(raw, scores)])
 
-    @app.post("/admin/reload", dependencies=[Depends(require_admin)], tags=["ops"])
+    @app.post("/admin/reload", dependencies=[Depends(require_admin)], tags=["ops"],
+              responses={409: {"description": "the bundle was not swapped in (not found or not loadable)"}})
     def reload(req: ReloadRequest | None = None) -> dict[str, str]:
         from serving.bundle import BundleError
 
