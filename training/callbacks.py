@@ -41,10 +41,8 @@ class EpochHistory(pl.Callback):
                              MONITOR: _metric(trainer, pl_module, MONITOR), "valid/hr@10": _metric(trainer, pl_module, "valid/hr@10")})
         if trainer.progress_bar_callback is None and trainer.is_global_zero:   # plain log lines instead of a bar
             h = self.history[-1]
-            loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
-            log.info("epoch %d: %s=%s train/loss=%s (%.1f s)", h["epoch"], MONITOR,
-                     "n/a" if h[MONITOR] is None else f"{h[MONITOR]:.4f}",
-                     "n/a" if loss is None else f"{float(loss):.4f}", h["time_s"])
+            log.info("epoch %d: %s=%s (%.1f s)", h["epoch"], MONITOR,
+                     "n/a" if h[MONITOR] is None else f"{h[MONITOR]:.4f}", h["time_s"])
 
     def state_dict(self) -> dict:
         return {"history": self.history}

@@ -227,6 +227,17 @@ def _callback(trainer: pl.Trainer, kind: type):
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
+def _best_index(hist: list[dict], ckpt) -> int:
+    """The epoch (index into ``hist``) the checkpoint callback chose: its monitor and mode, ties to the first."""
+    if not hist:
+        return -1
+    key = ckpt.monitor if ckpt is not None and ckpt.monitor in hist[0] else "valid/ndcg@10"
+    values = np.array([np.nan if h[key] is None else h[key] for h in hist], dtype=float)
+    if np.isnan(values).all():
+        return len(hist) - 1
+    return int(np.nanargmin(values) if ckpt is not None and ckpt.mode == "min" else np.nanargmax(values))
+
+
 def fit_and_test(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule, resume: Path | None,
                  hw: Hardware) -> dict:
     """Fit, then validate and test the best checkpoint (last weights when no validation ran); the module keeps
@@ -236,20 +247,22 @@ def fit_and_test(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.Lightni
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     fit_s = time.perf_counter() - t0
+    # read the loop's figures now: loading the best checkpoint below restores the callbacks' state of that epoch
+    history = _callback(trainer, EpochHistory)
+    hist = list(history.history) if history is not None else []
+    early, target = _callback(trainer, EarlyStopping), _callback(trainer, StopAtTarget)
+    stopped_early = early is not None and early.stopped_epoch > 0
+    epochs_run = hist[-1]["epoch"] if hist else int(trainer.current_epoch)
     ckpt = trainer.checkpoint_callback
     best = "best" if ckpt is not None and ckpt.best_model_path else None
+    best_path = Path(ckpt.best_model_path) if best else None
     if hasattr(dm, "use_full_validation"):
         dm.use_full_validation()            # per-epoch validation may use a subset; the final one uses every user
     trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     metrics = dict(getattr(module, "last_eval", {}) or {})
-    history = _callback(trainer, EpochHistory)
-    hist = history.history if history is not None else []
-    best_i = int(np.argmax([h["valid/ndcg@10"] or 0 for h in hist])) if hist else -1
-    epochs_run = hist[-1]["epoch"] if hist else int(trainer.current_epoch)
+    best_i = _best_index(hist, ckpt)
     train_time = hist[-1]["time_s"] if hist else fit_s
-    early, target = _callback(trainer, EarlyStopping), _callback(trainer, StopAtTarget)
-    best_path = Path(ckpt.best_model_path) if best else None
     run_dir = Path(trainer.default_root_dir)
     metrics.update({
         "best_checkpoint": (None if best_path is None else
@@ -260,7 +273,7 @@ def fit_and_test(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.Lightni
         "epoch_time_s": train_time / max(epochs_run, 1), "history": hist,
         "n_parameters": sum(p.numel() for p in module.parameters()),
         "processes": int(trainer.world_size), "strategy": str(hw.strategy), "precision": str(hw.precision),
-        "stop_reason": ("early_stopping" if early is not None and early.stopped_epoch > 0 else
+        "stop_reason": ("early_stopping" if stopped_early else
                         "target_reached" if target is not None and hist and target.reached(hist[-1]["valid/ndcg@10"]) else
                         "max_epochs" if epochs_run >= int(trainer.max_epochs) else "max_time"),
     })

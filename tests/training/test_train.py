@@ -234,3 +234,11 @@ def test_progress_bar_auto_follows_the_terminal(monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert show_progress_bar("auto") is True and show_progress_bar(False) is False
+
+
+def test_history_and_stop_reason_survive_loading_the_best_checkpoint(make_cfg):
+    """The final validate/test load the best checkpoint (which restores the callbacks' state of its epoch):
+    metrics.json still reports every epoch that ran and why training stopped."""
+    m = run(make_cfg("model=sasrec", *FAST, "callbacks.model_checkpoint.mode=min")).metrics   # best = the worst epoch
+    assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3] and m["stop_reason"] == "max_epochs"
+    assert m["best_epoch"] == 1 + min(range(3), key=lambda i: m["history"][i]["valid/ndcg@10"])
