@@ -265,6 +265,15 @@ def _from_validation(e: ValidationError) -> CampaignConfigError:
 # ---------------------------------------------------------------------------------------------
 # Rules that types alone cannot express.
 
+def _check_date(path: str, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise CampaignConfigError(path, f"must be YYYY-MM-DD, got {value!r}") from None
+
+
 def _check(c: CampaignConfig) -> None:
     def err(path: str, msg: str) -> None:
         raise CampaignConfigError(path, msg)
@@ -363,11 +372,7 @@ def _check(c: CampaignConfig) -> None:
         ZoneInfo(s.default_timezone)
     except (ZoneInfoNotFoundError, ValueError):
         err("send_time.default_timezone", f"unknown IANA time zone {s.default_timezone!r}")
-    if s.send_date is not None:
-        try:
-            dt.date.fromisoformat(s.send_date)
-        except ValueError:
-            err("send_time.send_date", f"must be YYYY-MM-DD, got {s.send_date!r}")
+    _check_date("send_time.send_date", s.send_date)
 
     b = c.budget
     if b.max_users is not None and b.max_users < 0:
@@ -400,11 +405,7 @@ def _check(c: CampaignConfig) -> None:
         err("job.device", f"must be auto, cpu or cuda, got {j.device!r}")
     if j.batch_size <= 0:
         err("job.batch_size", f"must be positive, got {j.batch_size}")
-    if j.backtest_cutoff is not None:
-        try:
-            dt.date.fromisoformat(j.backtest_cutoff)
-        except ValueError:
-            err("job.backtest_cutoff", f"must be YYYY-MM-DD, got {j.backtest_cutoff!r}")
+    _check_date("job.backtest_cutoff", j.backtest_cutoff)
 
 
 def parse_campaign(raw: Mapping[str, Any]) -> CampaignConfig:
