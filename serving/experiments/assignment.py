@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,17 +53,39 @@ class Assignment:
     unit: str
 
 
+class Assigner:
+    """``assign`` over a fixed set of specs, with their windows, ranges and weights precomputed (this
+    runs on every request)."""
+
+    def __init__(self, specs: Sequence[ExperimentSpec]):
+        self.specs = list(specs)
+        self._plan = []
+        for spec in self.specs:
+            cum, acc = [], 0.0
+            for v in spec.variants:
+                acc += v.weight
+                cum.append(acc)
+            self._plan.append((spec.start.timestamp(), spec.end.timestamp(), spec.traffic.offset, spec.traffic.end,
+                               spec.salt, cum, [v.name for v in spec.variants], spec))
+
+    def assign(self, unit: str, now: float | None = None) -> Assignment | None:
+        """The experiment and variant of ``unit`` at ``now`` (epoch seconds), or None."""
+        if not self._plan:
+            return None
+        now = time.time() if now is None else now
+        t = None
+        for start, end, lo, hi, salt, cum, names, spec in self._plan:
+            if not start <= now < end:
+                continue
+            if t is None:
+                t = position(unit, TRAFFIC_SALT)
+            if lo <= t < hi:
+                u = position(unit, salt)
+                i = next((j for j, c in enumerate(cum) if u < c), len(cum) - 1)
+                return Assignment(spec.name, names[i], spec, unit)
+        return None
+
+
 def assign(specs: Sequence[ExperimentSpec], unit: str, now: dt.datetime | None = None) -> Assignment | None:
     """The experiment and variant of ``unit`` at ``now`` (UTC), or None when it is in no experiment."""
-    if not specs:
-        return None
-    now = now or dt.datetime.now(dt.timezone.utc)
-    t = None
-    for spec in specs:
-        if not spec.running(now):
-            continue
-        if t is None:
-            t = position(unit, TRAFFIC_SALT)
-        if spec.traffic.offset <= t < spec.traffic.end:
-            return Assignment(spec.name, variant_of(spec, unit).name, spec, unit)
-    return None
+    return Assigner(specs).assign(unit, None if now is None else now.timestamp())

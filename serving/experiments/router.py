@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from serving.experiments.assignment import Assignment, assign
+from serving.experiments.assignment import Assigner, Assignment
 from serving.experiments.exposure import Exposure, ExperimentLogs, new_request_id, now_iso
 from serving.experiments.spec import ExperimentConfigError, ExperimentSpec, Variant, check_set, read_spec
 from serving.recommender import RecItem, RecommendSettings, Recommender, RecQuery, RecResult
@@ -98,6 +98,7 @@ class Experiments:
         self.logs = ExperimentLogs(exp_cfg.log_dir, fsync=str(exp_cfg.fsync),
                                    fsync_interval_s=float(exp_cfg.fsync_interval_s))
         self.specs: list[ExperimentSpec] = []
+        self.assigner = Assigner([])
         self.bundles: dict[str, Any] = {}
         self.error: str | None = None
         self.n_exposures = 0
@@ -165,7 +166,7 @@ class Experiments:
                 raise
             return False
         with self._lock:
-            self.specs, self.bundles = specs, bundles
+            self.specs, self.bundles, self.assigner = specs, bundles, Assigner(specs)
             self._pipelines.clear()
             self.error = None
             self.n_reloads += 1
@@ -195,7 +196,7 @@ class Experiments:
 
     # ------------------------------------------------------------------------------------------ serving
     def assign(self, unit: str, now: dt.datetime | None = None) -> Assignment | None:
-        return assign(self.specs, unit, now)
+        return self.assigner.assign(unit, None if now is None else now.timestamp())
 
     def pipeline(self, a: Assignment, base: Recommender) -> Any:
         v = a.spec.variant(a.variant)
