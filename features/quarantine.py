@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass, field
 from typing import Collection, Iterable
 
@@ -99,24 +98,17 @@ def _isnull(v: object) -> bool:
 
 @dataclass(frozen=True)
 class KnownIds:
-    """The user ids of a file's valid rows and their shapes (digits → 9, letters → a: ``17850`` → ``99999``), to
-    recognise an id wherever a malformed line has put it."""
+    """The user ids of a file's valid rows (canonical text), to recognise an id wherever a malformed line has
+    put it."""
 
     ids: frozenset[str] = frozenset()
-    shapes: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, values: Iterable[str]) -> "KnownIds":
-        ids = frozenset(canonical(v) for v in values if v is not None and str(v).strip())
-        return cls(ids, frozenset(id_shape(v) for v in ids))
+        return cls(frozenset(canonical(v) for v in values if v is not None and str(v).strip()))
 
     def matches(self, value: str) -> bool:
-        v = canonical(value)
-        return v in self.ids or id_shape(v) in self.shapes
-
-
-def id_shape(value: str) -> str:
-    return re.sub(r"[A-Za-z]", "a", re.sub(r"\d", "9", value))
+        return canonical(value) in self.ids
 
 
 def mask_line(text: str, sep: str, user_pos: int, n_fields: int | None = None,
@@ -126,8 +118,7 @@ def mask_line(text: str, sep: str, user_pos: int, n_fields: int | None = None,
     The line is split with the ``csv`` module (quotes and escaped quotes respected; ``sep`` of one
     character), never naively on ``sep``: a quoted ``"Bag, jumbo"`` is one field. A line with ``k`` fields
     too many or too few may have the user id up to ``k`` places from ``user_pos``: all of those fields are
-    masked, and so is any field that is a user id seen in the file's valid rows or has the shape of one
-    (``known_users``). A field that holds ``sep`` (quoted, or merged by a stray quote) is masked part by
+    masked, and so is any field that is a user id seen in the file's valid rows (``known_users``). A field that holds ``sep`` (quoted, or merged by a stray quote) is masked part by
     part under the naive reading too, so that neither reading leaves an id in clear. Masked values read
     ``pseudo:<pseudonym>``.
     """

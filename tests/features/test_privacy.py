@@ -11,7 +11,7 @@ import stat
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features import privacy
@@ -102,53 +102,52 @@ def test_dense_user_ids_follow_the_pseudonyms_not_the_raw_ids(tmp_path):
 # ---------------------------------------------------------------- malformed lines, property-based
 HEADER = ["invoice", "item", "description", "quantity", "ts", "price", "customer", "country"]
 USER_POS = HEADER.index("customer")
-ids = st.integers(10000, 99999).map(str).filter(lambda u: u != "85123")  # 85123 is in "85123A"
+ids = st.integers(30000, 99999).map(str).filter(lambda u: u != "85123")  # not a prefix-clash with 2010, 85123A
 words = st.text(st.sampled_from("abcXYZ ,\"';-"), min_size=0, max_size=12)
 
 
 @st.composite
 def malformed_line(draw):
-    """A row whose customer id is ``uid``, then broken: fields removed or inserted anywhere, a stray quote,
-    or another separator."""
+    """A row whose customer id is ``uid``, broken the ways files break: cut short, fields missing or extra
+    anywhere (one kind per line), a stray quote, another separator."""
     uid = draw(ids)
     fields = [draw(st.sampled_from(["536365", "C536379"])), "85123A", draw(words), "6", "2010-12-01 08:26:00",
               "2.55", uid, draw(st.sampled_from(["UK", "France", ""]))]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(fields)
     line = buf.getvalue()
-    kind = draw(st.sampled_from(["drop", "insert", "quote", "sep"]))
-    if kind in ("drop", "insert"):
+    kind = draw(st.sampled_from(["cut", "drop", "insert", "quote", "sep"]))
+    if kind == "cut":
+        line = line[: draw(st.integers(1, len(line) - 1))]
+    elif kind in ("drop", "insert"):
         parts = list(next(csv.reader([line])))
         for _ in range(draw(st.integers(1, 3))):
-            pos = draw(st.integers(0, len(parts)))
-            if kind == "drop" and len(parts) > 1:
-                parts.pop(min(pos, len(parts) - 1))
-                if uid not in parts and draw(st.booleans()):
-                    parts.insert(min(pos, len(parts)), uid)
+            if kind == "drop":
+                others = [k for k, v in enumerate(parts) if v != uid]
+                parts.pop(draw(st.sampled_from(others)))
             else:
-                parts.insert(pos, draw(words))
-        if uid not in parts or len(parts) == len(HEADER):  # same count: a valid row, not a malformed one
-            return None
+                parts.insert(draw(st.integers(0, len(parts))), draw(words))
         buf = io.StringIO()
         csv.writer(buf, lineterminator="").writerow(parts)
         line = buf.getvalue()
     elif kind == "quote":
         cut = draw(st.integers(0, USER_POS))
         parts = line.split(",")
-        line = ",".join(parts[:cut] + ['"' + parts[cut]] + parts[cut + 1:]) if cut < len(parts) else line
+        line = ",".join(parts[:cut] + ['"' + parts[cut]] + parts[cut + 1:])
     else:
         line = line.replace(",", draw(st.sampled_from([";", "\t", "|"])))
     return uid, line
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-@given(malformed_line().filter(lambda x: x is not None), st.booleans())
+@settings(max_examples=400, deadline=None)
+@given(malformed_line(), st.booleans())
 def test_no_clear_user_id_survives_masking(case, seen_elsewhere):
-    """Wherever the id lands: the ids of the file's valid rows (here 3 others, or this one too) are known."""
+    """Wherever a realistic break moves the id, it is masked (whether or not the file's valid rows have it)."""
     uid, line = case
-    known = {"17850", "13047", "12583"} | ({uid} if seen_elsewhere else set())
+    known = {"17850", "13047"} | ({uid} if seen_elsewhere else set())
     masked = mask_line(line, ",", USER_POS, len(HEADER), known)
-    assert uid not in re.findall(r"\d+", masked), (line, masked)
+    for n in re.findall(r"\d+", masked):
+        assert not (len(n) >= 3 and uid.startswith(n)), (line, masked)   # not even a cut-off prefix of it
 
 
 @given(st.integers(0, 10**12))
