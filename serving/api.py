@@ -127,8 +127,8 @@ class Strict(BaseModel):
 
 class Context(Strict):
     category: StrictStr | None = Field(None, max_length=200, description="only items of this category")
-    price_min: float | None = Field(None, ge=0, allow_inf_nan=False)
-    price_max: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_min: float | None = Field(None, ge=0, allow_inf_nan=False, strict=True)  # strict: no "5", no true
+    price_max: float | None = Field(None, ge=0, allow_inf_nan=False, strict=True)
     channel: StrictStr | None = Field(None, max_length=50, description="web, app, email, ... (for the ranker)")
 
     @model_validator(mode="after")

@@ -242,6 +242,8 @@ EV = '"item_id": "SKU000001", "event": "view"'
     ("/v1/recommendations", '{"user_id": "u", "context": {"price_max": 1e309}}', ["body", "context", "price_max"]),
     ("/v1/recommendations", '{"user_id": "u", "context": {"price_min": -Infinity}}', ["body", "context", "price_min"]),
     ("/v1/recommendations", '{"user_id": "u", "k": NaN}', ["body", "k"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"price_min": "5"}}', ["body", "context", "price_min"]),
+    ("/v1/recommendations", '{"user_id": "u", "context": {"price_max": true}}', ["body", "context", "price_max"]),
     ("/v1/recommendations", '{"user_id": "u", "context": {"category": "\\ud800"}}', ["body", "context", "category"]),
     ("/v1/recommendations", '{"user_id": "u", "exclude": ["ok", "\\ud800"]}', ["body", "exclude", 1]),
     ("/v1/recommendations", '{"user_id": "u", "recent_events": [{"item_id": "x", "ts": "0001-01-01T00:00:00+01:00"}]}',
