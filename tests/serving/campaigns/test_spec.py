@@ -81,11 +81,13 @@ def test_bad_campaign_fails_before_any_scoring(tmp_path, monkeypatch):
     assert not called
 
 
-def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
+@pytest.mark.parametrize("entry", [("-m", "serving.campaigns.build_audience"), ("-m", "training.campaigns.train"),
+                                   ("scripts/build_audience.py",)])
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path, entry):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "serving.campaigns.build_audience", "campaign=winback",
+    r = subprocess.run([sys.executable, *entry, "campaign=winback",
                         "+campaign.eligibility.favourite_colour=blue", f"paths.artifacts={tmp_path}"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2
