@@ -35,7 +35,7 @@ def load_campaign(name: str) -> CampaignConfig:
     import yaml
 
     raw = yaml.safe_load((REPO / "conf" / "campaign" / f"{name}.yaml").read_text())
-    return parse_campaign(raw)   # the job section (_job.yaml) holds paths only; its defaults apply
+    return parse_campaign(raw)   # the job section (conf/campaign_job.yaml) holds paths only; its defaults apply
 
 
 def make_model(campaign: CampaignConfig, profiles, seed: int = 0) -> CampaignModel:

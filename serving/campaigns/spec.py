@@ -169,7 +169,7 @@ class Evaluation(_Section):
 
 
 class Job(_Section):
-    """How a campaign job runs (``conf/campaign/_job.yaml``): paths, device, batch size, Ray, outcomes."""
+    """How a campaign job runs (``conf/campaign_job.yaml``): paths, device, batch size, Ray, outcomes."""
 
     profiles: str = ""
     processed: str = ""
