@@ -279,7 +279,10 @@ def run(cfg) -> Path:
     syn = dict(cfg.serve.synthetic)
     out = Path(cfg.paths.bundles) / str(syn.pop("folder"))
     write_latest = bool(syn.pop("write_latest"))
-    return build_synthetic_bundle(out, SyntheticBundleSpec(**syn), write_latest=write_latest)
+    try:
+        return build_synthetic_bundle(out, SyntheticBundleSpec(**syn), write_latest=write_latest)
+    except BundleError as e:
+        raise BundleError(f"{e}; e.g. serve.synthetic.folder=synthetic-{syn['n_items']}") from e
 
 
 def _main() -> None:
