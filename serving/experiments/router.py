@@ -10,7 +10,8 @@ Per request (``serve``): the unit (user key, or the session id of an anonymous v
 (``assignment.assign``); a unit in no experiment gets None and the normal path. A unit in an
 experiment is answered by its variant's pipeline, in-process: the variant's bundle version (or the
 service's current one), with its overrides (ranker off, candidate count, rules, or popularity only),
-and the answer is written to the exposure log before it is returned. When the exposure cannot be
+and the answer is written to the exposure log before it is returned. (With ``serve.ranker.mode=deployment``
+the requests of an experiment are ranked in-process, by their variant's bundle.) When the exposure cannot be
 written, the unit gets the normal answer without experiment fields (never an unlogged exposure), and
 the failure is counted.
 """
