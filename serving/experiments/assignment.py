@@ -77,9 +77,9 @@ class Assigner:
         for start, end, lo, hi, salt, cum, names, spec in self._plan:
             if not start <= now < end:
                 continue
-            if t is None:
+            if t is None and (lo > 0 or hi < 1):  # an experiment on all traffic needs no traffic hash
                 t = position(unit, TRAFFIC_SALT)
-            if lo <= t < hi:
+            if t is None or lo <= t < hi:
                 u = position(unit, salt)
                 i = next((j for j, c in enumerate(cum) if u < c), len(cum) - 1)
                 return Assignment(spec.name, names[i], spec, unit)
