@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from training.modules import NonFiniteLossError, SASRecModule
-from training.train import max_time, run
+from training.train import run
+from training.trainer import max_time
 
 FAST = ["model.hidden=16", "model.blocks=1", "model.heads=1", "model.batch_size=64", "model.lr=0.005",
         "model.dropout=0.1", "model.emb_dropout=0.1", "model.label_smoothing=0.0", "model.weight_decay=0.0",
@@ -228,7 +229,7 @@ def test_help_lists_only_real_choices(repo_root):
 
 
 def test_progress_bar_auto_follows_the_terminal(monkeypatch):
-    from training.train import show_progress_bar
+    from training.trainer import show_progress_bar
 
     assert show_progress_bar("auto") is False                   # pytest captures the output: plain log lines
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
