@@ -180,10 +180,17 @@ def check_required_files(bundle_dir: str | Path, required: Iterable[str] = REQUI
 
 def verify_files(bundle_dir: str | Path, manifest: Mapping[str, Any],
                  required: Iterable[str] = REQUIRED_FILES) -> None:
-    """Every required file exists; every file in ``manifest.files`` has its sha256."""
+    """Every required file exists; every file in ``manifest.files`` has its sha256; when the manifest lists files,
+    the folder holds no file it does not list (a version name pins its whole content)."""
     bundle_dir = Path(bundle_dir)
     check_required_files(bundle_dir, required)
-    for rel, digest in (manifest.get("files") or {}).items():
+    listed = manifest.get("files") or {}
+    if listed:
+        extra = [rel for rel, _ in bundle_files(bundle_dir) if rel not in listed]
+        if extra:
+            raise BundleError(f"{bundle_dir / extra[0]}: not listed in manifest.json files (added after the version "
+                              f"was published; {len(extra)} such file(s)): publish a new version instead")
+    for rel, digest in listed.items():
         p = bundle_dir / rel
         if not p.is_file():
             raise BundleError(f"{p}: listed in manifest.json files but missing")

@@ -119,6 +119,9 @@ def test_derived_version_adds_files_records_parent_and_leaves_the_parent_alone(b
     (new / "extra" / "note.txt").write_text("changed")  # a version name pins its content
     with pytest.raises(BundleError, match=r"extra/note.txt: sha256 differs"):
         load_version(root, "b1.1")
+    (root / "b1" / "ranker.onnx.new").write_bytes(b"x")  # a file dropped into a published version
+    with pytest.raises(BundleError, match=r"ranker.onnx.new: not listed in manifest.json files"):
+        load_version(root, "b1")
 
 
 def test_derived_version_of_a_corrupt_parent_is_refused(copy):
