@@ -6,14 +6,14 @@ field's location (``detail[].loc``), auth failures 401/403/429, oversized bodies
 and campaigns 404, and a service still loading its bundle 503. User ids are pseudonymised on arrival
 and never logged.
 
-Client input never causes a 500: ids are 1-128 characters without control characters or unpaired
-surrogates; numbers must be finite (``NaN``, ``Infinity``, ``1e309`` are refused); event times
-are RFC 3339 strings with their UTC offset, years 1971-2261 as written (the OpenAPI schema says the same). Error bodies
-are always valid JSON (non-finite numbers and unpaired surrogates of the echoed input are escaped).
+Client input never causes a 500: keys and event times follow ``serving.api_inputs`` (the OpenAPI
+schema states the same rules); numbers must be finite (``NaN``, ``Infinity``, ``1e309`` are
+refused); error bodies are always valid JSON (``serving.api_errors``).
 A batch of events is all or nothing: one bad event answers 422 naming its index and field
 (``loc: ["body", 3, "ts"]``) and none of the batch is logged, so a client can fix and resend it.
 
-``/docs`` is Swagger UI served from the installed ``swagger-ui-py`` package: it needs no internet.
+``/docs`` is Swagger UI served from the installed ``swagger-ui-py`` package (``serving.api_docs``):
+it needs no internet.
 """
 from __future__ import annotations
 
@@ -24,98 +24,36 @@ import logging
 import math
 import os
 import pathlib
-import re
 import socket
 import time
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Security
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt,
-                      StrictStr, Tag, WithJsonSchema, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag,
+                      model_validator)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.schema import EVENT_TYPES
+from serving.api_docs import add_offline_docs
+from serving.api_errors import COMMON_RESPONSES, UNION_TAGS, http_error, validation_error
+from serving.api_inputs import EventTime, Key, clean_key, integral
 from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
 from serving.recommender import RecItem, RecQuery, RecResult
-from serving.store import OnlineEvent, key_problem
+from serving.store import OnlineEvent
 
 log = logging.getLogger(__name__)
 
 MAX_K = 200
-MAX_KEY_CHARS = 128
-# Event times the log and every reader of it (pandas datetime64[ns] ends in 2262) can represent.
-EVENT_TS_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-EVENT_TS_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.timezone.utc)
-# The same in the OpenAPI schema (a client's generator and the server agree on what is valid): the year
-# as written in 1971-2261, so that no UTC offset can move it out of the range above.
-EVENT_TS_PATTERN = (r"^(?:197[1-9]|19[89]\d|20\d\d|21\d\d|22[0-5]\d|226[01])-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
-                    r"[Tt](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
-# Keys: 1-128 characters, no control characters (C0, DEL, C1), not only white space.
-KEY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-# Integer keys: exact in every JSON parser (IEEE doubles); larger ids travel as strings.
-INT_KEY_MIN, INT_KEY_MAX = -(2**53 - 1), 2**53 - 1
-
-
-def _integral(v: Any) -> Any:
-    """``500.0`` -> ``500``: JSON (and JSON Schema) do not tell an integral float from an integer."""
-    return int(v) if isinstance(v, float) and v.is_integer() else v
-
-
-def _clean_key(v: str | int) -> str:
-    if isinstance(v, int) and not INT_KEY_MIN <= v <= INT_KEY_MAX:
-        raise ValueError(f"an integer key must be within +-{INT_KEY_MAX} (send a larger id as a string)")
-    raw = str(v)
-    if len(raw) > MAX_KEY_CHARS:
-        raise ValueError(f"must be at most {MAX_KEY_CHARS} characters (got {len(raw)})")
-    problem = key_problem(raw)
-    if problem:
-        raise ValueError(problem)
-    s = raw.strip()
-    if not s or not re.fullmatch(KEY_PATTERN, raw):
-        raise ValueError("must not be empty or only white space")
-    return s
-
-
-def _event_time_text(v: Any) -> Any:
-    if v is None or (isinstance(v, str) and re.fullmatch(EVENT_TS_PATTERN, v)):
-        return v
-    raise ValueError("must be an RFC 3339 date-time with its UTC offset, years 1971-2261 "
-                     "(e.g. 2026-01-02T03:04:05Z)")
-
-
-def _utc_event_time(ts: dt.datetime) -> dt.datetime:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=dt.timezone.utc)
-    try:
-        utc = ts.astimezone(dt.timezone.utc)
-    except (OverflowError, ValueError):
-        raise ValueError(f"{ts.isoformat()} is outside the years 1-9999 once its UTC offset is applied") from None
-    if not EVENT_TS_MIN <= utc < EVENT_TS_MAX:
-        raise ValueError(f"{utc.isoformat()} (UTC) is outside [{EVENT_TS_MIN.date()}, {EVENT_TS_MAX.date()})")
-    return utc
-
-
-# The checks are ``_clean_key``'s (its messages name the problem); the schema states the same rules.
-Key = Annotated[Union[StrictStr, StrictInt], BeforeValidator(_integral), AfterValidator(_clean_key),
-                WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS,
-                                           "pattern": KEY_PATTERN},
-                                          {"type": "integer", "minimum": INT_KEY_MIN, "maximum": INT_KEY_MAX}],
-                                "description": "a raw storefront key: a string (1-128 characters, no control "
-                                               "characters, not only white space) or an integer within +-(2^53-1)"})]
-EventTime = Annotated[dt.datetime, BeforeValidator(_event_time_text), AfterValidator(_utc_event_time),
-                      WithJsonSchema({"type": "string", "format": "date-time", "pattern": EVENT_TS_PATTERN})]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
 def _key(v: str | int, field_name: str) -> str:
     try:
-        return _clean_key(v)
+        return clean_key(v)
     except ValueError as e:
         raise RequestValidationError([{"loc": ("body", field_name), "msg": str(e), "type": "value_error",
                                        "input": None}]) from None
@@ -146,7 +84,7 @@ class RecentEvent(Strict):
 
 class RecommendationRequest(Strict):
     user_id: Key
-    k: Annotated[int, BeforeValidator(_integral)] = Field(10, ge=1, le=MAX_K, strict=True)
+    k: Annotated[int, BeforeValidator(integral)] = Field(10, ge=1, le=MAX_K, strict=True)
     context: Context | None = None
     exclude: list[Key] = Field(default_factory=list, max_length=1000, description="item ids never to return")
     recent_events: list[RecentEvent] = Field(default_factory=list, max_length=200,
@@ -185,14 +123,13 @@ class EventIn(Strict):
     ts: EventTime | None = Field(None, description="event time (RFC 3339 with its offset); default: when it arrives")
     request_id: StrictStr | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
                                          description="the recommendation response this event answers")
-    position: Annotated[StrictInt, Field(ge=0, le=MAX_K), BeforeValidator(_integral)] | None = Field(
+    position: Annotated[StrictInt, Field(ge=0, le=MAX_K), BeforeValidator(integral)] | None = Field(
         None, description="0-based position of the item in it")
 
 
 # One event or a list of them; the callable discriminator validates only the matching shape, and the
 # tags are dropped from error locations (``["body", 3, "ts"]``, not ``["body", "batch", 3, "ts"]``).
-_EVENT_TAGS = ("event", "batch")
-EventsBody = Annotated[Union[Annotated[EventIn, Tag("event")], Annotated[list[EventIn], Tag("batch")]],
+EventsBody = Annotated[Union[Annotated[EventIn, Tag(UNION_TAGS[0])], Annotated[list[EventIn], Tag(UNION_TAGS[1])]],
                        Discriminator(lambda v: "batch" if isinstance(v, list) else "event")]
 
 
@@ -277,47 +214,6 @@ class MetricsMiddleware:
                                  time.perf_counter() - t0)
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with what strict JSON cannot carry escaped: non-finite floats become their name
-    (``"nan"``, ``"inf"``), unpaired surrogates ``\\udXXX``. For error bodies that echo client input."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {json_safe(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-class SafeJSONResponse(JSONResponse):
-    """A JSON response that always serialises (see ``json_safe``)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(json_safe(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    errors = jsonable_encoder(exc.errors())
-    for e in errors:  # drop the union's tag from /v1/events locations
-        loc = e.get("loc")
-        if isinstance(loc, list) and len(loc) > 1 and loc[0] == "body" and loc[1] in _EVENT_TAGS:
-            del loc[1]
-    return SafeJSONResponse({"detail": errors}, status_code=422)
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    headers = getattr(exc, "headers", None)
-    if exc.status_code in (204, 304) or exc.status_code < 200:
-        return Response(status_code=exc.status_code, headers=headers)
-    return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
-
-
 class _EventLogCollector:
     """Prometheus collector of the event log's repair counters (read at scrape time)."""
 
@@ -339,26 +235,6 @@ class _EventLogCollector:
                                 value=getattr(self.store, "n_events", 0))
 
 
-def _swagger_dir() -> pathlib.Path:
-    import swagger_ui
-
-    return pathlib.Path(swagger_ui.__file__).parent / "static"
-
-
-# Answers any operation may give (documented, so a client generated from the schema expects them).
-COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "the body is not UTF-8 JSON, or holds a number over 4300 digits"},
-    401: {"description": "no API key"},
-    403: {"description": "an API key that is not allowed here"},
-    413: {"description": "the request body is over serve.http.max_body_bytes"},
-    429: {"description": "over this API key's rate limit (see Retry-After)"},
-    503: {"description": "not ready: the bundle is still loading"},
-}
-
-SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-                 "favicon-32x32.png": "image/png"}
-
-
 def _epoch(ts: dt.datetime | None, default: float) -> float:
     if ts is None:
         return default
@@ -376,8 +252,8 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
     cfg = service.cfg
     app = FastAPI(title="shoprec", version="1", description="Recommendations, events and campaign scores.",
                   docs_url=None, redoc_url=None, responses=COMMON_RESPONSES)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     if list(cfg.http.cors_origins or []):
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.http.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"])
@@ -433,19 +309,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(tel.render(), media_type=tel.content_type)
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title="shoprec - API",
-                                   swagger_js_url=root + "/docs/static/swagger-ui-bundle.js",
-                                   swagger_css_url=root + "/docs/static/swagger-ui.css",
-                                   swagger_favicon_url=root + "/docs/static/favicon-32x32.png")
-
-    @app.get("/docs/static/{name}", include_in_schema=False)
-    async def docs_static(name: str) -> Response:
-        if name not in SWAGGER_FILES:
-            raise HTTPException(404, "not found")
-        return FileResponse(_swagger_dir() / name, media_type=SWAGGER_FILES[name])
+    add_offline_docs(app)
 
     @app.post("/v1/recommendations", response_model=RecommendationResponse, dependencies=authed, tags=["recommend"])
     async def recommendations(req: RecommendationRequest) -> Response:

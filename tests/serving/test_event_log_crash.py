@@ -58,8 +58,8 @@ while True:
 
 
 def spawn(log, acks, seed, die_at=-1, cut=0.0, pause=0.002):
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(log), str(acks), str(seed), str(die_at), str(cut), str(pause)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [str(log), str(acks), str(seed), str(die_at), str(cut), str(pause)]
+    p = subprocess.Popen([sys.executable, "-c", WRITER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     assert line.strip() == "ready", p.communicate()[1][-2000:]
     return p
