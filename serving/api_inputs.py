@@ -6,7 +6,8 @@ stating the same rules (so that a client generated from the schema and the serve
   JSON parser (larger ids travel as strings). ``500.0`` counts as the integer 500.
 - ``EventTime``: an RFC 3339 date-time with its UTC offset whose year as written is 1971-2261, so no
   offset can move it outside [1970-01-01, 2262-04-11) in UTC (what the event log and pandas
-  ``datetime64[ns]`` readers of it can represent). It arrives converted to UTC.
+  ``datetime64[ns]`` readers of it can represent). It arrives converted to UTC; fractions beyond
+  microseconds (up to nanoseconds) are truncated.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ EVENT_TS_MAX = dt.datetime(2262, 4, 11, tzinfo=dt.timezone.utc)
 # The same in the OpenAPI schema (a client's generator and the server agree on what is valid): the year
 # as written in 1971-2261, so that no UTC offset can move it out of the range above.
 EVENT_TS_PATTERN = (r"^(?:197[1-9]|19[89]\d|20\d\d|21\d\d|22[0-5]\d|226[01])-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
-                    r"[Tt](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
+                    r"[Tt](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")
 # Keys: 1-128 characters, no control characters (C0, DEL, C1), not only white space.
 KEY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 # Integer keys: exact in every JSON parser (IEEE doubles); larger ids travel as strings.
