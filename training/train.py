@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import hydra
@@ -37,6 +38,9 @@ from training.modules import NonFiniteLossError
 from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
                            pick_device, validate_config)
 from training.trainer import build_trainer, fit_and_test, instantiate_loggers, max_time
+
+if TYPE_CHECKING:
+    from training.ranker_data import RankerData
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -135,17 +139,16 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     return metrics
 
 
-def _train_ranker(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None,
+def _train_ranker(cfg: DictConfig, data: "RankerData", pdir: Path, run_dir: Path, device: str, resume: Path | None,
                   manifest: dict) -> dict:
     """The DCN-v2 ranker on the retriever's candidates (``training.ranker``); exports ``export/ranker.onnx``
     and, with ``model.export_to_bundle``, publishes a new bundle version: the retriever's bundle plus the
     ranker (``serving.bundle.publish_derived``; ``LATEST`` moves to it, the retriever's version is unchanged)."""
     from serving.bundle import RANKER_JSON, RANKER_ONNX, USER_FEATURES_SPEC, USER_FEATURES_TABLE, publish_derived
     from training.ranker import build_module as build_ranker, export_onnx
-    from training.ranker_data import RankerDataModule, load_ranker_data
+    from training.ranker_data import RankerDataModule
 
     m = cfg.model
-    data = load_ranker_data(cfg, pdir, device)
     module = build_ranker(data, m)
     dm = RankerDataModule(data, int(m.batch_size), int(cfg.seed))
     trainer, hw = build_trainer(cfg, run_dir, device)
@@ -203,11 +206,15 @@ def run(cfg: DictConfig) -> TrainResult:
     data_manifest = load_manifest(pdir)             # fails naming the folder when the data is not prepared
     device = pick_device(str(cfg.trainer.accelerator))
     resume = find_resume_checkpoint(cfg)
+    family = str(cfg.model.family)
+    if family == "ranker":               # the retriever is checked and the candidates built before any run folder exists
+        from training.ranker_data import load_ranker_data
+
+        ranker_data = load_ranker_data(cfg, pdir, device)
     run_dir = resume.parent.parent if resume else new_run_dir(cfg)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info("run folder %s (device %s%s)", run_dir, device, f", resuming {resume}" if resume else "")
-    family = str(cfg.model.family)
     manifest = {
         "kind": "training_run", "model": str(cfg.model.name), "data": str(cfg.data.name), "device": device,
         "counts": {k: v for k, v in data_manifest.get("counts", {}).items()} if isinstance(data_manifest.get("counts"), dict) else {},
@@ -219,7 +226,7 @@ def run(cfg: DictConfig) -> TrainResult:
     elif family in NEURAL_FAMILIES:
         metrics = _train_neural(cfg, pdir, run_dir, device, resume)
     elif family == "ranker":
-        metrics = _train_ranker(cfg, pdir, run_dir, device, resume, manifest)
+        metrics = _train_ranker(cfg, ranker_data, pdir, run_dir, device, resume, manifest)
     else:
         raise ValueError(f"model.family={family!r} is not trainable here")
     if not metrics:                                  # a non-zero DDP rank

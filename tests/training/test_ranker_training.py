@@ -169,7 +169,7 @@ def test_refuses_a_retriever_trained_on_another_split_or_period(tmp_path, split,
     bundle = retriever_bundle(tmp_path / "bundle", pdir, split, period, n_items=N_ITEMS, dim=16, max_len=20)
     with pytest.raises(RankerSetupError, match=re.escape(message)):
         run(ranker_cfg(tmp_path / "art", bundle))
-    assert not list((tmp_path / "art").rglob("metrics.json"))
+    assert not (tmp_path / "art" / "runs").exists()                       # refused before any run folder
     plain = make_bundle(tmp_path / "unrecorded", n_items=N_ITEMS, dim=16, max_len=20)   # trained_on not recorded
     with pytest.raises(RankerSetupError, match="records no trained_on split/period"):
         run(ranker_cfg(tmp_path / "art", plain))
