@@ -1,7 +1,7 @@
 """Cleaning rules: typing and normalisation, missing values, validity, de-duplication, bots, k-core.
 
 Every rule is switched and tuned in the data config (``data.events``, ``data.time``,
-``data.missing``, ``data.cleaning``: see ``conf/data/_base.yaml``) and counted in the ledger:
+``data.missing``, ``data.cleaning``: see ``conf/data_defaults.yaml``) and counted in the ledger:
 bad rows go to quarantine with a reason code, rows removed by a rule are counted per rule.
 Steps run in this order (each sees the survivors of the previous one):
 
