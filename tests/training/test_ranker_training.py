@@ -264,3 +264,26 @@ def test_retriever_encoder_with_user_feat_gets_the_bundles_codes(tmp_path):
     assert m["user_features"] == spec.names and np.isfinite(m["test/ndcg@10"])
     new = Path(m["bundle"])                                   # the retriever's export owns the bundle's table
     assert (new / "ranker.onnx").exists() and not (new / "user_features.parquet").exists()
+
+
+def test_candidate_metrics_ties_and_non_finite_scores():
+    """Two requests of 3 candidates (stored in retrieval order): a constant model ranks a single relevant
+    item at the tie group's expected position, 2; NaN scores are an error naming the model and the count."""
+    from models.ranker import DENSE_FEATURES, FeatureBatch
+    from training.metrics import NonFiniteScoresError
+    from training.ranker import ranking_metrics, retrieval_order
+    from training.ranker_data import Stage
+
+    n, d = 6, len(DENSE_FEATURES)
+    dense = np.zeros((n, d), np.float32)
+    dense[:, DENSE_FEATURES.index("retrieval_rank")] = [0, 1, 2, 0, 1, 2]
+    batch = FeatureBatch(dense, np.zeros((n, 1), np.int64), np.zeros((n, 2), np.float32), np.zeros((n, 2), np.float32),
+                         np.array([0, 3, 6]))
+    labels = np.array([[0], [1], [0], [1], [0], [0]], np.float32)          # relevant: 2nd, then 1st candidate
+    stage = Stage(np.array([0, 1]), [None, None], batch, labels, np.array([1, 1]), [{1}, {3}])
+    assert ranking_metrics(stage, retrieval_order(stage))["mrr"] == pytest.approx((1 / 2 + 1) / 2)
+    assert ranking_metrics(stage, np.zeros(n, np.float32))["mrr"] == pytest.approx(1 / 2)   # ties: expected rank 2
+    bad = np.zeros(n, np.float32)
+    bad[[1, 4]] = np.nan
+    with pytest.raises(NonFiniteScoresError, match=r"'ranker \(valid\)'.* 2 of 6"):
+        ranking_metrics(stage, bad, model="ranker (valid)")
