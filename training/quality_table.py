@@ -103,9 +103,12 @@ def render(table: list[dict]) -> list[str]:
         block = [r for r in table if r["protocol"] == key]
         compare(block)
         lines.append(f"protocol: {key}")
-        lines.append(f"  {'data':<16}{'model':<12}" + "".join(f"{c.replace('test/', ''):>14}" for c in SHOWN) + f"{'runs':>6}")
+        names = [c.replace("test/", "") for c in SHOWN]
+        widths = [max(10, len(n) + 2) for n in names]
+        lines.append(f"  {'data':<16}{'model':<12}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)) + f"{'runs':>6}")
         for r in block:
-            cells = "".join(f"{r[c]:>14.4f}" if isinstance(r[c], (int, float)) else f"{'-':>14}" for c in SHOWN)
+            cells = "".join(f"{r[c]:>{w}.4f}" if isinstance(r[c], (int, float)) else f"{'-':>{w}}"
+                            for c, w in zip(SHOWN, widths))
             lines.append(f"  {r['data']:<16}{r['model']:<12}{cells}{r['n_runs']:>6}")
     return lines
 
