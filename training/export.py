@@ -114,9 +114,10 @@ def trained_on(rcfg: DictConfig, pdir: Path) -> dict:
     """What the exported model was fitted on: the data, the split (``trainer.eval.split``), its train part and
     that part's period (first and last event time), and the prepared data's fingerprint."""
     from features.processed import load_manifest
+    from features.splits import split_files
 
     split = str(rcfg.trainer.eval.split)
-    ts = load_split(pdir, split, "train", columns=["ts"])["ts"]
+    ts = load_split(pdir, split_files(split), "train", columns=["ts"])["ts"]   # the shop protocol: temporal files
     pm = load_manifest(pdir)
     return {"data": str(rcfg.data.name), "split": split, "part": "train",
             "period": [str(ts.min()), str(ts.max())] if len(ts) else None,

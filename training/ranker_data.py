@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from features.processed import load_manifest, load_split, load_users
+from features.splits import split_files
 from features.user_features import UserFeatureConfig, UserFeatureSpec
 from models.ranker import FeatureBatch, FeatureSpec, ItemTable, build_batch
 from serving.bundle.contract import (ENCODER, ITEM_EMBEDDINGS, ITEMS, MANIFEST, USER_FEATURES_SPEC, BundleError,
@@ -99,14 +100,9 @@ def resolve_retriever_bundle(cfg: DictConfig) -> Path:
         raise RankerSetupError(f"{err}; export a retriever bundle first or set model.retriever_bundle") from None
 
 
-def training_split(split: str) -> str:
-    """The split whose training part a model is fitted on (the shop protocol evaluates on the temporal split)."""
-    return "temporal" if split == "shop" else str(split)
-
-
 def train_period(pdir: Path, split: str) -> list[str] | None:
     """[first, last] event time of the train part of ``split`` (as ``training.export`` records ``trained_on``)."""
-    ts = load_split(pdir, training_split(split), "train", columns=["ts"])["ts"]
+    ts = load_split(pdir, split_files(split), "train", columns=["ts"])["ts"]
     return [str(ts.min()), str(ts.max())] if len(ts) else None
 
 
@@ -121,10 +117,10 @@ def check_retriever_protocol(manifest: dict, bundle_dir: Path, split: str, perio
         raise RankerSetupError(f"{where}: records no trained_on split/period; the ranker evaluates on model.split="
                                f"{split} (train part {period}): export a retriever trained on that split (training.export)")
     got_split, got_period = str(on.get("split")), on.get("period")
-    if training_split(got_split) != training_split(split) or got_period != period:
+    if split_files(got_split) != split_files(split) or got_period != period:
         raise RankerSetupError(f"{where}: the retriever was trained on split {got_split!r}, period {got_period}; the "
                                f"ranker evaluates on model.split={split!r}, whose train part spans {period}: train and "
-                               f"export a retriever with trainer.eval.split={training_split(split)} on this data")
+                               f"export a retriever with trainer.eval.split={split_files(split)} on this data")
     got_fp = on.get("processed_fingerprint")
     if got_fp and fingerprint and got_fp != fingerprint:
         raise RankerSetupError(f"{where}: trained_on.processed_fingerprint={got_fp} but the prepared data here has "
