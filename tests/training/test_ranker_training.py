@@ -287,3 +287,17 @@ def test_candidate_metrics_ties_and_non_finite_scores():
     bad[[1, 4]] = np.nan
     with pytest.raises(NonFiniteScoresError, match=r"'ranker \(valid\)'.* 2 of 6"):
         ranking_metrics(stage, bad, model="ranker (valid)")
+
+
+def test_a_shop_protocol_retriever_counts_as_temporal(tmp_path):
+    """A retriever trained with trainer.eval.split=shop was fitted on the temporal train part: accepted; other
+    prepared data (another processed fingerprint) is refused."""
+    from training.ranker_data import check_retriever_protocol
+
+    period = ["2024-01-01 00:00:00+00:00", "2024-09-30 00:00:00+00:00"]
+    man = {"trained_on": {"split": "shop", "period": period, "processed_fingerprint": "abc"}}
+    check_retriever_protocol(man, tmp_path, "temporal", period, "abc")
+    with pytest.raises(RankerSetupError, match="trained_on.processed_fingerprint=abc but the prepared data here has xyz"):
+        check_retriever_protocol(man, tmp_path, "temporal", period, "xyz")
+    with pytest.raises(RankerSetupError, match="model.split='loo'"):
+        check_retriever_protocol(man, tmp_path, "loo", period, "abc")
