@@ -301,3 +301,23 @@ def test_a_shop_protocol_retriever_counts_as_temporal(tmp_path):
         check_retriever_protocol(man, tmp_path, "temporal", period, "xyz")
     with pytest.raises(RankerSetupError, match="model.split='loo'"):
         check_retriever_protocol(man, tmp_path, "loo", period, "abc")
+
+
+def test_ranker_trains_under_ddp_on_two_cpu_processes(tmp_path, repo_root):
+    """trainer=ddp without a GPU: two gloo processes, one run folder, one new bundle version."""
+    import subprocess
+    import sys
+
+    pdir = write_processed(tmp_path / "art")
+    bundle = retriever_bundle(tmp_path / "bundles" / "toy", pdir, n_items=N_ITEMS, dim=16, max_len=20)
+    out = subprocess.run([sys.executable, "-m", "training.train", "model=ranker", "trainer=ddp", "trainer.accelerator=cpu",
+                          "trainer.cpu_processes=2", "trainer.num_threads=1", f"paths.artifacts={tmp_path / 'art'}",
+                          "data.name=toyshop", f"model.retriever_bundle={bundle}", "model.n_candidates=50",
+                          "trainer.max_epochs=2", "model.batch_size=512", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                         cwd=repo_root, capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "art" / "runs" / "toyshop" / "ranker").iterdir()    # the worker joined rank 0's folder
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["strategy"] == "ddp" and m["epochs"] == 2 and np.isfinite(m["test/ndcg@10"])
+    assert sorted(p.name for p in bundle.parent.iterdir() if p.is_dir()) == ["toy", "toy.1"]
+    assert (tmp_path / "hydra" / "train_ddp_process_1.log").exists()
