@@ -7,7 +7,6 @@ import pytest
 
 from features.profiles.clv import ClvModel, bgnbd_log_likelihood, calibration_holdout, fit, predict, rfm_summary
 from features.profiles.transactions import read_cdnow
-from tests.features.profiles.toydata import compose_cfg
 
 CFG = {"time_unit_days": 7.0, "penalizer": 0.0, "fit_sample": 200000, "min_users": 20, "horizon_days": 273}
 
@@ -76,21 +75,23 @@ def test_holdout_beats_the_naive_rate_on_cdnow(cdnow):
     assert f["pred_purchases"].sum() == pytest.approx(f["actual_purchases"].sum(), rel=0.15)
 
 
-def test_bench_clv_reports_json_last(data_root, repo_root, capsys):
-    import importlib.util
+def test_bench_clv_reports_json_last(data_root, repo_root, tmp_path):
+    """The benchmark as a user runs it: a table, then one JSON object as the last line."""
     import json
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location("bench_clv", repo_root / "scripts" / "bench_clv.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    cfg = compose_cfg(["profile.bench_clv.datasets=[cdnow]", f"paths.data_root={data_root}"])
-    result = bench.run(cfg)
-    bench.print_table(result)
-    print(json.dumps(result, sort_keys=True))
-    out = capsys.readouterr().out.strip().splitlines()
+    def bench(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(repo_root / "scripts" / "bench_clv.py"), *overrides,
+                               f"paths.data_root={data_root}", f"hydra.run.dir={tmp_path}/hydra"],
+                              cwd=repo_root, capture_output=True, text=True, timeout=600)
+
+    done = bench("profile.bench_clv.datasets=[cdnow]")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip().splitlines()
     assert "MAE model" in out[1]
     r = json.loads(out[-1])["cdnow"]
     assert r["customers"] == 23570 and r["transactions"] == 69659
     assert r["purchases_mae_model"] < r["purchases_mae_naive"] and 0.5 < r["churn_auc"] <= 1
-    with pytest.raises(ValueError, match="unknown dataset"):
-        bench.run(compose_cfg(["profile.bench_clv.datasets=[nope]"]))
+    refused = bench("profile.bench_clv.datasets=[nope]")
+    assert refused.returncode != 0 and "unknown dataset" in refused.stderr
