@@ -47,7 +47,10 @@ def protocol_key(metrics: dict) -> ProtocolKey:
     history = "discovery" if ex is True else "repeat-aware" if ex is False else "unknown"
     users = "all" if p.get("max_users") in (None, "null") else f"max_users={p['max_users']}"
     ties = "expected" if str(p.get("ties", "")).startswith("expected") else "legacy"
-    return ProtocolKey(str(p.get("split", "unknown")), history, users, ties)
+    split = str(p.get("split", "unknown"))
+    if p.get("candidates"):   # the ranker: a re-ranking of the retriever's top candidates, not a full ranking
+        split += f" (re-rank of {int(p['candidates'])} candidates)"
+    return ProtocolKey(split, history, users, ties)
 
 
 def collect(runs: Path) -> list[dict]:

@@ -16,6 +16,8 @@ def _run(root, data, model, run, valid, test, split="loo", exclude=True, max_use
     d = root / data / model / run
     d.mkdir(parents=True)
     protocol = {"split": split, "exclude_history": exclude, "max_users": max_users}
+    if "candidates" in extra:
+        protocol["candidates"] = extra.pop("candidates")
     if ties is not None:
         protocol["ties"] = ties
     (d / "metrics.json").write_text(json.dumps({"valid/ndcg@10": valid, "test/ndcg@10": test, "test/hr@10": 2 * test,
@@ -54,6 +56,18 @@ def test_protocols_are_never_mixed(tmp_path):
     assert sum(line.startswith("protocol:") for line in lines) == 5
     assert "protocol: split=shop history=discovery users=max_users=300 ties=expected" in lines
     assert "protocol: split=shop history=discovery users=all ties=legacy" in lines
+
+
+def test_a_reranking_of_candidates_is_not_compared_with_full_rankings(tmp_path):
+    # the ranker's NDCG is over the retriever's top candidates: a far easier ranking than the full catalogue
+    _run(tmp_path, "retail", "two_tower", "r1", 0.02, 0.02, split="temporal")
+    _run(tmp_path, "retail", "ranker", "r2", 0.30, 0.31, split="temporal", candidates=200)
+    table = select(collect(tmp_path))
+    keys = {r["model"]: r["protocol"] for r in table}
+    assert keys["ranker"] != keys["two_tower"]
+    assert keys["ranker"].split == "temporal (re-rank of 200 candidates)"
+    with pytest.raises(MixedProtocolsError):
+        compare(table)
 
 
 def test_parse_protocol_filter():
