@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("SHOPREC_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -13,6 +14,12 @@ DATA_ROOT = Path(os.environ.get("SHOPREC_DATA_ROOT", REPO.parent / "shared" / "d
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("SHOPREC_PSEUDO_KEY", "test-key")
+
+# Property tests draw the same examples on every run (a test run is a verdict on the code, not on a seed);
+# HYPOTHESIS_PROFILE=explore draws new ones, for looking for new failures on purpose.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")
