@@ -23,6 +23,12 @@ it, with the response's ``request_id`` and the item's position. Revenue is the i
 
 Table, then one JSON object on the last line. Needs a trained bundle and the processed data in the
 artifacts folder (``--artifacts``; scripts/demo.sh steps 1 and 3 build them).
+
+Taobao: ``--data taobao`` replays Taobao's test-period users the same way (its own artifacts folder);
+``--data online_retail,taobao --taobao-artifacts DIR`` runs both, Online Retail's figures as the
+top-level keys of the last line and Taobao's under ``"taobao"`` (the same keys). Taobao's test period
+(one day) has few buyers, so a Taobao user converts on a shown item when it is among their real next
+``cart`` or ``purchase`` events (``--taobao-convert-events``); Online Retail's is purchases only.
 """
 from __future__ import annotations
 
@@ -43,7 +49,13 @@ import yaml
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default=os.environ.get("SHOPREC_ARTIFACTS", "artifacts"))
-    p.add_argument("--data", default="online_retail")
+    p.add_argument("--data", default="online_retail",
+                   help="dataset, or a comma list (online_retail,taobao): the first one's figures are the top-level "
+                        "keys of the last line, each further one's sit under its name")
+    p.add_argument("--taobao-artifacts", default=None, help="artifacts folder of the Taobao run (default --artifacts)")
+    p.add_argument("--taobao-bundle", default=None, help="Taobao bundle folder name (default LATEST)")
+    p.add_argument("--taobao-convert-events", default="cart,purchase",
+                   help="Taobao events of the test period that count as a conversion on a shown item")
     p.add_argument("--data-root", default=os.environ.get("SHOPREC_DATA_ROOT", "../shared/data"))
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--max-users", type=int, default=0, help="0 = every test-period user")
@@ -57,8 +69,14 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def raw_ids(data_root: str) -> list[str]:
-    """Every raw customer id of Online Retail as the adapter keys it (``str(int(CustomerID))``)."""
+def raw_ids(data_root: str, data: str = "online_retail") -> list[str]:
+    """Every raw customer id of the dataset as the adapter keys it (Online Retail: ``str(int(CustomerID))``)."""
+    if data == "taobao":
+        col = pd.read_csv(Path(data_root, "taobao-userbehavior", "UserBehavior_head.csv"), header=None, usecols=[0],
+                          dtype=str, on_bad_lines="skip")[0]
+        return sorted(set(col.dropna()))
+    if data != "online_retail":
+        raise SystemExit(f"--data {data}: the replay knows online_retail and taobao")
     out = set()
     for f in sorted(Path(data_root, "online-retail").glob("*.parquet")):
         cols = pd.read_parquet(f).columns
@@ -97,11 +115,53 @@ def make_service(art: str, bundle: str | None, exp_dir: Path, active: str, log_d
     return svc, TestClient(create_app(svc), headers={"X-API-Key": "bench-key"})
 
 
+def _f(x, spec: str) -> str:
+    """``format(x, spec)``, or ``n/a`` for a missing figure (no conversion in an arm)."""
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+LABELS = {"online_retail": "Online Retail", "taobao": "Taobao"}
+
+
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("SHOPREC_PSEUDO_KEY", "bench-experiment-key")
     os.environ["SHOPREC_API_KEYS"] = "bench-key"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t_start = time.time()
+    out: dict = {}
+    for n, data in enumerate(d.strip() for d in args.data.split(",")):
+        art, bundle, convert = args.artifacts, args.bundle, ("purchase",)
+        if data == "taobao":
+            convert = tuple(e.strip() for e in args.taobao_convert_events.split(","))
+            if n or args.taobao_artifacts:
+                art, bundle = args.taobao_artifacts or args.artifacts, args.taobao_bundle
+        rows, res = replay_dataset(args, data, art, bundle, convert)
+        if n:
+            print(f"\n{LABELS.get(data, data)}")
+        w = max(len(r[0]) for r in rows)
+        print("\n".join(f"{a:<{w}}  {b}" for a, b in rows))
+        if n:
+            out[data] = res
+        else:
+            out.update(res)
+    out["seconds"] = round(time.time() - t_start, 1)
+    print(json.dumps(_json_safe(out), separators=(",", ":")))
+
+
+def replay_dataset(args: argparse.Namespace, data: str, art: str, bundle: str | None,
+                   convert: tuple[str, ...]) -> tuple[list, dict]:
+    """One dataset's replay: A/B, A/A and cost; the table rows and the figures of the last line."""
     from features.privacy import pseudo_key, pseudonymise_one
     from serving import stats
     from serving.experiments.assignment import Assignment, variant_of
@@ -112,10 +172,8 @@ def main() -> None:
     from serving.experiments.spec import read_spec
     from serving.recommender import RecQuery
 
-    t_start = time.time()
     rng = random.Random(args.seed)
-    art = args.artifacts
-    proc = Path(art) / "processed" / args.data
+    proc = Path(art) / "processed" / data
     split = proc / "splits" / "temporal"
     valid = pd.read_parquet(split / "valid.parquet", columns=["user_id", "item_id", "event", "ts"])
     test = pd.read_parquet(split / "test.parquet", columns=["user_id", "item_id", "event", "ts"])
@@ -125,22 +183,22 @@ def main() -> None:
     key_of_user = dict(zip(users.user_id, users.user_key))
     key_of_item = dict(zip(items.item_id, items.item_key.astype(str)))
     pkey = pseudo_key()[0]
-    raw_of_key = {pseudonymise_one(r, pkey): r for r in raw_ids(args.data_root)}
-    test = test[test.event == "purchase"]
+    raw_of_key = {pseudonymise_one(r, pkey): r for r in raw_ids(args.data_root, data)}
+    test = test[test.event.isin(convert)]
     first = test.groupby("user_id").ts.min().sort_values()
     replay = [u for u in first.index if key_of_user.get(u) in raw_of_key]
     if args.max_users:
         replay = replay[: args.max_users]
     next_purchases = test.groupby("user_id").item_id.apply(lambda s: {key_of_item[i] for i in s}).to_dict()
-    # CUPED covariate: the user's purchases in the 90 days before the test period (train + valid)
+    # CUPED covariate: the user's conversion events in the 90 days before the test period (train + valid)
     cut = first.min()
-    past = pd.concat([train[train.event == "purchase"][["user_id", "ts"]], valid[valid.event == "purchase"][["user_id", "ts"]]])
+    past = pd.concat([train[train.event.isin(convert)][["user_id", "ts"]], valid[valid.event.isin(convert)][["user_id", "ts"]]])
     pre = past[past.ts >= cut - pd.Timedelta(days=90)].groupby("user_id").size()
     pre_values = {key_of_user[u]: float(n) for u, n in pre.items()}
-    print(f"replay: {len(replay)} users of the test period ({first.min().date()} .. {test.ts.max().date()}), "
+    print(f"replay: {len(replay)} {data} users of the test period ({first.min().date()} .. {test.ts.max().date()}), "
           f"k={args.k}", file=sys.stderr)
 
-    bundle_dir = str(Path(art) / "bundles" / args.bundle) if args.bundle else None
+    bundle_dir = str(Path(art) / "bundles" / bundle) if bundle else None
     work = Path(tempfile.mkdtemp(prefix="bench_experiment.", dir=art))
     exp_dir = work / "conf"
     exp_dir.mkdir()
@@ -267,28 +325,33 @@ def main() -> None:
     p50 = lambda xs: float(np.percentile(xs, 50))  # noqa: E731
     ratio = p50(on) / p50(off)
     ratio_fs = p50(on_fs) / p50(off_fs)
+    cuped = res["comparisons"][treat].get("cuped") or {}
+    needed = None  # users per variant to detect the replay's true lift at power 0.8 (alpha 0.05)
+    if 0 < true_rates[ctrl] < 1 and np.isfinite(true_lift) and true_lift != 0 and 0 < true_rates[ctrl] * (1 + true_lift) < 1:
+        needed = int(stats.sample_size_proportions(true_rates[ctrl], true_lift))
     rows = [
-        ("replayed users (Online Retail temporal test period)", len(replay)),
+        (f"replayed users ({LABELS.get(data, data)} temporal test period)", len(replay)),
         ("A/B readout users per variant", ", ".join(f"{v}: {f['users']}" for v, f in res["variants"].items())),
         ("A/B conversion rate per variant (readout)", ", ".join(f"{v}: {f['conversion_rate']:.4f}" for v, f in res["variants"].items())),
         ("true conversion rate, all users (replay)", ", ".join(f"{v}: {r:.4f}" for v, r in true_rates.items())),
-        (f"A/B lift {treat} vs {ctrl} [95% CI]", f"{res['lift']:.3f} [{res['ci_low']:.3f}, {res['ci_high']:.3f}]"),
-        ("A/B p-value (two-proportion z)", f"{res['p_value']:.3g}"),
-        ("A/B true lift (replay) / inside the CI", f"{true_lift:.3f} / {in_ci}"),
+        (f"A/B lift {treat} vs {ctrl} [95% CI]", f"{_f(res['lift'], '.3f')} [{_f(res['ci_low'], '.3f')}, {_f(res['ci_high'], '.3f')}]"),
+        ("A/B p-value (two-proportion z)", _f(res["p_value"], ".3g")),
+        ("A/B true lift (replay) / inside the CI", f"{_f(true_lift, '.3f')} / {in_ci}"),
         ("A/B CUPED lift [95% CI], variance reduction",
-         f"{res['comparisons'][treat]['cuped']['lift']:.3f} [{res['comparisons'][treat]['cuped']['lift_ci'][0]:.3f}, "
-         f"{res['comparisons'][treat]['cuped']['lift_ci'][1]:.3f}], {res['comparisons'][treat]['cuped']['variance_reduction']:.3f}"),
-        ("A/B SRM p-value", f"{res['srm_p_value']:.3g}"),
+         f"{_f(cuped.get('lift'), '.3f')} [{_f((cuped.get('lift_ci') or [None])[0], '.3f')}, "
+         f"{_f((cuped.get('lift_ci') or [None, None])[1], '.3f')}], {_f(cuped.get('variance_reduction'), '.3f')}"),
+        ("A/B SRM p-value", _f(res["srm_p_value"], ".3g")),
+        *([("planned users per variant (spec MDE) / needed for the true lift",
+            f"{res.get('planned_users_per_variant')} / {needed if needed is not None else 'n/a (no conversion in an arm)'}")]
+          if data != "online_retail" else []),
         ("A/A readouts (re-salted)", f"{len(aa_p)} in {aa_seconds:.1f} s"),
         ("A/A false-positive rate at 0.05 [95% CI]", f"{fpr:.3f} [{fpr_ci[0]:.3f}, {fpr_ci[1]:.3f}]"),
         ("A/A SRM p < 0.05 rate", f"{srm_fpr:.3f}"),
         ("recommendation p50 on / off, fsync=interval (ms)", f"{p50(on):.2f} / {p50(off):.2f} = {ratio:.3f}"),
         ("recommendation p50 on / off, fsync=request (ms)", f"{p50(on_fs):.2f} / {p50(off_fs):.2f} = {ratio_fs:.3f}"),
     ]
-    w = max(len(r[0]) for r in rows)
-    print("\n".join(f"{a:<{w}}  {b}" for a, b in rows))
     out = {
-        "data": args.data, "users": len(replay), "k": args.k,
+        "data": data, "users": len(replay), "k": args.k,
         "aa_false_positive_rate": fpr, "aa_readouts": len(aa_p), "aa_fpr_ci": list(fpr_ci),
         "ab_p_value": res["p_value"], "ab_lift": res["lift"], "ab_ci_low": res["ci_low"], "ab_ci_high": res["ci_high"],
         "ab_true_lift": true_lift, "ab_true_lift_in_ci": bool(in_ci), "ab_srm_p_value": res["srm_p_value"],
@@ -296,9 +359,13 @@ def main() -> None:
         "overhead_p50_ratio": ratio, "overhead_p50_ratio_fsync_per_request": ratio_fs,
         "p50_on_ms": p50(on), "p50_off_ms": p50(off), "timed_pairs": len(on),
         "service": "in-process FastAPI app (TestClient) over serving.service.Service, no Ray",
-        "seconds": round(time.time() - t_start, 1),
     }
-    print(json.dumps(out, separators=(",", ":")))
+    if convert != ("purchase",):
+        out["convert_events"] = list(convert)
+    if data != "online_retail":
+        out["ab_planned_users_per_variant"] = res.get("planned_users_per_variant")
+        out["ab_users_needed_for_true_lift"] = needed
+    return rows, out
 
 
 if __name__ == "__main__":
