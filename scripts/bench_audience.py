@@ -2,12 +2,12 @@
 channel, send time, offer) on synthetic profiles.
 
     python scripts/bench_audience.py [--users 1000000] [--device cpu|cuda|auto] [--repeats 3] [--campaign winback]
-    python scripts/bench_audience.py --device cuda --users 10000000      # GPU goal: <= 60 s
+    python scripts/bench_audience.py --device cuda --users 10000000      # GPU budget: <= 60 s
 
 Needs torch, numpy, pandas, pyarrow and PyYAML only (no Ray, no Hydra). The campaign is read from
 ``conf/campaign/<name>.yaml``; the campaign model has that campaign's shape (features, hidden size,
 seed members) with preprocessing fitted on the synthetic data and random weights: speed does not
-depend on the weights. Goals: >= 200k users/s on the 2-core CPU, 10M users <= 60 s on one GPU.
+depend on the weights. Budgets: >= 200k users/s on the 2-core CPU, 10M users <= 60 s on one GPU.
 The baseline, measured in the same process, is a plain per-user Python loop over the same rules and
 model on a small sample. Reports medians; the last stdout line is one JSON object.
 """
@@ -125,7 +125,7 @@ def main() -> dict:
           + " -> ".join(f"{s['step']}={s['users']}" for s in res.steps))
     out = {"users": args.users, "device": device, "seconds_median": total, "users_per_s": rate,
            "phases_s": phases, "baseline_loop_users_per_s": base, "speedup_vs_loop": rate / base,
-           "audience": int(len(res.audience)), "goal_cpu_users_per_s": 200_000, "goal_gpu_10m_s": 60,
+           "audience": int(len(res.audience)), "budget_cpu_users_per_s": 200_000, "budget_gpu_10m_s": 60,
            "gpu_name": torch.cuda.get_device_name(0) if device == "cuda" else None,
            "torch_threads": torch.get_num_threads(), "repeats": args.repeats}
     return out

@@ -10,7 +10,7 @@
 
     python scripts/check_serve_reliability.py [hydra overrides, e.g. serve.reliability.seconds=10]
 
-Prints a table, then (last line) one JSON object with the counts; exit code 1 when a goal is missed.
+Prints a table, then (last line) one JSON object with the counts; exit code 1 when a check fails.
 """
 from __future__ import annotations
 
@@ -178,23 +178,23 @@ def main(argv: list[str]) -> dict:
     unknown = sorted(set(checks) - {"fuzz", "swap", "kill"})
     if unknown:
         raise SystemExit(f"serve.reliability.checks: unknown check(s) {unknown}; expected fuzz, swap, kill")
-    goals = []
+    checks = []
     try:
         if "fuzz" in checks:
             out.update(fuzz(started.url, int(r.fuzz_examples)))
-            goals.append(out["fuzz_5xx"] == 0 and out["fuzz_check_failures"] == 0 and out["fuzz_requests"] >= 1000)
+            checks.append(out["fuzz_5xx"] == 0 and out["fuzz_check_failures"] == 0 and out["fuzz_requests"] >= 1000)
         if "swap" in checks:
             set_latest(bundles, "b1")
             time.sleep(2)
             out.update(swap_check(started.url, bundles, r))
-            goals.append(out["swap_failed"] == 0 and len(out["swap_bundles_answering"]) == 2)
+            checks.append(out["swap_failed"] == 0 and len(out["swap_bundles_answering"]) == 2)
         if "kill" in checks:
             out.update(kill_check(started.url, r, str(cfg.serve.app_name)))
-            goals.append(out["kill_failed_pct"] <= 0.1 and out["kill_replicas_killed"] == 1)
+            checks.append(out["kill_failed_pct"] <= 0.1 and out["kill_replicas_killed"] == 1)
     finally:
         stop()
     out["checks"] = checks
-    out["ok"] = bool(goals) and all(goals)
+    out["ok"] = bool(checks) and all(checks)
     print(f"\ncheck_serve_reliability: {int(r.n_items)} items{' with user features' if uf else ''}, "
           f"{int(r.replicas)} ingress replicas, "
           f"{float(r.rps):.0f} rps for {float(r.seconds):.0f} s")
@@ -210,7 +210,7 @@ def main(argv: list[str]) -> dict:
         print(f"kill      {out['kill_requests']:>6} requests  {out['kill_failed']} failed "
               f"({out['kill_failed_pct']:.3f} %)  replicas killed {out['kill_replicas_killed']}  "
               f"p99 {out['kill_p99_ms']:.1f} ms")
-    print("all goals met" if out["ok"] else "GOAL MISSED")
+    print("all checks passed" if out["ok"] else "CHECK FAILED")
     return out
 
 

@@ -6,7 +6,7 @@
 #      (in the background while 3 and 4 run)
 #   3. exact retrieval with torch on the GPU (fp16/bf16 vs CPU fp32), ranker forward on CUDA, ORT provider,
 #      and the serving path in-process on a 1M-item catalogue (scripts/bench_serve_gpu.py)
-#   4. audience scoring of 10M synthetic users on the GPU (goal <= 60 s)
+#   4. audience scoring of 10M synthetic users on the GPU (budget <= 60 s)
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
