@@ -10,7 +10,6 @@ each customer's calibration rate. Prints a table, then one JSON object as the la
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 
+from features.cli import run_or_exit
 from features.profiles.clv import calibration_holdout
 from features.profiles.transactions import read_cdnow, read_online_retail
 
@@ -88,11 +88,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        result = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"bench_clv: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    result = run_or_exit("bench_clv", run, cfg, code=1)
     print_table(result)
     print(json.dumps(result, sort_keys=True))
 

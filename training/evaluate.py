@@ -10,7 +10,6 @@ The result is written to ``<run>/eval.json`` (metrics, protocol, device) and ret
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import code_version, write_json
+from features.cli import run_or_exit
 from features.splits import SHOP, SHOP_TARGET_EVENTS
 from training.data import EvalSet
 from training.metrics import TIES, RankingEvaluator
@@ -109,11 +109,7 @@ def run(cfg: DictConfig) -> EvalResult:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        res = run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"training.evaluate: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    res = run_or_exit("training.evaluate", run, cfg)
     print(OmegaConf.to_yaml({k: round(v, 5) for k, v in res.metrics.items()}))
 
 

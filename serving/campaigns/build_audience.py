@@ -33,6 +33,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import atomic_dir, code_version, file_sha256, read_json, write_json
+from features.cli import run_or_exit
 from features.processed import load_events, load_items, load_users
 from serving.campaigns.audience import AudienceResult, build_audience, model_scorer, send_date_of
 from serving.campaigns.eligibility import check_profiles, check_targeting
@@ -252,11 +253,7 @@ def report(res: BuildResult) -> None:
 
 @hydra.main(config_path="../../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        res = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"build_audience: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    res = run_or_exit("build_audience", run, cfg)
     report(res)
 
 

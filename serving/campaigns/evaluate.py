@@ -21,6 +21,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from features.artifacts import atomic_dir, code_version, file_sha256, read_json, write_json
+from features.cli import run_or_exit
 from serving.campaigns.outcomes import Outcomes, load_outcomes, outcomes_from_processed, simulate_outcomes
 from serving.campaigns.readout import evaluate
 from serving.campaigns.report import plots, render_html
@@ -116,11 +117,7 @@ def summary(res: dict) -> str:
 
 @hydra.main(config_path="../../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        res = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    res = run_or_exit("evaluate", run, cfg)
     print(summary(res))
 
 

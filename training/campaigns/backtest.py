@@ -28,6 +28,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from features.cli import run_or_exit
 from features.processed import load_events, load_items, load_manifest, load_users
 from features.profiles.build import build_profiles
 from serving.campaigns.audience import build_audience, model_scorer
@@ -86,11 +87,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="../../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        res = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"training.campaigns.backtest: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    res = run_or_exit("training.campaigns.backtest", run, cfg)
     print(f"backtest of {cfg.campaign.id} as of {res['backtest_cutoff']}: audience {res['n_treatment']} treatment "
           f"+ {res['n_control']} control; outcomes from the events after send_at")
     cal = res["aa_calibration"]

@@ -14,7 +14,6 @@ runs both.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import atomic_dir, file_sha256
+from features.cli import run_or_exit
 from features.processed import load_events, load_items, load_manifest, load_users
 from models.uplift import CampaignEnsemble
 from serving.campaigns.build_audience import known_segments, load_profiles
@@ -88,11 +88,7 @@ def run(cfg: DictConfig) -> TrainResult:
 
 @hydra.main(config_path="../../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        res = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"training.campaigns.train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    res = run_or_exit("training.campaigns.train", run, cfg)
     print(f"campaign model -> {res.model_dir} (holdout AUC {res.metrics['holdout_auc']:.3f}, "
           f"lift@10% {res.metrics['holdout_lift@10']:.2f})")
 
