@@ -42,6 +42,7 @@ from serving.api_docs import add_offline_docs
 from serving.api_errors import COMMON_RESPONSES, UNION_TAGS, http_error, validation_error
 from serving.api_inputs import EventTime, Key, clean_key, integral
 from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
+from serving.campaigns.spec import ID_REGEX as CAMPAIGN_ID_REGEX
 from serving.recommender import RecItem, RecQuery, RecResult
 from serving.store import OnlineEvent
 
@@ -371,7 +372,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
 
     @app.post("/v1/campaigns/{campaign_id}/score", response_model=CampaignResponse, dependencies=authed,
               tags=["campaigns"], responses={404: {"description": "unknown campaign"}})
-    def campaign_score(campaign_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")],
+    def campaign_score(campaign_id: Annotated[str, Path(pattern=CAMPAIGN_ID_REGEX)],
                        req: CampaignRequest) -> CampaignResponse:
         recommender()
         try:
