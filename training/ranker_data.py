@@ -92,12 +92,11 @@ class Retriever:
 def resolve_retriever_bundle(cfg: DictConfig) -> Path:
     """``model.retriever_bundle`` (a folder, or a version name under ``${paths.bundles}``), else ``LATEST``."""
     b = cfg.model.get("retriever_bundle")
-    if b and not Path(str(b)).is_dir() and not (Path(str(cfg.paths.bundles)) / str(b)).is_dir():
-        raise RankerSetupError(f"model.retriever_bundle={b}: folder not found")
     try:
         return resolve_bundle_dir(str(b) if b else None, str(cfg.paths.bundles))
     except BundleError as err:
-        raise RankerSetupError(f"{err}; export a retriever bundle first or set model.retriever_bundle") from None
+        raise RankerSetupError(f"model.retriever_bundle: {err}; export a retriever bundle first or set "
+                               "model.retriever_bundle") from None
 
 
 def train_period(pdir: Path, split: str) -> list[str] | None:
