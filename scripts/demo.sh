@@ -6,6 +6,7 @@
 # Everything is written under artifacts/ (SHOPREC_ARTIFACTS moves it). Takes about 10-15 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_system_deps.sh
 source scripts/_venv.sh
 
 export RAY_AUTH_MODE=disabled PYTHONWARNINGS=ignore HYDRA_FULL_ERROR=1
