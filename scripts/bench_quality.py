@@ -6,8 +6,10 @@
 Reads ``${paths.runs}/<data>/<model>/<run>/metrics.json`` (a run without it is unfinished and skipped).
 Runs are keyed by protocol (split, history mask, ``max_users``, tie rule: ``training.quality_table``)
 and never compared or picked across protocols. Per (protocol, dataset, model) it reports the run with
-the best ``valid/ndcg@10`` (default; selection on validation only) or the newest. The last stdout line
-is one JSON object.
+the best ``valid/ndcg@10`` (default; selection on validation only) or the newest. Each row has the
+beyond-accuracy figures of its test top-10 lists beside accuracy (intra-list diversity by category,
+novelty, catalogue coverage, long-tail share, Gini of exposure: ``training.metrics``). The last stdout
+line is one JSON object.
 """
 from __future__ import annotations
 

@@ -163,6 +163,14 @@ def item_attribute_matrix(items: pd.DataFrame, n_items: int, max_attributes: int
     return torch.from_numpy(mat), int(mat.max())
 
 
+def item_category_codes(items: pd.DataFrame, n_items: int) -> torch.Tensor:
+    """``[n_items]`` category code of each item column (``training.metrics.category_codes``; -1 = none)."""
+    from training.metrics import category_codes
+
+    cats = items.set_index("item_id")["category"].reindex(range(n_items)) if "category" in items else [None] * n_items
+    return torch.from_numpy(category_codes(cats))
+
+
 @dataclass
 class SequenceData:
     """Everything a retrieval model trains and is evaluated on, as CPU tensors."""
@@ -181,6 +189,7 @@ class SequenceData:
     train_user_feat: torch.Tensor | None = None   # [U, F] user-feature codes of the training rows, or [U, L, F]
                                                   # (point in time: the codes as of each input position)
     user_features: UserFeatureSpec | None = None  # their spec (names, vocabularies, edges)
+    item_category: torch.Tensor | None = None     # [n_items] category code per item column (-1 = none): diversity
 
     def to(self, device) -> "SequenceData":
         for name in ("train_seqs", "train_users", "popularity", "item_attributes", "train_user_feat"):
@@ -246,7 +255,7 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
         n_items=n_items, n_users=n_users, max_len=max_len,
         train_seqs=torch.from_numpy(seqs), train_users=torch.from_numpy(users),
         valid=valid, test=test, popularity=torch.from_numpy(pop),
-        item_attributes=attrs, n_attributes=n_attr,
+        item_attributes=attrs, n_attributes=n_attr, item_category=item_category_codes(items, n_items),
         info={"split": split, "train_events": int(len(train)), "train_sequences": int(len(seqs)),
               "valid_users": len(valid), "test_users": len(test), "n_items": n_items},
     )

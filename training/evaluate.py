@@ -32,10 +32,13 @@ ScoreFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (inputs [B, L], st
 
 def evaluate_split(score_fn: ScoreFn, split: EvalSet, n_items: int, *, popularity: torch.Tensor | None,
                    exclude_history: bool, ks=(10, 20, 50, 100), batch_size: int = 1024,
-                   sampled_negatives: int = 0, prefix: str = "", model: str = "model") -> dict[str, float]:
-    """Metrics of ``score_fn`` on one evaluation split (see ``training.metrics`` for the definitions)."""
+                   sampled_negatives: int = 0, prefix: str = "", model: str = "model",
+                   item_category: torch.Tensor | None = None) -> dict[str, float]:
+    """Metrics of ``score_fn`` on one evaluation split (see ``training.metrics`` for the definitions);
+    ``item_category`` (``[n_items]`` codes, -1 = none) adds the intra-list diversity."""
     ev = RankingEvaluator(n_items=n_items, ks=tuple(ks), model=model, exclude_history=exclude_history,
-                          popularity=popularity, sampled_negatives=sampled_negatives, seed=0)
+                          popularity=popularity, sampled_negatives=sampled_negatives, seed=0,
+                          item_category=item_category)
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             stop = min(start + batch_size, len(split))
@@ -96,7 +99,7 @@ def run(cfg: DictConfig) -> EvalResult:
         items = module.item_embeddings().float()
     e = rcfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
-                  batch_size=int(e.batch_size), model=str(rcfg.model.name))
+                  batch_size=int(e.batch_size), model=str(rcfg.model.name), item_category=data.item_category)
     metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
     metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))

@@ -148,6 +148,7 @@ class RetrievalModule(pl.LightningModule):
             n_items=self.n_items, ks=tuple(self.evaluation["ks"]), model=type(self).__name__,
             exclude_history=bool(self.evaluation["exclude_history"]), popularity=pop,
             sampled_negatives=int(self.evaluation["sampled_negatives"]) if sampled else 0, seed=0,
+            item_category=getattr(self, "item_category", None),
         )
 
     def score_batch(self, inputs: torch.Tensor, items: torch.Tensor | None = None,

@@ -11,6 +11,11 @@ picked across it. The key (``protocol_key``) is read from the run's ``metrics.js
 
 Per (protocol, dataset, model) the run with the best ``valid/ndcg@10`` is reported (``best_valid``:
 selection on validation only) or the newest (``latest``); test figures never choose.
+
+Beside accuracy, each row shows the beyond-accuracy figures of the test top-10 lists (``training.metrics``):
+``ild@10`` (intra-list diversity by category), ``novelty@10`` (mean self-information, bits), ``coverage@10``
+(catalogue coverage), ``tail_share@10`` (impressions to items outside the top 20 % by training count) and
+``gini@10`` (Gini index of item exposure). A run written before they existed shows ``-``.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+BEYOND = ["test/ild@10", "test/novelty@10", "test/coverage@10", "test/tail_share@10", "test/gini@10"]
 COLUMNS = ["test/ndcg@10", "test/hr@10", "test/recall@10", "test/ndcg@20", "test/recall@20", "test/hr@50",
            "test/hr@100", "test/mrr", "test/coverage@10", "test/pop@10", "test/repeat_share", "valid/ndcg@10",
-           "test/retrieval_ndcg@10"]
-SHOWN = ["test/ndcg@10", "test/hr@10", "test/recall@10", "test/ndcg@20", "test/mrr", "test/coverage@10",
-         "valid/ndcg@10", "test/retrieval_ndcg@10"]
+           "test/retrieval_ndcg@10", "test/ild@10", "test/novelty@10", "test/tail_share@10", "test/gini@10",
+           "test/category_known@10"]
+SHOWN = ["test/ndcg@10", "test/hr@10", "test/recall@10", "test/ndcg@20", "test/mrr", "valid/ndcg@10",
+         "test/retrieval_ndcg@10", *BEYOND]
 
 
 class MixedProtocolsError(ValueError):

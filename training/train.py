@@ -109,7 +109,7 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
 
     e = cfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
-                  batch_size=int(e.batch_size), model=name)
+                  batch_size=int(e.batch_size), model=name, item_category=data.item_category)
     metrics = evaluate_split(scorer(data.valid), data.valid, data.n_items, prefix="valid/", **common)
     metrics.update(evaluate_split(scorer(data.test), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))
@@ -122,6 +122,7 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
 
     data, extra = load_data(cfg, pdir)
     module = build_module(cfg, data, extra)
+    module.item_category = data.item_category       # intra-list diversity in every evaluation (not a parameter)
     module.nan_check_every = int(cfg.trainer.nan_check_every_n_steps)
     t = cfg.trainer
     dm = SequenceDataModule(data, int(cfg.model.batch_size), int(t.eval.batch_size), int(cfg.seed),

@@ -91,3 +91,20 @@ def test_candidate_lists_beyond_accuracy():
     assert math.isfinite(m["novelty@10"])
     with pytest.raises(ValueError, match="n_items"):
         evaluate_candidate_lists(np.array([0.9]), [0, 1], [True], [1], items=np.array([0]))
+
+
+def test_quality_table_shows_beyond_accuracy(tmp_path):
+    import json
+
+    from training.quality_table import collect, render, results, select
+
+    run = tmp_path / "toys" / "sasrec" / "20260101-000000"
+    run.mkdir(parents=True)
+    m = {"test/ndcg@10": 0.05, "valid/ndcg@10": 0.06, "test/ild@10": 0.8123, "test/gini@10": 0.9321,
+         "protocol": {"split": "loo", "exclude_history": True, "ties": "expected", "max_users": None}}
+    (run / "metrics.json").write_text(json.dumps(m))
+    table = select(collect(tmp_path))
+    lines = render(table)
+    assert "ild@10" in lines[1] and "gini@10" in lines[1] and "0.8123" in lines[2] and "0.9321" in lines[2]
+    got = next(iter(results(table).values()))["toys/sasrec"]
+    assert got["test/ild@10"] == 0.8123 and "test/novelty@10" not in got      # absent figures stay absent
