@@ -54,7 +54,8 @@ class RecommendSettings:
                    popular_candidates=int(r.popular_candidates), trending_window_s=float(r.trending_window_s),
                    trending_weight=float(r.trending_weight), exclude_seen=bool(r.exclude_seen),
                    rules=RuleSettings(no_repurchase_days=float(serve_cfg.rules.no_repurchase_days),
-                                      max_per_category=int(serve_cfg.rules.max_per_category)),
+                                      max_per_category=int(serve_cfg.rules.max_per_category),
+                                      diversity=float(serve_cfg.rules.get("diversity", 0.0))),
                    budget_ms=budget)
 
 
@@ -106,6 +107,7 @@ class Candidates:
     trending: set[int]
     cold_start: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    purchased: np.ndarray | None = None  # item ids the user bought (reasons say "purchased", not "viewed")
 
 
 class StageTimeout(RuntimeError):
@@ -267,7 +269,7 @@ class Recommender:
         ids_a = np.asarray(ids, np.int64)
         scores = (b.item_embeddings[ids_a] @ user_emb).astype(np.float32) if len(ids_a) else np.zeros(0, np.float32)
         return Candidates(q, history, user_emb, allowed, blocked, ids_a, scores, sources,
-                          np.asarray(anchors, np.int64), trend_ids, cold_start=False)
+                          np.asarray(anchors, np.int64), trend_ids, cold_start=False, purchased=purchases)
 
     def rank_request(self, c: Candidates) -> Any:
         from serving.ranking import RankRequest
@@ -308,7 +310,9 @@ class Recommender:
         if c.blocked and len(c.ids):
             keep &= ~np.isin(c.ids, np.fromiter(c.blocked, np.int64, len(c.blocked)))
         pos = np.flatnonzero(keep)
-        picked = pos[select_top_k(c.ids[pos], scores[pos], b.items.category_code, k, cap)] if len(pos) else pos
+        picked = pos[select_top_k(c.ids[pos], scores[pos], b.items.category_code, k, cap,
+                                  0.0 if c.query.category is not None else self.settings.rules.diversity)
+                  ] if len(pos) else pos
         ids = c.ids[picked]
         anchors = c.anchors[picked].copy()
         sources = [c.sources[p] for p in picked]
@@ -319,12 +323,13 @@ class Recommender:
             dots[ids[sim][:, None] == hist[None, :]] = -np.inf  # never "similar to itself"
             anchors[sim] = hist[np.argmax(dots, axis=1)]
         out = []
+        bought = set() if c.purchased is None else set(c.purchased.tolist())
         for j, (i, p) in enumerate(zip(ids.tolist(), picked.tolist())):
             a = int(anchors[j])
             out.append(RecItem(str(b.items.keys[i]), float(scores[p]), sources[j],
                                reason_text(sources[j], anchor_key=str(b.items.keys[a]) if a >= 0 else None,
                                            category=c.query.category or b.items.category[i],
-                                           trending=i in c.trending)))
+                                           trending=i in c.trending, anchor_purchased=a in bought)))
         return out
 
     def fallback(self, q: RecQuery, stage: str, error: BaseException, observe=None, c: Candidates | None = None

@@ -31,6 +31,7 @@ def plots(res: dict, steps: list[dict], out: Path) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     images = {}
     eff = res["effects"]
@@ -47,6 +48,11 @@ def plots(res: dict, steps: list[dict], out: Path) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.barh([s["step"] for s in steps][::-1], [s["users"] for s in steps][::-1], color="#4c72b0")
     ax.set_xscale("log")
+    # Labelled decades only ("100", "1,000"): the default minor labels (2x10^2, 3x10^2, ...) overlap.
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    counts = [s["users"] for s in steps if s["users"] > 0] or [1]
+    ax.set_xlim(10 ** np.floor(np.log10(min(counts))), max(counts) * 2.5)  # a labelled decade; room for the counts
     ax.set_xlabel("users left (log scale)")
     ax.set_title("Audience funnel: users after every step")
     for i, s in enumerate(steps[::-1]):
@@ -56,10 +62,15 @@ def plots(res: dict, steps: list[dict], out: Path) -> dict[str, str]:
 
     if res["by_segment"]:
         seg = pd.DataFrame(res["by_segment"])
+        # Users per segment and group from the frame: "treatment"/"control" of by_segment are conversion rates.
+        frame = res["_frame"]
+        n = frame.groupby([frame["segment"].astype(str), frame["group"].astype(str)]).size()
+        labels = [f"segment {s} (n={int(n.get((str(s), 'treatment'), 0)):,} treated, "
+                  f"{int(n.get((str(s), 'control'), 0)):,} control)" for s in seg["segment"]]
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.errorbar(seg["uplift"], np.arange(len(seg)), xerr=[seg["uplift"] - seg["ci_low"], seg["ci_high"] - seg["uplift"]], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(np.arange(len(seg)), [f"segment {s} (n={a}+{b})" for s, a, b in zip(seg["segment"], seg["treatment"], seg["control"])])
+        ax.set_yticks(np.arange(len(seg)), labels)
         ax.set_xlabel("conversion uplift (95 % CI)")
         ax.set_title("Conversion uplift by segment")
         images["segments"] = _png(fig)
