@@ -18,6 +18,7 @@ it needs no internet.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -44,7 +45,7 @@ from serving.api_inputs import EventTime, Key, clean_key, integral
 from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
 from serving.campaigns.spec import ID_REGEX as CAMPAIGN_ID_REGEX
 from serving.recommender import RecItem, RecQuery, RecResult
-from serving.store import OnlineEvent
+from serving.store import OnlineEvent, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,12 @@ class _EventLogCollector:
                                 value=getattr(self.store, "n_events", 0))
 
 
+async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+    log.error("%s", exc)
+    return JSONResponse({"detail": "the event store is unavailable: nothing was stored, retry later"},
+                        status_code=503, headers={"Retry-After": "1"})
+
+
 def _epoch(ts: dt.datetime | None, default: float) -> float:
     if ts is None:
         return default
@@ -255,6 +262,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
                   docs_url=None, redoc_url=None, responses=COMMON_RESPONSES)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)  # 503: an event not stored is never a 202
     if list(cfg.http.cors_origins or []):
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.http.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Authorization", "Content-Type"])
@@ -329,6 +337,8 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             result = rec.recommend(q, observe=tel.observe_stage)
         else:
             result = await _recommend_remote(rec, q, ranker_handle, tel)
+        if result.degraded is None and getattr(service.store, "unavailable", False):  # events from the replica's cache
+            result = dataclasses.replace(result, degraded="store")
         if result.degraded:
             tel.degraded.labels(result.degraded).inc()
         if result.cold_start:
@@ -403,6 +413,9 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         if target is not None:  # the other replicas follow through their LATEST watcher
             service.publish_latest(b)
         return {"bundle": b.name}
+
+    from serving.ops_api import router as versions_router  # /admin/versions, /admin/promote, /admin/rollback
+    app.include_router(versions_router(service))
 
     if bool(cfg.http.debug_routes):
         @app.post("/v1/noop", dependencies=authed, tags=["debug"])

@@ -21,7 +21,7 @@ from serving.auth import Auth
 from serving.bundle import Bundle, BundleError, latest_name, load_bundle, resolve_bundle_dir, set_latest
 from serving.experiments.router import Experiments
 from serving.recommender import RecommendSettings, Recommender, RecQuery
-from serving.store import EventStore
+from serving.store import open_store
 from serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ class Service:
         self.settings = RecommendSettings.from_cfg(serve_cfg)
         self.auth = Auth.from_cfg(serve_cfg.auth)
         self.telemetry = Telemetry()
-        self.store = EventStore(serve_cfg.store.event_log, fsync=bool(serve_cfg.store.fsync),
-                                trending_window_s=self.settings.trending_window_s)
+        self.store = open_store(serve_cfg.store, trending_window_s=self.settings.trending_window_s)
         self._pkey = pseudo_key()[0]
         self.recommender: Recommender | None = None
         self.load_error: str | None = None

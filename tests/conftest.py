@@ -36,6 +36,18 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real ``redis-server`` (appendonly yes, appendfsync always) on a free loopback port for the
+    session: ``.url``, ``.port``, ``.kill()`` (a crash), ``.start()``, ``.restart()`` (serving.redis_local).
+    Tests share it: give each test its own ``serve.store.redis.key_prefix``."""
+    from serving.redis_local import LocalRedis
+
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the whole test session (Ray listens on fixed ports)."""
     import ray

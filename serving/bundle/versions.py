@@ -141,10 +141,12 @@ def rollback_target(bundles_dir: str | Path) -> str:
             if prev and prev != current:
                 return prev
             break
-    else:  # LATEST moved by a publish, not a promotion: back to the last version promoted on purpose
-        for r in reversed(records):
-            if r.get("version") and r["version"] != current:
-                return r["version"]
+    else:
+        known = {r.get("version") for r in records} | {r.get("from") for r in records}
+        if current not in known:  # LATEST moved by a publish, not a promotion: the last version promoted on purpose
+            for r in reversed(records):
+                if r.get("version") and r["version"] != current:
+                    return r["version"]
     raise BundleError(f"{root / HISTORY}: no version was serving before {current!r}; "
                       "name one with `rollback --to VERSION` (see `python -m serving.bundles list`)")
 
