@@ -294,6 +294,9 @@ class DCNv2Ranker(nn.Module):
                  cat_emb_dim: int = 8, n_cross: int = 2, hidden: Sequence[int] = (128, 64), dropout: float = 0.1,
                  emb_proj: int = 16):
         super().__init__()
+        self.init_kwargs = dict(n_dense=int(n_dense), cat_cardinalities=[int(c) for c in cat_cardinalities], dim=int(dim),
+                                n_heads=int(n_heads), cat_emb_dim=int(cat_emb_dim), n_cross=int(n_cross),
+                                hidden=[int(h) for h in hidden], dropout=float(dropout), emb_proj=int(emb_proj))
         self.register_buffer("dense_mean", torch.zeros(n_dense))
         self.register_buffer("dense_std", torch.ones(n_dense))
         self.cat_emb = nn.ModuleList(nn.Embedding(c, cat_emb_dim) for c in cat_cardinalities)

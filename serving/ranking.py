@@ -6,9 +6,9 @@ read, so no bundle file is read twice. ``Ranker.score(requests)`` builds the fea
 code as training (``models.ranker.build_batch``), runs one batched ONNX Runtime call and returns
 one float32 score array per request (higher = better).
 
-The CUDA execution provider is asked for when ONNX Runtime offers it, and ``provider`` records what
-the session really got (``serving.bundle.sessions.make_session``): on a machine without a usable GPU the
-session falls back to the CPU.
+Where it runs follows ``serving.accelerators.ranker_plan``: ONNX Runtime's CUDA provider when offered; else,
+on a CUDA machine, the same weights through torch (``ranker_torch.pt``); else ONNX Runtime on the CPU.
+``placement`` says which, and why; ``provider`` is what the session really got.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.ranker import FeatureSpec, ItemTable, build_batch, combine_heads
-from serving.bundle.contract import ITEMS, RANKER_JSON, RANKER_ONNX, BundleError
-from serving.bundle.sessions import make_session
+from models.ranker import DCNv2Ranker, FeatureSpec, ItemTable, build_batch, combine_heads
+from serving.accelerators import Placement, gpu_facts, ranker_plan
+from serving.bundle.contract import ITEMS, RANKER_JSON, RANKER_ONNX, RANKER_TORCH, BundleError
+from serving.bundle.sessions import TorchSession, make_session
 from serving.bundle.tables import read_embeddings, read_items_frame
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ class RankRequest:
 class Ranker:
     """Scores (user, candidate) pairs with the bundle's ``ranker.onnx``."""
 
-    def __init__(self, session, provider: str, spec: FeatureSpec, table: ItemTable):
+    def __init__(self, session, provider: str, spec: FeatureSpec, table: ItemTable, placement: Placement | None = None):
         self.session = session
         self.provider = provider
+        self.placement = placement or Placement("ranker", "cpu", "onnxruntime")
         self.spec = spec
         self.table = table
         self.heads = list(spec.heads)
@@ -70,9 +72,18 @@ class Ranker:
         if emb.shape[1] != spec.dim:
             raise BundleError(f"{json_path}: dim={spec.dim} differs from item_embeddings.npy dimension {emb.shape[1]}")
         table = ItemTable.build(read_items_frame(bundle_dir / ITEMS) if items is None else items, emb, spec)
-        session, provider = make_session(onnx_path, prefer_cuda, threads)
+        torch_path = bundle_dir / RANKER_TORCH
+        plan = ranker_plan(torch_path.exists(), gpu_facts(), prefer_cuda)
+        if plan.backend == "torch":
+            session, provider = TorchSession(load_torch_ranker(torch_path), list(spec.onnx_inputs), spec.onnx_output,
+                                             plan.device), f"torch-{plan.device}"
+        else:
+            session, provider = make_session(onnx_path, prefer_cuda, threads)
+            if plan.device == "cuda" and provider != "CUDAExecutionProvider":
+                plan = Placement("ranker", "cpu", "onnxruntime", "ONNX Runtime offered CUDA but the session fell "
+                                                                 "back to the CPU (driver or library mismatch)")
         log.info("ranker loaded from %s on %s", bundle_dir, provider)
-        return cls(session, provider, spec, table)
+        return cls(session, provider, spec, table, plan)
 
     def head_probs(self, requests: list[RankRequest]) -> list[np.ndarray]:
         """Per request, the (n, n_heads) head probabilities."""
@@ -85,3 +96,17 @@ class Ranker:
     def score(self, requests: list[RankRequest]) -> list[np.ndarray]:
         """One float32 score array per request (higher = better), from one batched ONNX Runtime call."""
         return [combine_heads(p, self.spec) for p in self.head_probs(requests)]
+
+
+def load_torch_ranker(path: Path) -> DCNv2Ranker:
+    """The ranker's torch module from ``ranker_torch.pt`` (``{"init": constructor kwargs, "state_dict": ...}``,
+    written by ``training.ranker.export_onnx``); ``BundleError`` naming the file when it does not load."""
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        net = DCNv2Ranker(**blob["init"])
+        net.load_state_dict(blob["state_dict"])
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise BundleError(f"{path}: not a ranker's torch weights ({type(e).__name__}: {str(e)[:200]})") from e
+    return net.eval()

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from features.artifacts import write_json
 from models.ranker import DENSE_FEATURES, DCNv2Ranker, FeatureBatch, FeatureSpec, combine_heads
-from serving.bundle.contract import RANKER_JSON, RANKER_ONNX
+from serving.bundle.contract import RANKER_JSON, RANKER_ONNX, RANKER_TORCH
 from training.metrics import evaluate_candidate_lists
 from training.ranker_data import RankerData, Stage
 
@@ -126,7 +126,9 @@ def build_module(data: RankerData, m: DictConfig) -> RankerModule:
 
 
 def export_onnx(net: DCNv2Ranker, spec: FeatureSpec, out_dir: Path, sample: FeatureBatch, tolerance: float) -> dict:
-    """Write ``ranker.onnx`` + ``ranker.json`` (the bundle's file names) into ``out_dir``; check ONNX Runtime against PyTorch on ``sample``."""
+    """Write ``ranker.onnx`` + ``ranker.json`` + ``ranker_torch.pt`` (the bundle's file names) into ``out_dir``;
+    check ONNX Runtime against PyTorch on ``sample``. The torch weights let serving run the ranker on CUDA where
+    ONNX Runtime has no CUDA provider (``serving.accelerators``)."""
     import onnxruntime as ort
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,5 +147,6 @@ def export_onnx(net: DCNv2Ranker, spec: FeatureSpec, out_dir: Path, sample: Feat
     if diff > tolerance:
         raise RuntimeError(f"{RANKER_ONNX} differs from PyTorch by {diff:.2e} > model.onnx_tolerance={tolerance}")
     write_json(out_dir / RANKER_JSON, spec.to_json())
+    torch.save({"init": net.init_kwargs, "state_dict": net.state_dict()}, out_dir / RANKER_TORCH)
     return {"onnx_max_abs_diff": diff, "onnx_rows_checked": n}
 

@@ -38,6 +38,7 @@ USER_FEATURES_TABLE = "user_features.parquet"
 USER_FEATURES_SPEC = "user_features.json"
 RANKER_ONNX = "ranker.onnx"
 RANKER_JSON = "ranker.json"
+RANKER_TORCH = "ranker_torch.pt"  # the ranker's torch weights: the ranker on CUDA where ONNX Runtime has no CUDA provider
 BOUGHT_TOGETHER = "bought_together.parquet"
 INDEX_DIR = "index"
 CAMPAIGNS_DIR = "campaigns"

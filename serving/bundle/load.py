@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.accelerators import Placement, announce, encoder_placement, gpu_facts
 from serving.bundle.contract import (
     BOUGHT_TOGETHER, ENCODER, INDEX_DIR, ITEMS, LATEST, MANIFEST, RANKER_JSON, REQUIRED_FILES, USER_FEATURES_SPEC,
     USERS, BundleError, check_pseudo_key, check_required_files, encode_sequences, read_manifest, resolve,
@@ -53,7 +54,12 @@ class Bundle:
     user_features: UserFeatureTable | None = None  # loaded only when the encoder or the ranker takes user features
     encoder_user_codes: np.ndarray | None = None   # [n_users + 1, F] in manifest encoder_inputs user_feat columns order
     ranker_user_codes: np.ndarray | None = None    # [n_users + 1, F'] in ranker.json user_features order
+    placements: list[Placement] = field(default_factory=list)  # where encoder, retrieval, ranker run, and why
     load_seconds: float = 0.0
+
+    def devices(self) -> dict[str, dict[str, str]]:
+        """``{component: {device, backend, reason}}`` (``/readyz``)."""
+        return {p.component: {k: v for k, v in p.as_dict().items() if k != "component"} for p in self.placements}
 
     def _user_row(self, user_key: str) -> int:
         return self.user_features.row(user_key) if self.user_features is not None else -1
@@ -133,7 +139,7 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
     items_frame = read_items_frame(bundle_dir / ITEMS)
     items = read_catalog(bundle_dir / ITEMS, n_items, items_frame)
     users = load_users(bundle_dir / USERS, n_items)
-    encoder, _ = make_session(bundle_dir / ENCODER, threads=max(1, int(onnx_threads)))
+    encoder, encoder_provider = make_session(bundle_dir / ENCODER, threads=max(1, int(onnx_threads)))
     enc_columns = encoder_user_columns(bundle_dir, m, encoder)
     if "user_emb" not in [o.name for o in encoder.get_outputs()]:
         raise BundleError(f"{bundle_dir / ENCODER}: no output named 'user_emb'")
@@ -165,6 +171,11 @@ def load_bundle(bundle_dir: str | Path, *, verify_hashes: bool = True, onnx_thre
     out = bundle.encode([np.array([0], np.int64)])
     if out.shape != (1, dim):
         raise BundleError(f"{bundle_dir / ENCODER}: user_emb has shape {out.shape[1:]}, expected ({dim},)")
+    facts = gpu_facts()
+    bundle.placements = [p for p in (encoder_placement(encoder_provider, facts), index.placement) if p is not None]
+    if ranker is not None:
+        bundle.placements.append(ranker.placement)
+    announce(bundle.placements, facts)
     bundle.load_seconds = time.perf_counter() - t0
     log.info("bundle %s loaded in %.2fs: %d items, %d users, index=%s, ranker=%s, user features=%s", bundle.name,
              bundle.load_seconds, n_items, len(users), getattr(index, "backend", "?"), ranker is not None,

@@ -4,7 +4,8 @@ One place decides the session options of every serving session: a set number of 
 inter-op thread, no spinning (ORT's pool threads otherwise spin after every run, burning the cores that
 the HTTP proxy and the other replicas need), and the CUDA execution provider when ONNX Runtime offers
 it. ``make_session`` reports the provider the session really got (``session.get_providers()``): on a
-machine without a usable GPU the session falls back to the CPU.
+machine without a usable GPU the session falls back to the CPU. ``TorchSession`` gives a torch module the same
+``run`` interface, for a model that runs on CUDA through torch where ONNX Runtime has no CUDA provider.
 """
 from __future__ import annotations
 
@@ -44,3 +45,26 @@ def make_session(path: str | Path, prefer_cuda: bool = True, threads: int | None
         raise BundleError(f"{path}: cannot be loaded by ONNX Runtime ({type(e).__name__}: {str(e)[:200]})") from e
     got = sess.get_providers()
     return sess, ("CUDAExecutionProvider" if "CUDAExecutionProvider" in got else "CPUExecutionProvider")
+
+
+class TorchSession:
+    """ONNX Runtime's ``run(output_names, feed)`` over a torch module on ``device``: inputs are fed in
+    ``input_names`` order, the one output comes back as a float32 numpy array."""
+
+    def __init__(self, module, input_names: list[str], output_name: str, device: str):
+        import torch
+
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.input_names = list(input_names)
+        self.output_name = output_name
+
+    def run(self, output_names, feed):
+        import torch
+
+        if list(output_names) != [self.output_name]:
+            raise ValueError(f"output_names={list(output_names)}: this session has only {self.output_name!r}")
+        args = [torch.from_numpy(feed[n]).to(self.device, non_blocking=True) for n in self.input_names]
+        with torch.inference_mode():
+            out = self.module(*args)
+        return [out.float().cpu().numpy()]

@@ -58,6 +58,7 @@ class CandidateIndex:
 
     dim: int
     n_items: int
+    placement = None  # serving.accelerators.Placement: where it searches and why (set by load_index)
     backend: str
     device: str
 

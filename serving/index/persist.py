@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from serving.accelerators import Placement, gpu_facts, retrieval_plan
 from serving.bundle.contract import INDEX_DIR, MANIFEST, BundleError
 from serving.bundle.tables import read_embeddings
 from serving.index.base import CandidateIndex
@@ -76,21 +77,32 @@ def load_index(bundle_dir: Path, *, use_gpu: bool = True, embeddings: np.ndarray
     idx_dir = bundle_dir / INDEX_DIR
     man_path = idx_dir / MANIFEST
     if not man_path.exists():
-        return TorchExactIndex(read_embeddings(bundle_dir) if embeddings is None else embeddings)
+        plan = retrieval_plan("torch_exact", gpu_facts(), use_gpu)
+        return _placed(TorchExactIndex(read_embeddings(bundle_dir) if embeddings is None else embeddings,
+                                       device=plan.device), plan)
     try:
         m = json.loads(man_path.read_text())
     except json.JSONDecodeError as e:
         raise BundleError(f"{man_path}: not valid JSON ({e})") from e
     ids = _load_ids(idx_dir / IDS_FILE)
-    if m.get("backend") == "torch_exact":
+    plan = retrieval_plan("torch_exact" if m.get("backend") == "torch_exact" else "faiss", gpu_facts(), use_gpu)
+    if plan.backend == "torch_exact":  # saved as torch_exact, or FAISS without a GPU build on a CUDA machine
         emb = read_embeddings(bundle_dir) if embeddings is None else embeddings
-        return TorchExactIndex(emb, ids if len(ids) == len(emb) else None, dtype=m.get("torch_dtype", "auto"))
+        if len(ids) == len(emb) and np.array_equal(ids, np.arange(len(emb))):
+            rows, row_ids = emb, None
+        elif len(ids) and ids.min() >= 0 and ids.max() < len(emb):
+            rows, row_ids = emb[ids], ids
+        else:
+            raise BundleError(f"{idx_dir / IDS_FILE}: ids outside 0..{len(emb) - 1} (item_embeddings.npy rows)")
+        dtype = m.get("torch_dtype", "auto") if m.get("backend") == "torch_exact" else "auto"
+        return _placed(TorchExactIndex(rows, row_ids, device=plan.device, dtype=dtype), plan)
     common = dict(filter=m.get("filter", "overfetch"), overfetch=int(m.get("overfetch", 4)))
     strata = m.get("norm_strata") or []
     if not strata:
         index, device = _read_faiss(idx_dir / INDEX_FILE, len(ids), idx_dir / IDS_FILE, m, use_gpu)
-        return FaissIndex(index, ids, factory=m.get("factory") or "", search_params=m.get("search_params") or {},
-                          filtered_search_params=m.get("filtered_search_params") or {}, device=device, **common)
+        return _placed(FaissIndex(index, ids, factory=m.get("factory") or "", search_params=m.get("search_params") or {},
+                                  filtered_search_params=m.get("filtered_search_params") or {}, device=device,
+                                  **common), plan)
     rows_path = idx_dir / PART_ROWS_FILE
     try:
         with np.load(rows_path, allow_pickle=False) as z:
@@ -108,7 +120,17 @@ def load_index(bundle_dir: Path, *, use_gpu: bool = True, embeddings: np.ndarray
         index, device = _read_faiss(idx_dir / PART_FILE.format(i), len(rows), rows_path, m, use_gpu)
         parts.append(FaissIndex(index, ids[rows], factory=factories[i], search_params=params[i],
                                 filtered_search_params=filtered[i], device=device, **common))
-    return NormRangedIndex(parts, part_rows, ids, strata)
+    return _placed(NormRangedIndex(parts, part_rows, ids, strata), plan)
+
+
+def _placed(index: CandidateIndex, plan: Placement) -> CandidateIndex:
+    """``index`` with ``placement``: where it searches and why (``serving.accelerators``). A FAISS index that
+    FAISS kept on the CPU (an index type without a GPU version) says so."""
+    device = getattr(index, "device", plan.device)
+    if plan.backend == "faiss" and plan.device == "cuda" and not str(device).startswith("cuda"):
+        plan = Placement(plan.component, "cpu", plan.backend, str(device))
+    index.placement = plan
+    return index
 
 
 def _read_faiss(path: Path, n_expected: int, ids_path: Path, m: Mapping[str, Any], use_gpu: bool):

@@ -16,6 +16,9 @@ def test_ops_routes_need_no_key(make_client):
     assert c.get("/healthz").json() == {"status": "ok"}
     r = c.get("/readyz")
     assert r.status_code == 200 and r.json()["bundle"] == "b1"
+    devices = r.json()["devices"]  # where each component runs and why (serving.accelerators)
+    assert {"encoder", "retrieval"} <= set(devices) and all(d["device"] in ("cuda", "cpu") for d in devices.values())
+    assert all(d["reason"] for d in devices.values() if d["device"] == "cpu")
     assert "/v1/recommendations" in c.get("/openapi.json").json()["paths"]
     assert c.get("/docs").status_code == 200
 
