@@ -9,6 +9,7 @@
 #   4. audience scoring of 10M synthetic users on the GPU (budget <= 60 s)
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh          # ~5 min on an H200
+#   GPU_CHECK_COMMIT=<sha> ...: the commit measured, when the copy has no .git (the device machine's copy)
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/g bash scripts/gpu_check.sh   # tiny sizes, CPU, to catch crashes first
 #   BENCH_ONLY=b2048_noclip,b4096_noclip bash scripts/gpu_check.sh   # a subset of the speed variants
 #
@@ -75,6 +76,18 @@ for name in ("retrieval", "serve_path", "audience", "bench_train"):
         res[name] = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         res[name] = {"error": lines[-3:]}
+# the headline figures at the top level: the commit measured, the fastest variant's time to the plain
+# configuration's best validation NDCG@10 (and which variant), the 10M-user audience time, where each ran
+import os, subprocess
+commit = os.environ.get("GPU_CHECK_COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                             text=True).stdout.strip() or None
+variants = (res.get("bench_train") or {}).get("variants") or {}
+fast = {n: v for n, v in list(variants.items())[1:] if v.get("reaches_target") and v.get("time_to_target_s")}
+best = min(fast, key=lambda n: fast[n]["time_to_target_s"]) if fast else None
+aud = res.get("audience") or {}
+res = {"commit": commit, "seconds_to_target": fast[best]["time_to_target_s"] if best else None,
+       "fastest_variant": best, "audience_seconds": aud.get("seconds_median"), "audience_users": aud.get("users"),
+       "audience_device": aud.get("device"), **res}
 print(json.dumps(res, default=str))
 (out / "gpu_check.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
 PYEOF
