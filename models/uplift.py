@@ -8,12 +8,17 @@
 - Uplift metrics: numpy copies of scikit-uplift 0.5.1's ``uplift_at_k`` (strategy 'overall'),
   ``qini_curve``, ``perfect_qini_curve``, ``qini_auc_score`` and ``uplift_curve``, so the product
   does not depend on that unmaintained package (tests compare them with it).
+- ``FittedUplift`` (+ ``TableEncoder``, ``Calibration``, ``FrozenBlend``): an uplift model fitted on a
+  table by ``training.uplift``, loaded by ``serving.campaigns.uplift_model``.
 
-No I/O here besides ``state_dict`` round trips; training loops live in ``training.campaigns``.
+No I/O here besides ``state_dict`` round trips; training loops live in ``training.campaigns`` and
+``training.uplift``. About 430 lines: the campaign network, the uplift metrics it is judged by and
+the fitted table model are one family that serving loads; splitting them would scatter one contract.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -198,3 +203,198 @@ def ensemble_from(meta: dict, state_dict: dict) -> CampaignEnsemble:
     ens.load_state_dict(state_dict)
     ens.eval()
     return ens
+
+
+# ---------------------------------------------------------------------------------------------
+# A fitted uplift model on a table (``python -m training.uplift``): feature encoding, the chosen
+# learner, the calibration of its scores to effects in probability units, the treated arm's response.
+# Pickled by training, loaded by ``serving.campaigns.uplift_model``; nothing here reads or writes files.
+
+def _is_categorical(col) -> bool:
+    import pandas as pd
+
+    return (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)
+            or isinstance(col.dtype, pd.CategoricalDtype))
+
+
+class TableEncoder:
+    """Raw table columns -> a float matrix: numeric columns as they are (a missing value = the training
+    median), string (and categorical) columns one-hot over the categories seen in training (an unseen
+    or missing category = all zeros). A feature column absent at prediction time is an error naming it."""
+
+    def __init__(self, numeric: list[str], categorical: dict[str, list[str]], fill: dict[str, float]):
+        self.numeric, self.categorical, self.fill = list(numeric), {k: list(v) for k, v in categorical.items()}, dict(fill)
+
+    @classmethod
+    def fit(cls, frame, features: Sequence[str]) -> "TableEncoder":
+        import pandas as pd
+
+        numeric, categorical, fill = [], {}, {}
+        for c in features:
+            col = frame[c]
+            if _is_categorical(col):
+                categorical[c] = sorted(str(v) for v in pd.unique(col.dropna()))
+            else:
+                values = pd.to_numeric(col, errors="raise").astype("float64")
+                numeric.append(c)
+                med = float(np.nanmedian(values)) if values.notna().any() else 0.0
+                fill[c] = med
+        return cls(numeric, categorical, fill)
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *(f"{c}={v}" for c, vals in self.categorical.items() for v in vals)]
+
+    def transform(self, frame) -> np.ndarray:
+        import pandas as pd
+
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise ValueError(f"feature column(s) {missing} are absent (the uplift model reads {self.features})")
+        out = np.zeros((len(frame), len(self.columns)), dtype=np.float64)
+        for j, c in enumerate(self.numeric):
+            try:
+                v = pd.to_numeric(frame[c], errors="raise").astype("float64").to_numpy(na_value=np.nan)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"feature column {c!r} must be numeric as in training: {e}") from None
+            out[:, j] = np.where(np.isnan(v), self.fill[c], v)
+        j = len(self.numeric)
+        for c, vals in self.categorical.items():
+            s = frame[c].astype("string")
+            for v in vals:
+                out[:, j] = (s == v).fillna(False).to_numpy(dtype=bool)
+                j += 1
+        return out
+
+
+def _strip_factories(obj, seen: set | None = None):
+    """Drop the factory callables (lambdas) a fitted learner keeps, so that it can be pickled; a fitted
+    learner's ``predict`` never calls them."""
+    import types as _types
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not hasattr(obj, "__dict__") or type(obj).__module__.startswith("sklearn"):
+        return obj
+    seen.add(id(obj))
+    for k, v in list(vars(obj).items()):
+        if isinstance(v, (_types.FunctionType, _types.MethodType)):
+            setattr(obj, k, None)
+        elif isinstance(v, (list, tuple)):
+            for m in v:
+                _strip_factories(m, seen)
+        else:
+            _strip_factories(v, seen)
+    return obj
+
+
+class FrozenBlend:
+    """A fitted blend whose member scales are fixed on the training rows (mean/sd for ``zscore``, the
+    sorted training scores for ``rank``), so a user's score never depends on the batch it is scored in."""
+
+    def __init__(self, members: list, weights: list[float], scale: str, x_train: np.ndarray):
+        if scale not in ("zscore", "rank"):
+            raise ValueError(f"blend scale must be zscore or rank, got {scale!r}")
+        self.members, self.weights, self.scale = members, [float(w) for w in weights], scale
+        preds = [np.asarray(m.predict(x_train), dtype=np.float64) for m in members]
+        self.stats = [(p.mean(), p.std() + 1e-12, np.sort(p)) for p in preds]
+
+    def predict(self, x) -> np.ndarray:
+        total = np.zeros(len(x))
+        for m, w, (mu, sd, ref) in zip(self.members, self.weights, self.stats):
+            p = np.asarray(m.predict(x), dtype=np.float64)
+            total += w * ((p - mu) / sd if self.scale == "zscore" else np.searchsorted(ref, p, side="right") / len(ref))
+        return total / sum(self.weights)
+
+
+@dataclass
+class Calibration:
+    """Monotone map of raw learner scores to effects (treated minus control rate): isotonic over
+    quantile bins of out-of-fold scores, linear between bin centres; ties broken by the raw score
+    (``tie`` x its z-score), so the ranking of the raw scores is kept exactly."""
+
+    x: np.ndarray
+    y: np.ndarray
+    mean: float
+    sd: float
+    tie: float = 1e-6
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64)
+        return np.clip(np.interp(raw, self.x, self.y) + self.tie * (raw - self.mean) / self.sd, -1.0, 1.0)
+
+
+def fit_calibration(raw: np.ndarray, y: np.ndarray, t: np.ndarray, bins: int = 20) -> Calibration:
+    """``Calibration`` from out-of-fold ``raw`` scores of training rows with outcome ``y`` and arm ``t``:
+    treated minus control rate per quantile bin (at least ~200 rows of each arm per bin), made
+    non-decreasing by isotonic regression weighted by bin size."""
+    from sklearn.isotonic import IsotonicRegression
+
+    raw, y, t = np.asarray(raw, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(t)
+    n_bins = int(max(1, min(bins, min((t == 1).sum(), (t == 0).sum()) // 200)))
+    edges = np.unique(np.quantile(raw, np.linspace(0, 1, n_bins + 1)))
+    b = np.clip(np.searchsorted(edges, raw, side="right") - 1, 0, max(len(edges) - 2, 0))
+    xs, ys, ws = [], [], []
+    for k in np.unique(b):
+        m = b == k
+        m1, m0 = m & (t == 1), m & (t == 0)
+        if m1.sum() == 0 or m0.sum() == 0:
+            continue
+        xs.append(raw[m].mean())
+        ys.append(y[m1].mean() - y[m0].mean())
+        ws.append(m.sum())
+    if not xs:
+        raise ValueError("cannot calibrate uplift scores: no score bin holds both arms")
+    iso = IsotonicRegression(increasing=True).fit(xs, ys, sample_weight=ws)
+    xs = np.asarray(xs)
+    return Calibration(xs, iso.predict(xs), float(raw.mean()), float(raw.std() + 1e-12))
+
+
+@dataclass
+class FittedUplift:
+    """An uplift model of one outcome on a table: ``predict(frame)`` -> the estimated effect of the
+    treatment on the outcome's probability per row (calibrated; the ranking is the learner's).
+
+    ``arm_model`` (a classifier on [encoded x, treatment level]) gives the outcome probability
+    under treatment (``p_treated``), which costs an offer paid on every treated conversion. ``levels``
+    (discount level -> (learner, calibration)) holds per-level effects when the past campaign
+    randomised its offer levels."""
+
+    outcome: str
+    encoder: TableEncoder
+    learner: Any
+    calibration: Calibration
+    chosen: str
+    arm_model: Any = None
+    levels: dict = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return self.encoder.features
+
+    def raw_scores(self, frame) -> np.ndarray:
+        return np.asarray(self.learner.predict(self.encoder.transform(frame)), dtype=np.float64)
+
+    def predict(self, frame) -> np.ndarray:
+        return self.predict_encoded(self.encoder.transform(frame))
+
+    def predict_encoded(self, x: np.ndarray) -> np.ndarray:
+        return self.calibration(np.asarray(self.learner.predict(x), dtype=np.float64))
+
+    def p_treated_encoded(self, x: np.ndarray, level: float = 1.0) -> np.ndarray:
+        """P(outcome | treated at ``level``) per row (``level`` 1.0 = the plain treatment)."""
+        if self.arm_model is None:
+            raise ValueError("this uplift model has no arm response model")
+        return self.arm_model.predict_proba(np.c_[x, np.full(len(x), float(level))])[:, 1]
+
+    def predict_levels_encoded(self, x: np.ndarray) -> dict[float, np.ndarray]:
+        """Effect per randomised offer level (empty when the past campaign had none)."""
+        return {lvl: cal(np.asarray(m.predict(x), dtype=np.float64)) for lvl, (m, cal) in self.levels.items()}
+
+
+def freeze(learner):
+    """A fitted learner ready to pickle (its factories dropped)."""
+    return _strip_factories(learner)

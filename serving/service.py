@@ -36,6 +36,7 @@ class Service:
         self.auth = Auth.from_cfg(serve_cfg.auth)
         self.telemetry = Telemetry()
         self.store = open_store(serve_cfg.store, trending_window_s=self.settings.trending_window_s)
+        self.auth.share_limits(self.store)  # per-key buckets shared through Redis when the store is Redis
         self._pkey = pseudo_key()[0]
         self.recommender: Recommender | None = None
         self.load_error: str | None = None

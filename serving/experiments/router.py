@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from serving.experiments.assignment import Assigner, Assignment
-from serving.experiments.exposure import Exposure, ExperimentLogs, new_request_id, now_iso
+from serving.experiments.exposure import Exposure, new_request_id, now_iso, open_experiment_logs
 from serving.experiments.spec import ExperimentConfigError, ExperimentSpec, Variant, check_set, read_spec
 from serving.recommender import RecItem, RecommendSettings, Recommender, RecQuery, RecResult
 from serving.rules import RuleSettings, blocked_items, reason_text, select_top_k
@@ -90,14 +90,13 @@ class Experiments:
     """The running experiments of one service replica (see the module docstring)."""
 
     def __init__(self, exp_cfg: Any, *, bundles_dir: str | Path, load_bundle: Callable[[Path], Any],
-                 watch: bool = True):
+                 watch: bool = True, store_cfg: Any = None):
         self.cfg = exp_cfg
         self.dir = Path(str(exp_cfg.dir))
         self.active = [str(n) for n in exp_cfg.active]
         self.bundles_dir = Path(str(bundles_dir))
         self._load_bundle = load_bundle
-        self.logs = ExperimentLogs(exp_cfg.log_dir, fsync=str(exp_cfg.fsync),
-                                   fsync_interval_s=float(exp_cfg.fsync_interval_s))
+        self.logs = open_experiment_logs(exp_cfg, store_cfg)  # files, or Redis streams with the Redis store
         self.specs: list[ExperimentSpec] = []
         self.assigner = Assigner([])
         self.bundles: dict[str, Any] = {}
@@ -130,7 +129,7 @@ class Experiments:
                 b.ranker = None
             return b
 
-        return cls(exp_cfg, bundles_dir=cfg.bundles_dir, load_bundle=load)
+        return cls(exp_cfg, bundles_dir=cfg.bundles_dir, load_bundle=load, store_cfg=cfg.get("store"))
 
     # ------------------------------------------------------------------------------------------ config
     def _files(self) -> list[Path]:
