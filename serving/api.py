@@ -44,6 +44,7 @@ from serving.api_errors import COMMON_RESPONSES, UNION_TAGS, http_error, validat
 from serving.api_inputs import EventTime, Key, clean_key, integral
 from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
 from serving.campaigns.spec import ID_REGEX as CAMPAIGN_ID_REGEX
+from serving.console import console_router
 from serving.recommender import RecItem, RecQuery, RecResult
 from serving.store import OnlineEvent, StoreUnavailable
 
@@ -319,6 +320,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         return Response(tel.render(), media_type=tel.content_type)
 
     add_offline_docs(app)
+    app.include_router(console_router(service))  # /console (serving.console): the web console, same keys
 
     @app.post("/v1/recommendations", response_model=RecommendationResponse, dependencies=authed, tags=["recommend"])
     async def recommendations(req: RecommendationRequest) -> Response:
