@@ -71,7 +71,7 @@ def reconcile(counts: Mapping[str, int], n_events: int, type_counts: Mapping[str
     if sum(expected.values()) != n_events:
         raise ReconciliationError(f"the event counts per type add up to {sum(expected.values()):,}, "
                                   f"not to the {n_events:,} events")
-    for s in sorted(set(expected) | set(counts)):
+    for s in [*STEPS, *sorted((set(expected) | set(counts)) - set(STEPS))]:
         if int(counts.get(s, 0)) != int(expected.get(s, 0)):
             raise ReconciliationError(f"step {s!r}: {counts.get(s, 0):,} events counted but the events hold "
                                       f"{expected.get(s, 0):,} of its types")
@@ -199,8 +199,7 @@ def repeat_purchases(ev: pd.DataFrame) -> tuple[dict[str, float | int | None], p
     buyers = len(per_user)
     repeat = int((per_user["size"] >= 2).sum())
     occ = occ.sort_values(["user_id", "ts"])
-    second = occ.groupby("user_id", sort=False)["ts"].nth(1)
-    second = pd.Series(second.to_numpy(), index=occ.loc[second.index, "user_id"].to_numpy())
+    second = occ[occ.groupby("user_id", sort=False).cumcount() == 1].set_index("user_id")["ts"]
     gap_h = ((second - per_user["min"].reindex(second.index)) / pd.Timedelta(hours=1)).rename("hours")
     pair_occ = p.drop_duplicates(["user_id", "item_id", "occasion"]).groupby(["user_id", "item_id"], sort=False).size()
     figures = {
