@@ -8,7 +8,7 @@ A component never drops to the CPU silently. The rules, in order of preference:
   sees CUDA, torch's exact search on CUDA over the bundle's item embeddings (the FAISS index is not used: exact
   search on one GPU is faster than FAISS on the CPU up to ~10M items, see ``docs/index_benchmark.md``); else
   the bundle's index on the CPU.
-- **ranker** (``ranker.onnx``): ONNX Runtime's CUDA provider; else, when torch sees CUDA and the bundle has
+- **ranker** (``ranker.onnx``): ONNX Runtime's CUDA provider (when it really gets the GPU); else, when torch sees CUDA and the bundle has
   ``ranker_torch.pt`` (the same weights, written beside the ONNX file at export), torch on CUDA; else ONNX
   Runtime on the CPU.
 
@@ -87,7 +87,7 @@ def ranker_plan(has_torch_copy: bool, facts: GpuFacts, use_gpu: bool = True) -> 
     """Where the ranker runs (``has_torch_copy``: the bundle has ``ranker_torch.pt``)."""
     if not use_gpu:
         return Placement("ranker", "cpu", "onnxruntime", "use_gpu=false")
-    if facts.ort_cuda:
+    if facts.ort_cuda and facts.torch_cuda:
         return Placement("ranker", "cuda", "onnxruntime")
     if facts.torch_cuda and has_torch_copy:
         return Placement("ranker", "cuda", "torch",
@@ -104,12 +104,12 @@ def encoder_placement(provider: str, facts: GpuFacts, use_gpu: bool = True) -> P
         return Placement("encoder", "cuda", "onnxruntime")
     if not use_gpu:
         reason = "use_gpu=false"
+    elif not facts.torch_cuda:
+        reason = "no CUDA device"
     elif facts.ort_cuda:
         reason = "ONNX Runtime offered CUDA but the session fell back to the CPU (driver or library mismatch)"
-    elif facts.torch_cuda:
-        reason = "ONNX Runtime has no CUDA provider here (install the gpu extra: onnxruntime-gpu)"
     else:
-        reason = "no CUDA device"
+        reason = "ONNX Runtime has no CUDA provider here (install the gpu extra: onnxruntime-gpu)"
     return Placement("encoder", "cpu", "onnxruntime", reason)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +73,19 @@ class Ranker:
             raise BundleError(f"{json_path}: dim={spec.dim} differs from item_embeddings.npy dimension {emb.shape[1]}")
         table = ItemTable.build(read_items_frame(bundle_dir / ITEMS) if items is None else items, emb, spec)
         torch_path = bundle_dir / RANKER_TORCH
-        plan = ranker_plan(torch_path.exists(), gpu_facts(), prefer_cuda)
+        facts = gpu_facts()
+        plan = ranker_plan(torch_path.exists(), facts, prefer_cuda)
+        session = provider = None
+        if plan.backend == "onnxruntime":
+            session, provider = make_session(onnx_path, prefer_cuda, threads)
+            if plan.device == "cuda" and provider != "CUDAExecutionProvider":  # ORT listed CUDA but could not use it
+                plan = ranker_plan(torch_path.exists(), replace(facts, ort_cuda=False), prefer_cuda)
+                if plan.backend == "onnxruntime":
+                    plan = Placement("ranker", "cpu", "onnxruntime", "ONNX Runtime offered CUDA but the session fell "
+                                                                     "back to the CPU (driver or library mismatch)")
         if plan.backend == "torch":
             session, provider = TorchSession(load_torch_ranker(torch_path), list(spec.onnx_inputs), spec.onnx_output,
                                              plan.device), f"torch-{plan.device}"
-        else:
-            session, provider = make_session(onnx_path, prefer_cuda, threads)
-            if plan.device == "cuda" and provider != "CUDAExecutionProvider":
-                plan = Placement("ranker", "cpu", "onnxruntime", "ONNX Runtime offered CUDA but the session fell "
-                                                                 "back to the CPU (driver or library mismatch)")
         log.info("ranker loaded from %s on %s", bundle_dir, provider)
         return cls(session, provider, spec, table, plan)
 

@@ -60,6 +60,10 @@ def test_use_gpu_false_is_stated():
 def test_encoder_placement_names_the_missing_provider():
     assert "onnxruntime-gpu" in encoder_placement("CPUExecutionProvider", TORCH_ONLY).reason
     assert "fell back" in encoder_placement("CPUExecutionProvider", EVERYTHING).reason
+    # the gpu extra on a machine without a GPU: ONNX Runtime lists CUDA, torch sees none
+    ort_listed_only = GpuFacts(torch_cuda=False, torch_device="", faiss_gpus=0, ort_cuda=True)
+    assert encoder_placement("CPUExecutionProvider", ort_listed_only).reason == "no CUDA device"
+    assert ranker_plan(True, ort_listed_only) == Placement("ranker", "cpu", "onnxruntime", "no CUDA device")
     assert encoder_placement("CUDAExecutionProvider", EVERYTHING) == Placement("encoder", "cuda", "onnxruntime")
 
 
