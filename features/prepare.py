@@ -29,6 +29,7 @@ from features.processed import processed_dir
 from features.quarantine import Ledger
 from features.schema import QUARANTINE_SCHEMA
 from features.splits import make_splits
+from features.tombstones import drop_tombstoned_raw, load_tombstones, tombstone_dir
 
 log = logging.getLogger("features.prepare")
 PIPELINE_VERSION = 1  # bump when a change of code changes the outputs for the same inputs
@@ -85,7 +86,7 @@ def check_input_file(path: Path) -> None:
                               f"(data.path or data.files[].path)")
 
 
-def fingerprint(data_cfg: Any) -> tuple[str, dict[str, str], dict]:
+def fingerprint(data_cfg: Any, tombstones: Path | None = None) -> tuple[str, dict[str, str], dict]:
     """(fingerprint, input hashes, resolved data config): what decides whether a re-run is needed."""
     from omegaconf import OmegaConf
 
@@ -96,7 +97,10 @@ def fingerprint(data_cfg: Any) -> tuple[str, dict[str, str], dict]:
         hashes[str(p)] = file_sha256(p)
     # A different pseudonymisation key changes user_key: it must re-run too (only its fingerprint enters).
     blob = json.dumps({"config": resolved, "inputs": hashes, "pipeline": PIPELINE_VERSION, "code": pipeline_code_hash(),
-                       "key": key_fingerprint()}, sort_keys=True, default=str)
+                       "key": key_fingerprint(),
+                       # a new tombstone re-runs it too (features.tombstones: forgotten users stay out)
+                       **({"tombstones": sorted(stones)} if (stones := load_tombstones(tombstones)) else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest(), hashes, resolved
 
 
@@ -105,7 +109,8 @@ def run(cfg: Any) -> PrepareResult:
     t0 = time.perf_counter()
     data_cfg = cfg.data
     out_dir = processed_dir(cfg)
-    fp, hashes, resolved = fingerprint(data_cfg)
+    stones_dir = tombstone_dir(cfg.paths.artifacts)
+    fp, hashes, resolved = fingerprint(data_cfg, stones_dir)
     manifest_path = out_dir / "manifest.json"
     if not cfg.get("force", False) and manifest_path.exists():
         old = read_json(manifest_path)
@@ -119,6 +124,10 @@ def run(cfg: Any) -> PrepareResult:
     ledger = Ledger(raw.files, columns=raw.columns)
     stats = input_stats(raw)
     df = clean(raw, data_cfg, ledger)
+    df, n_forgotten = drop_tombstoned_raw(df, "user", pseudonymised=bool(data_cfg.user_key_pseudonymised),
+                                          folder=stones_dir)
+    if n_forgotten:  # users who asked to be forgotten (features.forget) never come back
+        ledger.dropped["forgotten"] = ledger.dropped.get("forgotten", 0) + n_forgotten
     raw.frame = pd.DataFrame()  # the uncleaned rows are no longer needed (peak memory)
     key, key_source = pseudo_key()
     user_id, user_keys, user_raw = user_ids(df["user"], key, bool(data_cfg.user_key_pseudonymised))
