@@ -11,7 +11,10 @@ Stopping (``stop``): Serve is shut down (the proxy closes the port first), then 
 time limit; Ray processes of this instance still alive after that are terminated, then killed. A
 signal during start-up stops what was started the same way and exits with 128 + the signal number.
 
-The same app under the Ray CLI: ``serve run conf/serve/serve_config.yaml``.
+The same app under the Ray CLI, with autoscaling and health checks, on a local Ray or an existing
+cluster: ``serve run deploy/serve_config.yaml`` / ``serve deploy deploy/serve_config.yaml`` (KubeRay:
+``deploy/kuberay/rayservice.yaml``; guide in ``docs/cluster.md``). A new bundle version reaches the
+running replicas through the ingress's ``user_config``: ``python -m serving.app VERSION``.
 """
 from __future__ import annotations
 
