@@ -358,7 +358,7 @@ class FittedUplift:
     """An uplift model of one outcome on a table: ``predict(frame)`` -> the estimated effect of the
     treatment on the outcome's probability per row (calibrated; the ranking is the learner's).
 
-    ``arm_model`` (a classifier on [encoded x, treatment level]) gives the outcome probability
+    ``arm_model`` (a classifier on [encoded x, treated, offer level]) gives the outcome probability
     under treatment (``p_treated``), which costs an offer paid on every treated conversion. ``levels``
     (discount level -> (learner, calibration)) holds per-level effects when the past campaign
     randomised its offer levels."""
@@ -384,11 +384,13 @@ class FittedUplift:
     def predict_encoded(self, x: np.ndarray) -> np.ndarray:
         return self.calibration(np.asarray(self.learner.predict(x), dtype=np.float64))
 
-    def p_treated_encoded(self, x: np.ndarray, level: float = 1.0) -> np.ndarray:
-        """P(outcome | treated at ``level``) per row (``level`` 1.0 = the plain treatment)."""
+    def p_treated_encoded(self, x: np.ndarray, level: float = 0.0) -> np.ndarray:
+        """P(outcome | treated at offer ``level``) per row (``level`` 0.0 = the past campaign's plain
+        treatment when it randomised no levels). The arm model reads [x, treated, level]."""
         if self.arm_model is None:
             raise ValueError("this uplift model has no arm response model")
-        return self.arm_model.predict_proba(np.c_[x, np.full(len(x), float(level))])[:, 1]
+        n = len(x)
+        return self.arm_model.predict_proba(np.c_[x, np.ones(n), np.full(n, float(level))])[:, 1]
 
     def predict_levels_encoded(self, x: np.ndarray) -> dict[float, np.ndarray]:
         """Effect per randomised offer level (empty when the past campaign had none)."""

@@ -13,7 +13,7 @@ Per outcome:
    ``model.select.metric`` wins;
 3. the winner's scores are calibrated to effects (treated minus control rate) on its out-of-fold
    scores of the training rows (``models.uplift.fit_calibration``), and an arm response model
-   (gradient-boosted trees on [x, treatment level]) gives P(outcome | treated) for offer costs;
+   (gradient-boosted trees on [x, treatment level]) gives P(outcome | treated, offer level) for offer costs;
 4. Qini and uplift@k on the validation rows (never used for any choice); with ``refit: true`` the
    chosen model is then refitted on all rows (the figures stay those of the training-rows fit);
 5. with ``data.levels`` (the discount level each treated user was randomised to), one effect model
@@ -163,9 +163,10 @@ def oof_scores(name: str, cands: dict, blends: dict, scale: str, x, y, t, folds:
     return out
 
 
-def arm_response_model(x: np.ndarray, y: np.ndarray, level: np.ndarray, gbt: dict) -> HistGradientBoostingClassifier:
-    """P(outcome | x, treatment level): one classifier on [x, level] (level 0 = control)."""
-    return HistGradientBoostingClassifier(**gbt).fit(np.c_[x, level], y)
+def arm_response_model(x: np.ndarray, y: np.ndarray, t: np.ndarray, level: np.ndarray, gbt: dict) -> HistGradientBoostingClassifier:
+    """P(outcome | x, treated, offer level): one classifier on [x, t, level] (level 0 for control rows
+    and when the past campaign randomised no levels)."""
+    return HistGradientBoostingClassifier(**gbt).fit(np.c_[x, t, level], y)
 
 
 def fit_outcome(x: np.ndarray, y: np.ndarray, t: np.ndarray, levels: np.ndarray | None, encoder: TableEncoder,
@@ -190,14 +191,14 @@ def fit_outcome(x: np.ndarray, y: np.ndarray, t: np.ndarray, levels: np.ndarray 
                   "observed_effect": float(yv[tv == 1].mean() - yv[tv == 0].mean()),
                   "mean_predicted_effect": float(effect_va.mean()),
                   "share_negative_effect": float((effect_va < 0).mean())}
-    lvl = levels if levels is not None else t.astype(np.float64)
+    lvl = levels if levels is not None else np.zeros(len(y))
     if ucfg["refit"]:
         cal = fit_calibration(oof_scores(chosen, cands, blends, scale, x, y, t, int(sel["folds"]), seed), y, t)
         learner = fit_named(chosen, cands, blends, scale, x, y, t)
         rows = np.arange(len(y))
     else:
         rows = tr
-    arm = arm_response_model(x[rows], y[rows], lvl[rows], dict(ucfg["arm_model"]))
+    arm = arm_response_model(x[rows], y[rows], t[rows], lvl[rows], dict(ucfg["arm_model"]))
     per_level = {}
     if levels is not None:
         for value in sorted(np.unique(levels[t == 1])):

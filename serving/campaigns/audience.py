@@ -4,7 +4,9 @@
 
 1. eligibility and exclusions (``serving.campaigns.eligibility``);
 2. scoring with the campaign model, batch-wise on CUDA when present (``job.device``), else the CPU;
-   optional ``budget.min_score``;
+   optional ``budget.min_score``; uplift campaigns (a past campaign's effect model) rank by expected
+   incremental profit (or effect), never treat users with a negative estimated effect ("sleeping
+   dogs") and choose the offer level by expected profit (``serving.campaigns.offers``);
 3. a random control group: ``control.fraction`` of every stratum (``control.stratify_by``), seeded,
    drawn over all scored users so that control and treatment share the same score cut-off;
 4. budget: users by score, best first, while the treated users stay within ``budget.max_users`` and
@@ -174,19 +176,50 @@ def send_date_of(profiles: pd.DataFrame, campaign: CampaignConfig) -> pd.Timesta
 
 
 def select_and_assign(kept: pd.DataFrame, score: np.ndarray, channel: np.ndarray, campaign: CampaignConfig,
-                      steps: list[dict], send_date: pd.Timestamp) -> pd.DataFrame:
-    """Steps 3b-6 on the eligible, scored users: min score, control group, budget, channel/time/offer."""
+                      steps: list[dict], send_date: pd.Timestamp, model=None) -> pd.DataFrame:
+    """Steps 3b-6 on the eligible, scored users: min score, control group, budget, channel/time/offer.
+
+    Uplift campaigns (``model.kind: uplift``; ``model`` = the ``CampaignModel`` that scored them, else
+    loaded from ``job.model_dir``) first drop the sleeping dogs (negative estimated effect) and, when
+    the offer has a cost, the users of negative expected profit; users are then ranked by expected
+    incremental profit (or effect) and the offer is chosen by ``serving.campaigns.offers``. The
+    summary (counts, expected conversions, cost and profit, the profit curve) is in the returned
+    frame's ``attrs["uplift"]``."""
     b, c = campaign.budget, campaign.control
+    costs = np.array([campaign.channels.cost[ch] for ch in campaign.channels.order], dtype=np.float64)
+    econ, summary = None, {}
+    rank = score
+    if campaign.model.kind == "uplift":
+        from serving.campaigns import offers
+
+        if model is None:
+            from serving.campaigns.scoring import CampaignModel
+
+            model = CampaignModel.load(campaign.job.model_dir)
+        econ = offers.economics(kept, score, costs[channel], campaign, model)
+        summary = {"mode": econ.mode, "offer_rule": econ.offer_rule, "outcome": model.uplift.outcome,
+                   "margin_rate": campaign.evaluation.margin_rate, "scored": int(len(kept)),
+                   "profit_curve": offers.profit_curve(econ, costs[channel])}
+        ok = econ.uplift >= 0
+        summary["sleeping_dogs"] = int((~ok).sum())
+        steps.append({"step": "uplift.sleeping_dogs", "users": int(ok.sum())})
+        if econ.mode == "incremental_profit":
+            summary["unprofitable"] = int((ok & ~(econ.profit > 0)).sum())
+            ok &= econ.profit > 0
+            steps.append({"step": "uplift.unprofitable", "users": int(ok.sum())})
+        kept, score, channel = kept[ok], score[ok], channel[ok]
+        econ = econ.take(ok)
+        rank = econ.value
     if b.min_score is not None:
         ok = score >= b.min_score
-        kept, score, channel = kept[ok], score[ok], channel[ok]
+        kept, score, channel, rank = kept[ok], score[ok], channel[ok], rank[ok]
+        econ = econ.take(ok) if econ is not None else None
         steps.append({"step": "budget.min_score", "users": int(ok.sum())})
     strata = (np.zeros(len(kept), dtype=np.int64) if c.stratify_by == "none"
               else pd.factorize(kept[c.stratify_by].astype("string").fillna("<null>"))[0])
     control = stratified_control(strata, c.fraction, c.seed)
-    costs = np.array([campaign.channels.cost[ch] for ch in campaign.channels.order], dtype=np.float64)
     cost = costs[channel]
-    idx = budget_cut(score, control, cost, b.max_users, b.max_cost)
+    idx = budget_cut(rank, control, cost, b.max_users, b.max_cost)
     steps.append({"step": "budget", "users": int(len(idx))})
     sel = kept.iloc[idx]
     hours = send_hours(sel["active_hour"], campaign)
@@ -208,12 +241,29 @@ def select_and_assign(kept: pd.DataFrame, score: np.ndarray, channel: np.ndarray
     out["channel"] = out["channel"].astype("category")
     steps.append({"step": "treatment", "users": int((~is_ctrl).sum())})
     steps.append({"step": "control", "users": int(is_ctrl.sum())})
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    if econ is not None:
+        out["offer"] = econ.offer[idx].astype(np.float32)
+        out["uplift"] = econ.uplift[idx].astype(np.float32)
+        out["p_treated"] = econ.p_treated[idx].astype(np.float32)
+        out["expected_profit"] = econ.profit[idx]
+        t = ~is_ctrl
+        summary.update({
+            "expected_incremental_conversions": float(econ.uplift[idx][t].sum()),
+            "expected_cost": {"channel": float(cost[idx][t].sum()), "discounts": float(econ.discount_cost[idx][t].sum()),
+                              "total": float(cost[idx][t].sum() + econ.discount_cost[idx][t].sum())},
+            "expected_incremental_profit": float(econ.profit[idx][t].sum()),
+            "offer_levels": {f"{d:g}": int(k) for d, k in zip(*np.unique(econ.offer[idx][t], return_counts=True))},
+        })
+        out.attrs["uplift"] = summary
+    return out
 
 
 def build_audience(profiles: pd.DataFrame, campaign: CampaignConfig, scorer: Scorer,
-                   recent_contacts: set[str] | None = None, recent_buyers: set[str] | None = None) -> AudienceResult:
-    """The whole pipeline on one process. ``scorer(frame) -> scores`` (see ``model_scorer``)."""
+                   recent_contacts: set[str] | None = None, recent_buyers: set[str] | None = None,
+                   model=None) -> AudienceResult:
+    """The whole pipeline on one process. ``scorer(frame) -> scores`` (see ``model_scorer``); ``model``
+    (the scorer's ``CampaignModel``) gives uplift campaigns their economics (else ``job.model_dir``)."""
     check_profiles(profiles, campaign)
     timings = {}
     t0 = time.perf_counter()
@@ -227,7 +277,7 @@ def build_audience(profiles: pd.DataFrame, campaign: CampaignConfig, scorer: Sco
     timings["scoring"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     send_date = send_date_of(profiles, campaign)
-    audience = select_and_assign(kept, score, channel[keep], campaign, steps, send_date)
+    audience = select_and_assign(kept, score, channel[keep], campaign, steps, send_date, model=model)
     timings["select_assign"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     warning = empty_audience_warning(campaign, steps)

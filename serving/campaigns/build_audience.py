@@ -3,14 +3,18 @@
 1. Validates the campaign YAML (``serving.campaigns.spec``), then, against the profiles, its model
    features and targeting values (an unknown segment or country fails listing the known ones), all
    before any scoring.
-2. Loads the campaign model trained by ``python -m training.campaigns.train`` (``campaign.job.model_dir``).
+2. Loads the campaign model (``campaign.job.model_dir``): a response model trained by
+   ``python -m training.campaigns.train``, or for ``model.kind: uplift`` a past campaign's run folder
+   from ``python -m training.uplift``.
 3. Scores every eligible profile batch-wise (CUDA when present), draws the control group, applies the
    budget and picks channel, send time and offer (``serving.campaigns.audience``); with
    ``campaign.job.ray_address`` the filters and scoring run in Ray Data on that cluster.
 4. Writes ``campaign.job.out_dir`` (``${paths.artifacts}/campaigns/<id>/``) atomically:
    ``audience.parquet`` (user_key, score, group, channel, send_at, timezone, offer, segment, cost),
    ``model/`` (the model used) and ``manifest.json`` (count after every step, warnings, config, input
-   hashes, code version, device); puts the treated users in the contact log (frequency caps of later
+   hashes, code version, device; for uplift campaigns ``uplift``: sleeping dogs, expected incremental
+   conversions, cost and profit, offer levels, the expected profit curve against budget, also drawn
+   in ``report.html``); puts the treated users in the contact log (frequency caps of later
    campaigns); and, when a bundle exists, publishes a new bundle version that adds
    ``campaigns/<id>/`` (model + the users' features) for ``POST /v1/campaigns/{id}/score``.
 
@@ -36,7 +40,9 @@ from features.artifacts import atomic_dir, code_version, file_sha256, read_json,
 from features.cli import run_or_exit
 from features.processed import load_events, load_items, load_users
 from serving.campaigns.audience import AudienceResult, build_audience, model_scorer, send_date_of
+from serving.campaigns import uplift_model
 from serving.campaigns.eligibility import check_profiles, check_targeting
+from serving.campaigns.report import audience_report
 from serving.campaigns.scoring import FEATURES_FILE, MANIFEST_FILE, META_FILE, CampaignModel, resolve_device
 from serving.campaigns.spec import CampaignConfig, CampaignConfigError, from_hydra, to_dict
 
@@ -110,10 +116,18 @@ def update_contact_log(log_path: str | Path, campaign: CampaignConfig, audience:
 def load_trained_model(campaign: CampaignConfig) -> CampaignModel:
     """The model ``training.campaigns.train`` wrote; it must read the features the spec names."""
     folder = Path(campaign.job.model_dir)
-    if not (folder / META_FILE).is_file():
+    if campaign.model.kind == "uplift" and not uplift_model.is_run(folder):
+        raise FileNotFoundError(f"uplift model {folder} not found: train it on a past campaign with "
+                                f"`python -m training.uplift ... out_dir={folder}` first")
+    if not (folder / META_FILE).is_file() and not uplift_model.is_run(folder):
         raise FileNotFoundError(f"campaign model {folder} not found: run `python -m training.campaigns.train "
                                 f"campaign={campaign.id}` first")
     model = CampaignModel.load(folder)
+    if campaign.model.kind == "uplift" and model.kind == "uplift":
+        if set(model.features) != set(campaign.model.features):      # a table model keeps its own column order
+            raise CampaignConfigError("model.features", f"the uplift model in {folder} reads {sorted(model.features)}, "
+                                      f"the spec names {sorted(campaign.model.features)}")
+        return model
     if list(model.features) != list(campaign.model.features) or model.kind != campaign.model.kind:
         raise CampaignConfigError("model.features", f"the trained model in {folder} reads {model.features} "
                                   f"({model.kind}), the spec names {list(campaign.model.features)} "
@@ -125,13 +139,19 @@ def write_bundle_campaign(folder: Path, campaign: CampaignConfig, model_dir: Pat
                           manifest: dict) -> None:
     """Fill ``folder`` with a bundle's ``campaigns/<id>/`` content: model files, the users' feature
     snapshot (user_key + features), manifest."""
-    meta = read_json(model_dir / META_FILE)
+    if uplift_model.is_run(model_dir):      # the run's manifest is kept under its own name
+        model = CampaignModel.load(model_dir)
+        meta = {"features": model.features, "kind": model.kind}
+    else:
+        meta = read_json(model_dir / META_FILE)
     feats = profiles[["user_key", *meta["features"]]].copy()
     feats["user_key"] = feats["user_key"].astype("string")
     folder.mkdir(parents=True, exist_ok=True)
     for f in model_dir.iterdir():
         if f.name != MANIFEST_FILE:
             shutil.copy2(f, folder / f.name)
+        elif uplift_model.is_run(model_dir):
+            shutil.copy2(f, folder / uplift_model.RUN_MANIFEST_COPY)
     feats.to_parquet(folder / FEATURES_FILE, index=False)
     write_json(folder / MANIFEST_FILE, {
         "campaign_id": campaign.id, "name": campaign.name, "kind": meta["kind"], "features": meta["features"],
@@ -170,7 +190,8 @@ def score_audience(profiles: pd.DataFrame, campaign: CampaignConfig, model: Camp
         return (score_with_ray(profiles, campaign, str(model_dir.resolve()), campaign.job.ray_address, contacts, buyers),
                 f"ray:{campaign.job.ray_address}")
     device = resolve_device(campaign.job.device)
-    return build_audience(profiles, campaign, model_scorer(model, device, campaign.job.batch_size), contacts, buyers), "local"
+    return (build_audience(profiles, campaign, model_scorer(model, device, campaign.job.batch_size), contacts, buyers,
+                           model=model), "local")
 
 
 def run(cfg: DictConfig) -> BuildResult:
@@ -192,6 +213,7 @@ def run(cfg: DictConfig) -> BuildResult:
         shutil.copytree(campaign.job.model_dir, tmp / "model")
         result, engine = score_audience(profiles, campaign, model, tmp / "model", contacts, buyers)
         aud = result.audience
+        uplift_summary = aud.attrs.pop("uplift", None)
         aud.to_parquet(tmp / "audience.parquet", index=False)
         treat = aud[aud["group"] == "treatment"]
         manifest = {
@@ -215,6 +237,9 @@ def run(cfg: DictConfig) -> BuildResult:
             "device": device, "engine": engine, "timings_s": result.timings_s,
             "code_version": code_version(), "seconds": time.perf_counter() - t_start,
         }
+        if uplift_summary is not None:
+            manifest["uplift"] = uplift_summary
+            audience_report(manifest, tmp)
         write_json(tmp / "manifest.json", manifest)
     update_contact_log(campaign.job.contact_log, campaign, aud)
     bundle_dir = None

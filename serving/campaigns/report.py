@@ -2,7 +2,9 @@
 
 Results with 95 % intervals, the audience funnel, conversion uplift by segment, Qini and uplift
 curves of the model score; the page says where the outcomes came from (events, a file, or a
-simulation that is not evidence) and, in a backtest, the A/A statement.
+simulation that is not evidence) and, in a backtest, the A/A statement. ``audience_report``: an
+uplift audience's page before any outcome (sleeping dogs, expected conversions, cost and profit, the
+expected profit curve against budget).
 """
 from __future__ import annotations
 
@@ -122,3 +124,46 @@ user's send_at. Treatment {res['n_treatment']:,} users, control {res['n_control'
 incremental margin {res['incremental_margin']:.2f} (margin rate {res['margin_rate']:.0%}, after discounts);
 cost {costs['total']:.2f} (channels {costs['channel']:.2f}, discounts {costs['discounts']:.2f}); ROI {roi}.</p>
 {imgs}</body></html>"""
+
+
+def audience_report(manifest: dict, out: Path) -> None:
+    """An uplift audience's page (``report.html`` + ``expected_profit.png`` in the audience folder):
+    the funnel with the sleeping dogs, expected incremental conversions, cost and profit of the
+    treated users, the offer levels, and the expected profit curve against budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    u = manifest["uplift"]
+    curve = u["profit_curve"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(curve["cost"], curve["profit"], label="expected incremental profit")
+    spent = u.get("expected_cost", {}).get("total")
+    if spent is not None:
+        ax.axvline(spent, color="#a00", ls="--", lw=1, label=f"this audience's expected cost ({spent:,.2f})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("budget: expected cost (channel + discounts), best users first")
+    ax.set_ylabel("expected incremental profit")
+    ax.set_title("Expected profit against budget (model estimates, before any outcome)")
+    ax.legend(fontsize=8)
+    png = _png(fig)
+    plt.close(fig)
+    (out / "expected_profit.png").write_bytes(base64.b64decode(png))
+    steps = "".join(f"<tr><td>{html.escape(s['step'])}</td><td>{s['users']:,}</td></tr>" for s in manifest["steps"])
+    cost = u.get("expected_cost", {})
+    levels = ", ".join(f"{k}: {v:,}" for k, v in (u.get("offer_levels") or {}).items()) or "none"
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>Audience {html.escape(manifest['campaign_id'])}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}} td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}</style></head><body>
+<h1>Uplift audience {html.escape(manifest['campaign_id'])}</h1>
+<p>Ranked by {html.escape(u['mode'].replace('_', ' '))} (outcome {html.escape(str(u['outcome']))}); offer: {html.escape(u['offer_rule'])}.</p>
+<p><b>Sleeping dogs</b> (negative estimated effect, never sent an offer): {u['sleeping_dogs']:,} of {u['scored']:,} scored users{
+    f"; unprofitable (expected profit &le; 0): {u['unprofitable']:,}" if 'unprofitable' in u else ''}.</p>
+<p>Treated users: {manifest['counts']['treatment']:,}, control (random): {manifest['counts']['control']:,}.
+Expected incremental conversions {u.get('expected_incremental_conversions', 0.0):,.1f}; expected cost
+{cost.get('total', 0.0):,.2f} (channel {cost.get('channel', 0.0):,.2f}, discounts {cost.get('discounts', 0.0):,.2f});
+expected incremental profit {u.get('expected_incremental_profit', 0.0):,.2f} (margin rate {u['margin_rate']}). Offer levels: {html.escape(levels)}.</p>
+<table><tr><th>step</th><th>users left</th></tr>{steps}</table>
+<h3>Expected profit against budget</h3><img src='data:image/png;base64,{png}'/>
+</body></html>"""
+    (out / "report.html").write_text(page)

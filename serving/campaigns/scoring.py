@@ -11,6 +11,11 @@ bundle for the service) holds:
                      profile snapshot, so the service can score a user by key;
 - ``manifest.json``.
 
+A past campaign's uplift model (``python -m training.uplift``; layout ``serving.campaigns.uplift_model``)
+loads through the same ``CampaignModel.load`` and scores through the same ``feature_matrix`` +
+``score_matrix`` (per batch, as ``serving.campaigns.ray_audience`` calls them): its scores are the
+estimated effects per user.
+
 This module is the one owner of that layout: ``save_campaign_model`` writes it (training),
 ``CampaignModel.load`` reads it. ``CampaignModel`` scores a feature matrix batch-wise on CUDA when
 asked and present, else on the CPU. ``load_campaign_scorer`` / ``CampaignScorer`` are the service
@@ -28,7 +33,8 @@ import pandas as pd
 import torch
 
 from features.artifacts import code_version, file_sha256, write_json
-from models.uplift import CampaignEnsemble, ensemble_from, ensemble_meta
+from models.uplift import CampaignEnsemble, FittedUplift, ensemble_from, ensemble_meta
+from serving.campaigns import uplift_model
 from serving.campaigns.spec import ID_PATTERN
 
 MODEL_FILE, META_FILE, FEATURES_FILE, MANIFEST_FILE = "model.pt", "model.json", "features.parquet", "manifest.json"
@@ -58,14 +64,23 @@ def save_campaign_model(folder: str | Path, ens: CampaignEnsemble, features: lis
 
 @dataclass
 class CampaignModel:
-    ensemble: CampaignEnsemble
+    """A campaign network (``ensemble``) or a past campaign's table uplift model (``uplift``, from
+    ``python -m training.uplift``); both score through ``feature_matrix`` + ``score_matrix``."""
+
+    ensemble: CampaignEnsemble | None
     features: list[str]
     kind: str
     meta: dict = field(default_factory=dict)
+    uplift: FittedUplift | None = None
 
     @classmethod
     def load(cls, folder: str | Path) -> "CampaignModel":
         folder = Path(folder)
+        if uplift_model.is_run(folder):
+            run = uplift_model.load(folder)
+            meta = {**run.manifest, "metrics": {o: r.get("validation") for o, r in (run.manifest.get("results") or {}).items()},
+                    "training": {"data": run.manifest.get("data"), "chosen": run.primary.chosen}}
+            return cls(None, run.features, "uplift", meta, run.primary)
         for name in (MODEL_FILE, META_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"campaign model file {folder / name} is missing")
@@ -78,6 +93,8 @@ class CampaignModel:
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise ValueError(f"profiles lack the campaign model's feature column(s) {missing}")
+        if self.uplift is not None:      # numeric as they are, string columns one-hot (the model's encoder)
+            return self.uplift.encoder.transform(frame)
         out = np.empty((len(frame), len(self.features)), dtype=np.float32)
         for j, c in enumerate(self.features):
             out[:, j] = pd.to_numeric(frame[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
@@ -85,6 +102,14 @@ class CampaignModel:
 
     def score_matrix(self, x: np.ndarray, device: str = "cpu", batch_size: int = 262144) -> np.ndarray:
         """Scores (n,) float32 for raw features ``x`` (n, F), batch by batch on ``device``."""
+        if self.uplift is not None:      # tree learners on the CPU (``device`` does not apply)
+            width = len(self.uplift.encoder.columns)
+            if x.ndim != 2 or x.shape[1] != width:
+                raise ValueError(f"feature matrix must be (n, {width}) (the uplift model's encoded columns), got {x.shape}")
+            out = np.empty(len(x), dtype=np.float32)
+            for start in range(0, len(x), batch_size):
+                out[start:start + batch_size] = self.uplift.predict_encoded(x[start:start + batch_size])
+            return out
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"feature matrix must be (n, {len(self.features)}), got {x.shape}")
         dev = torch.device(resolve_device(device))
@@ -120,7 +145,7 @@ def load_campaign_scorer(bundle_dir: str | Path, campaign_id: str) -> CampaignSc
     if not isinstance(campaign_id, str) or not ID_PATTERN.match(campaign_id):
         return None  # also blocks path tricks such as "../x"
     folder = Path(bundle_dir) / "campaigns" / campaign_id
-    if not (folder / META_FILE).is_file():
+    if not (folder / META_FILE).is_file() and not uplift_model.is_run(folder):
         return None
     model = CampaignModel.load(folder)
     feats = pd.read_parquet(folder / FEATURES_FILE)

@@ -12,7 +12,7 @@ Checks against the data (unknown segment or country) are ``serving.campaigns.eli
 The JSON Schema for campaign writers is published at ``conf/campaign/campaign.schema.json``;
 ``python -m serving.campaigns.spec`` rewrites it (a test fails when it is stale).
 
-About 450 lines: the sections (types, defaults, descriptions) and the rules between their fields are
+About 480 lines: the sections (types, defaults, descriptions) and the rules between their fields are
 one contract for campaign writers, kept in one file so that a new field and its rule change together.
 """
 from __future__ import annotations
@@ -73,7 +73,8 @@ class NetSettings(_Section):
 class ModelSpec(NetSettings):
     """The campaign model: the profile columns it reads and how it is trained (``training.campaigns``)."""
 
-    kind: str = Field("response", description="response (propensity) or uplift (treatment - control)")
+    kind: str = Field("response", description="response (propensity, python -m training.campaigns.train) or uplift "
+                      "(a past campaign's effect model, python -m training.uplift; job.model_dir = its run folder)")
     features: tuple[str, ...] = ("recency_days", "frequency", "monetary")
     log_features: tuple[str, ...] = Field(("frequency", "monetary"), description="log1p before standardising")
 
@@ -110,11 +111,17 @@ class OfferTier(_Section):
 
 
 class Offer(_Section):
-    """Discount depth by price sensitivity; ``default_discount`` where sensitivity is unknown."""
+    """Discount depth by price sensitivity; ``default_discount`` where sensitivity is unknown. With
+    ``levels`` (uplift campaigns), each user gets the level of largest expected incremental profit
+    (``serving.campaigns.offers``)."""
 
     kind: str = "discount"
     tiers: tuple[OfferTier, ...] = ()
     default_discount: float = 0.0
+    levels: tuple[float, ...] = Field((), description="discount levels chosen per user by expected profit "
+                                      "(model.kind uplift); learnt per level when the past campaign randomised them")
+    elasticity: float = Field(2.0, description="rule when levels were not randomised: a discount d multiplies "
+                              "P(convert | treated) by 1 + elasticity x price_sensitivity x d")
 
 
 class Channels(_Section):
@@ -138,7 +145,8 @@ class SendTime(_Section):
 
 class Budget(_Section):
     """At most ``max_users`` treated users and at most ``max_cost`` of channel cost (null = no cap);
-    ``min_score`` drops users scored below it (a probability: in [0, 1]; uplift models: [-1, 1])."""
+    ``min_score`` drops users scored below it (a probability: in [0, 1]; uplift models: [-1, 1]). A
+    budget that cannot pay for one offer (0 users, or less than the cheapest channel) is refused."""
 
     max_users: Optional[int] = None
     max_cost: Optional[float] = None
@@ -347,6 +355,17 @@ def _check(c: CampaignConfig) -> None:
         last = t.max_price_sensitivity
     if o.tiers and last < 1.0:
         err("offer.tiers", f"the last tier must reach max_price_sensitivity 1.0, got {last}")
+    for i, d in enumerate(o.levels):
+        if not 0.0 <= d < 1.0:
+            err(f"offer.levels[{i}]", f"must be in [0, 1), got {d}")
+        if i and d <= o.levels[i - 1]:
+            err("offer.levels", f"must be in increasing order without repeats, got {list(o.levels)}")
+    if o.levels and m.kind != "uplift":
+        err("offer.levels", "choosing a level by expected profit needs an uplift model (model.kind: uplift)")
+    if o.levels and o.kind != "discount":
+        err("offer.levels", f"needs offer.kind 'discount', got {o.kind!r}")
+    if not o.elasticity >= 0:
+        err("offer.elasticity", f"must not be negative, got {o.elasticity}")
 
     ch = c.channels
     if not ch.order:
@@ -379,6 +398,12 @@ def _check(c: CampaignConfig) -> None:
         err("budget.max_users", f"must not be negative, got {b.max_users}")
     if b.max_cost is not None and b.max_cost < 0:
         err("budget.max_cost", f"must not be negative, got {b.max_cost}")
+    if b.max_users == 0:
+        err("budget.max_users", "is 0: the budget cannot pay for a single offer")
+    cheapest = min((ch.cost[v] for v in ch.order if v in ch.cost), default=0.0)
+    if b.max_cost is not None and b.max_cost < cheapest:
+        err("budget.max_cost", f"{b.max_cost} cannot pay for a single offer (the cheapest channel of "
+                               f"channels.order costs {cheapest})")
     if b.min_score is not None:
         low = -1.0 if m.kind == "uplift" else 0.0
         if not low <= b.min_score <= 1.0:

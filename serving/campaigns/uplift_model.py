@@ -20,6 +20,7 @@ from features.artifacts import file_sha256, read_json, write_json
 from models.uplift import FittedUplift
 
 MODEL_FILE, MANIFEST_FILE = "uplift_model.joblib", "manifest.json"
+RUN_MANIFEST_COPY = "uplift_manifest.json"   # the run's manifest inside a bundle's campaigns/<id>/ (which has its own)
 KIND = "uplift_table"
 
 
@@ -66,12 +67,13 @@ def load(run_dir: str | Path) -> UpliftModel:
     import joblib
 
     run_dir = Path(run_dir)
-    for name in (MODEL_FILE, MANIFEST_FILE):
+    man = RUN_MANIFEST_COPY if (run_dir / RUN_MANIFEST_COPY).is_file() else MANIFEST_FILE
+    for name in (MODEL_FILE, man):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"uplift run file {run_dir / name} is missing (train with python -m training.uplift)")
-    manifest = read_json(run_dir / MANIFEST_FILE)
+    manifest = read_json(run_dir / man)
     if manifest.get("kind") != KIND:
-        raise ValueError(f"{run_dir / MANIFEST_FILE}: kind {manifest.get('kind')!r} is not an uplift run")
+        raise ValueError(f"{run_dir / man}: kind {manifest.get('kind')!r} is not an uplift run")
     want = manifest["files"][MODEL_FILE]
     if file_sha256(run_dir / MODEL_FILE) != want:
         raise ValueError(f"{run_dir / MODEL_FILE} does not match the SHA-256 in its manifest: refusing to load it")
