@@ -6,6 +6,12 @@ kept). A request carries its key in ``X-API-Key`` (or ``Authorization: Bearer <k
 an unknown one -> 403, over the key's token bucket -> 429 with ``Retry-After``. Comparisons are
 constant-time on the digests. ``BodyLimitMiddleware`` answers 413 to bodies over
 ``serve.http.max_body_bytes`` before the app parses them.
+
+Rate limits (``serve.auth.rate_limit_per_s``, ``burst``) are per key. With the Redis store
+(``serve.store.kind=redis``) and ``serve.auth.rate_limit_scope: cluster`` (the default, ``auto``)
+the token bucket of a key lives in Redis (``serving.redis_store.RedisRateLimiter``), so every
+replica on every host draws from the same bucket. Otherwise, and while Redis is out of reach, each
+replica keeps its own buckets: N replicas then allow up to N times the limit.
 """
 from __future__ import annotations
 
@@ -62,6 +68,8 @@ class Auth:
     admin_digests: frozenset[str] = frozenset()
     rate_per_s: float = 500.0
     burst: float = 1000.0
+    scope: str = "auto"             # auto | cluster (shared through Redis when the store is Redis) | replica
+    shared: Any = None              # a RedisRateLimiter (see share_limits), else per-replica buckets
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,8 +81,24 @@ class Auth:
         if float(cfg.rate_limit_per_s) <= 0 or float(cfg.burst) < 1:
             raise ValueError(f"serve.auth.rate_limit_per_s={cfg.rate_limit_per_s} must be > 0 and "
                              f"serve.auth.burst={cfg.burst} >= 1")
+        scope = str(cfg.get("rate_limit_scope", "auto") if hasattr(cfg, "get") else "auto")
+        if scope not in ("auto", "cluster", "replica"):
+            raise ValueError(f"serve.auth.rate_limit_scope={scope!r}: expected auto, cluster or replica")
         return cls(enabled=bool(cfg.enabled), key_digests=frozenset(keys), admin_digests=frozenset(admin),
-                   rate_per_s=float(cfg.rate_limit_per_s), burst=float(cfg.burst))
+                   rate_per_s=float(cfg.rate_limit_per_s), burst=float(cfg.burst), scope=scope)
+
+    def share_limits(self, store: Any) -> None:
+        """Share the buckets through ``store``'s rate limiter (the Redis store has one) unless
+        ``rate_limit_scope`` is ``replica``; ``cluster`` without one is an error."""
+        limiter = getattr(store, "rate_limiter", None)
+        if self.scope == "replica":
+            return
+        if limiter is None:
+            if self.scope == "cluster":
+                raise ValueError("serve.auth.rate_limit_scope=cluster needs serve.store.kind=redis "
+                                 "(the buckets are shared through Redis)")
+            return
+        self.shared = limiter(self.rate_per_s, self.burst)
 
     def check(self, key: str | None, *, admin: bool = False, now: float | None = None) -> str:
         """The caller's key digest, or ``AuthError``. With auth disabled every caller is "anonymous"."""
@@ -86,7 +110,9 @@ class Auth:
         allowed = self.admin_digests if admin else self.key_digests
         if not any(hmac.compare_digest(digest, d) for d in allowed):
             raise AuthError(403, "this API key is not allowed here" if admin else "invalid API key")
-        wait = self._bucket(digest, now).take(time.monotonic() if now is None else now)
+        wait = None if self.shared is None or now is not None else self.shared.take(digest)
+        if wait is None:  # per replica: no shared limiter, or Redis out of reach
+            wait = self._bucket(digest, now).take(time.monotonic() if now is None else now)
         if wait > 0:
             raise AuthError(429, "rate limit exceeded for this API key", retry_after=wait)
         return digest

@@ -30,6 +30,11 @@ data=serve_events [data.path=<log>]`` (``conf/data/serve_events.yaml``: the tabl
 ``data.user_key_pseudonymised=true``, so the keys are not hashed a second time). Keys with control
 characters or unpaired surrogates are refused (``ValueError``), so every event is one physical line.
 
+Two kinds of online store share the ``OnlineStore`` interface (``open_store(serve.store)`` picks
+one by ``serve.store.kind``): ``file`` (``EventStore`` below, the default: one host) and ``redis``
+(``serving.redis_store.RedisEventStore``: a Redis stream and per-user sequences, across hosts). A
+store that cannot take an event raises ``StoreUnavailable`` (the API answers 503, never 202).
+
 The in-memory store is rebuilt from the log: on start it replays the whole file, and before every
 read it "catches up" by reading lines appended since its last offset (one ``os.stat`` when nothing
 changed). So every ingress replica on the machine, and a restarted one, sees every accepted event;
@@ -52,7 +57,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +267,80 @@ def _csv_line(fields: list[str]) -> str:
     return buf.getvalue()[:-1]
 
 
+def stamp(events: list[OnlineEvent], now: float | None = None) -> list[OnlineEvent]:
+    """The events with ``received_at`` (now) and a new ``event_id`` each."""
+    now = time.time() if now is None else now
+    return [OnlineEvent(e.user_key, e.item_key, e.event, e.ts, now, uuid.uuid4().hex) for e in events]
+
+
+def event_fields(e: OnlineEvent) -> list[str]:
+    """The ``LOG_COLUMNS`` of one event as text; ``ValueError`` naming the field for a key with a
+    control character or an unpaired surrogate, or a timestamp that has no ISO 8601 form."""
+    check_key(e.user_key, "user_key")
+    check_key(e.item_key, "item_key")
+    check_key(e.event, "event")
+    try:
+        ts = _iso(e.ts)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"ts: {e.ts!r} is not a representable time") from None
+    return [e.user_key, e.item_key, e.event, ts, _iso(e.received_at), e.event_id]
+
+
+def event_line(e: OnlineEvent) -> str:
+    """One event as one CSV line of the event log (``LOG_COLUMNS``)."""
+    return _csv_line(event_fields(e))
+
+
+def fields_line(fields: list[str]) -> str:
+    """``LOG_COLUMNS`` values (text, already checked) as one CSV line of the event log."""
+    return _csv_line(fields)
+
+
+def parse_event_line(line: str) -> OnlineEvent:
+    """The event of one CSV line of the event log; ``ValueError`` for a malformed one."""
+    try:
+        row = next(csv.reader([line]))
+        if len(row) != len(LOG_COLUMNS):
+            raise ValueError(f"{len(row)} fields, expected {len(LOG_COLUMNS)}")
+        return OnlineEvent(row[0], row[1], row[2], _parse_ts(row[3]), _parse_ts(row[4]), row[5])
+    except (csv.Error, StopIteration, OverflowError) as e:
+        raise ValueError(str(e)) from None
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store cannot take (or read) events now: the API answers 503, never 202."""
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """What the service needs of an online store (``EventStore``, ``serving.redis_store.RedisEventStore``)."""
+
+    def append(self, events: list[OnlineEvent]) -> list[OnlineEvent]:
+        """Store the events durably (stamped); ``StoreUnavailable`` when they could not be stored."""
+
+    def events_of(self, user_key: str) -> list[OnlineEvent]:
+        """The user's recent online events, oldest first."""
+
+    def trending(self, now: float | None = None) -> dict[str, int]:
+        """Item key -> events received in the trending window."""
+
+    @property
+    def unavailable(self) -> bool:
+        """True while reads are answered from a replica's cache (the store is out of reach)."""
+
+
+def open_store(store_cfg: Any, *, trending_window_s: float = 3600.0) -> OnlineStore:
+    """The online store ``serve.store`` configures (``kind: file`` by default, or ``redis``)."""
+    kind = str(store_cfg.get("kind", "file") if hasattr(store_cfg, "get") else "file")
+    if kind == "file":
+        return EventStore(store_cfg.event_log, fsync=bool(store_cfg.fsync), trending_window_s=trending_window_s)
+    if kind == "redis":
+        from serving.redis_store import RedisEventStore
+
+        return RedisEventStore.from_cfg(store_cfg, trending_window_s=trending_window_s)
+    raise ValueError(f"serve.store.kind={kind!r}: expected file or redis")
+
+
 class EventStore:
     """Per-user recent events (bounded) and recent item counts, backed by a ``DurableLog``."""
 
@@ -288,18 +367,8 @@ class EventStore:
 
         ``ValueError`` (nothing written) for a key with a control character or an unpaired
         surrogate, or a timestamp that has no ISO 8601 form."""
-        now = time.time()
-        stamped = [OnlineEvent(e.user_key, e.item_key, e.event, e.ts, now, uuid.uuid4().hex) for e in events]
-        lines = []
-        for e in stamped:
-            check_key(e.user_key, "user_key")
-            check_key(e.item_key, "item_key")
-            check_key(e.event, "event")
-            try:
-                ts = _iso(e.ts)
-            except (OverflowError, OSError, ValueError):
-                raise ValueError(f"ts: {e.ts!r} is not a representable time") from None
-            lines.append(_csv_line([e.user_key, e.item_key, e.event, ts, _iso(e.received_at), e.event_id]))
+        stamped = stamp(events)
+        lines = [event_line(e) for e in stamped]
         self.log.append(lines)
         self.catch_up()
         return stamped
@@ -325,11 +394,8 @@ class EventStore:
                 if not line or line.startswith(LOG_COLUMNS[0] + ","):
                     continue
                 try:
-                    row = next(csv.reader([line]))
-                    if len(row) != len(LOG_COLUMNS):
-                        raise ValueError(f"{len(row)} fields")
-                    e = OnlineEvent(row[0], row[1], row[2], _parse_ts(row[3]), _parse_ts(row[4]), row[5])
-                except (csv.Error, StopIteration, ValueError, OverflowError):
+                    e = parse_event_line(line)
+                except ValueError:
                     self.n_bad_lines += 1
                     continue
                 self._apply(e)
@@ -374,3 +440,7 @@ class EventStore:
     @property
     def n_users(self) -> int:
         return len(self._users)
+
+    @property
+    def unavailable(self) -> bool:
+        return False  # a local file: an append that fails raises its OSError

@@ -18,9 +18,17 @@ Durability (``serve.experiments.fsync``):
   response leaves, and a background thread fsyncs every ``fsync_interval_s``. A killed service
   (``kill -9``, a crash, an out-of-memory kill) loses no exposure it answered; a power cut or a kernel
   crash can lose the last interval.
+
+With the Redis store (``serve.store.kind=redis``, ``open_experiment_logs``) the lines go to the Redis
+streams ``<prefix>:exposures`` and ``<prefix>:attributions`` instead (``RedisExperimentLogs``), and
+``python -m serving.drain_events`` moves them into the same two files. ``request``: each line is in
+Redis (fsynced there with ``appendfsync always``) before the response leaves. ``interval``: lines
+are buffered in the replica and sent every ``fsync_interval_s`` in one round trip (kept and retried
+while Redis is out of reach); a killed replica loses the lines of its last interval.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -30,7 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from serving.store import DurableLog
 
@@ -143,3 +151,95 @@ class ExperimentLogs:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.flush()
+
+
+MAX_BUFFERED = 100_000  # lines a replica keeps while Redis is out of reach (then the oldest are dropped, counted)
+
+
+def open_experiment_logs(exp_cfg: Any, store_cfg: Any = None) -> "ExperimentLogs | RedisExperimentLogs":
+    """The experiment logs ``serve.experiments`` and ``serve.store`` configure: files, or Redis
+    streams when ``serve.store.kind=redis``."""
+    kind = str(store_cfg.get("kind", "file")) if store_cfg is not None and hasattr(store_cfg, "get") else "file"
+    if kind == "redis":
+        from serving.redis_store import connect
+
+        return RedisExperimentLogs(connect(str(store_cfg.url), timeout_s=float(store_cfg.redis.timeout_s)),
+                                   str(store_cfg.redis.key_prefix), fsync=str(exp_cfg.fsync),
+                                   fsync_interval_s=float(exp_cfg.fsync_interval_s))
+    return ExperimentLogs(exp_cfg.log_dir, fsync=str(exp_cfg.fsync), fsync_interval_s=float(exp_cfg.fsync_interval_s))
+
+
+class RedisExperimentLogs:
+    """Exposure and attribution lines as entries (field ``line``) of two Redis streams (module docstring)."""
+
+    def __init__(self, client: Any, key_prefix: str, *, fsync: str = "interval", fsync_interval_s: float = 0.2):
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"serve.experiments.fsync: {fsync!r} is not one of {FSYNC_MODES}")
+        self.client = client
+        self.streams = {"exposures": f"{key_prefix}:exposures", "attributions": f"{key_prefix}:attributions"}
+        self.fsync_mode = fsync
+        self.n_dropped = 0
+        self._buffer: collections.deque[tuple[str, str]] = collections.deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if fsync == "interval":
+            self._thread = threading.Thread(target=self._flush_loop, args=(float(fsync_interval_s),),
+                                            name="exposure-redis", daemon=True)
+            self._thread.start()
+
+    def _send(self, rows: Sequence[tuple[str, str]]) -> None:
+        import redis
+
+        pipe = self.client.pipeline(transaction=False)
+        for stream, line in rows:
+            pipe.xadd(self.streams[stream], {"line": line})
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            raise ConnectionError(f"experiment log not written to Redis: {e}") from None  # an OSError
+
+    def _log(self, stream: str, lines: Sequence[str]) -> None:
+        rows = [(stream, line) for line in lines]
+        if self.fsync_mode == "request":
+            self._send(rows)
+            return
+        with self._lock:
+            self._buffer.extend(rows)
+            while len(self._buffer) > MAX_BUFFERED:
+                self._buffer.popleft()
+                self.n_dropped += 1
+
+    def log_exposure(self, e: Exposure) -> None:
+        self._log("exposures", [e.line()])
+
+    def log_attributions(self, rows: Sequence[tuple[str, str, int | None]]) -> None:
+        self._log("attributions", [json.dumps({"event_id": ev, "request_id": rid, "position": pos},
+                                              ensure_ascii=True, separators=(",", ":")) for ev, rid, pos in rows])
+
+    def flush(self) -> None:
+        """Send what is buffered now (kept for the next try when Redis is out of reach)."""
+        with self._lock:
+            rows = list(self._buffer)
+        if not rows:
+            return
+        self._send(rows)
+        with self._lock:
+            for _ in range(min(len(rows), len(self._buffer))):
+                self._buffer.popleft()
+
+    def _flush_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.flush()
+            except OSError as e:
+                log.error("%s (kept, retried in %.1f s)", e, interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.flush()
+        except OSError as e:
+            log.error("%s: %d lines not written", e, len(self._buffer))
