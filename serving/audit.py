@@ -10,7 +10,8 @@ Several processes may append at once (the service's replicas, a CLI job): each a
 releasing it. Records name actors and subjects by fingerprints or pseudonymised keys, never by raw personal
 data: ``actor`` is e.g. ``apikey:<fingerprint>`` or ``cli:<os user>``.
 
-The log lives at ``$SHOPREC_AUDIT_LOG`` (default ``artifacts/audit/audit.jsonl``).
+The log lives at ``$SHOPREC_AUDIT_LOG`` (default ``${SHOPREC_ARTIFACTS:-artifacts}/audit/audit.jsonl``; the
+service sets it from ``serve.privacy.audit_log`` when unset).
 ``python -m serving.audit verify [--path P]`` checks the chain; ``python -m serving.audit tail [-n N]`` shows
 the last records.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 AUDIT_ENV = "SHOPREC_AUDIT_LOG"
-DEFAULT_PATH = Path("artifacts") / "audit" / "audit.jsonl"
+DEFAULT_PATH = Path("artifacts") / "audit" / "audit.jsonl"   # under $SHOPREC_ARTIFACTS when that is set
 GENESIS = "0" * 64
 _TAIL_BYTES = 1 << 16
 
@@ -43,8 +44,10 @@ class AuditChainError(ValueError):
 
 
 def audit_path() -> Path:
-    """Where the audit log lives: ``$SHOPREC_AUDIT_LOG`` or ``artifacts/audit/audit.jsonl``."""
-    return Path(os.environ.get(AUDIT_ENV) or DEFAULT_PATH)
+    """Where the audit log lives: ``$SHOPREC_AUDIT_LOG``, else ``${SHOPREC_ARTIFACTS:-artifacts}/audit/audit.jsonl``."""
+    if os.environ.get(AUDIT_ENV):
+        return Path(os.environ[AUDIT_ENV])
+    return Path(os.environ.get("SHOPREC_ARTIFACTS") or "artifacts") / "audit" / "audit.jsonl"
 
 
 def cli_actor() -> str:
