@@ -104,7 +104,11 @@ def run(cfg: DictConfig) -> AnalyticsResult:
     counts = fn.step_counts(ev["step"])
     fn.reconcile(counts, int(manifest["n_events"]), manifest.get("event_counts", {}), mapping)
 
-    ev["day"] = ev["ts"].dt.floor("D").dt.strftime("%Y-%m-%d")
+    tz = str(acfg["day_timezone"])
+    try:
+        ev["day"] = ev["ts"].dt.tz_convert(tz).dt.strftime("%Y-%m-%d")
+    except Exception as e:   # an unknown zone name: zoneinfo and pytz raise different types
+        raise ValueError(f"analytics.day_timezone: {tz!r} is not a time zone ({e})") from None
     ev["category"] = _categories(ev, load_items(src), int(acfg["top_categories"]))
     seg = _segments(ev, src, acfg, notes)
     if seg is not None:
@@ -113,7 +117,9 @@ def run(cfg: DictConfig) -> AnalyticsResult:
     users = fn.ordered_funnel(ev, ["user_id"])
     pairs = fn.ordered_funnel(ev, ["user_id", "item_id"])
     by_day = fn.ordered_funnel(ev, ["user_id"], ["day"]).sort_values("day")
-    by_cat = fn.ordered_funnel(ev, ["user_id"], ["category"]).sort_values("units", ascending=False, kind="stable")
+    by_cat = fn.ordered_funnel(ev, ["user_id"], ["category"])
+    pooled = by_cat["category"].isin([OTHER_CATEGORIES, NO_CATEGORY])
+    by_cat = by_cat.assign(_p=pooled).sort_values(["_p", "units"], ascending=[True, False], kind="stable").drop(columns="_p")
     by_seg = (fn.ordered_funnel(ev, ["user_id"], ["segment"]).sort_values("units", ascending=False, kind="stable")
               if seg is not None else None)
     for label, table in (("overall users", users), ("overall pairs", pairs), ("day", by_day), ("category", by_cat),
@@ -148,6 +154,7 @@ def run(cfg: DictConfig) -> AnalyticsResult:
         "n_users": int(ev["user_id"].nunique()),
         "time_range": manifest.get("time_range"),
         "time_kind": manifest.get("time_kind"),
+        "day_timezone": tz,
         "steps": {s: list(t) for s, t in acfg["steps"].items()},
         "reconciliation": {"events": int(len(ev)), "manifest_events": int(manifest["n_events"]),
                            "events_per_step": counts, "sum_of_steps": int(sum(counts.values())),

@@ -55,7 +55,7 @@ def plot_by_day(by_day: pd.DataFrame, path: Path, dpi: int) -> None:
     axes[0].set_ylabel("users per day")
     axes[0].legend(fontsize=8)
     hidden = f"; {int(sparse.sum())} sparse days not shown" if sparse.any() else ""
-    axes[0].set_title(f"Daily funnel (within each UTC day{hidden})")
+    axes[0].set_title(f"Daily funnel (within each calendar day{hidden})")
     for col in ("view_to_cart", "cart_to_purchase", "view_to_purchase"):
         if d[col].notna().any():
             axes[1].plot(d["day"], d[col], marker="." if len(d) < 60 else None, label=col.replace("_", " "))
@@ -195,7 +195,8 @@ def write_report(folder: Path, summary: dict[str, Any], users: pd.DataFrame, pai
         f"<h1>Behaviour analytics: {html.escape(summary['data'])}</h1>",
         f"<p>{summary['n_events']:,} events of {summary['n_users']:,} users; time range "
         f"{html.escape(str(summary['time_range']))}. Funnel steps: {html.escape(str(summary['steps']))} "
-        f"(other event types are counted outside the funnel).</p>",
+        f"(other event types are counted outside the funnel). Days are calendar days in "
+        f"{html.escape(str(summary['day_timezone']))}.</p>",
         f"<ul>{notes}</ul>" if notes else "",
         "<h2>Reconciliation: every event in exactly one step</h2>",
         _table({**{f"events in step {k}": v for k, v in rec["events_per_step"].items()},

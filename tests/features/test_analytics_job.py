@@ -38,7 +38,8 @@ def test_taobao_report_reconciles_with_the_raw_file(prepare_real, prepared_root,
     _fake_profiles(tmp_path / "profiles", res.out_dir)
     out = tmp_path / "report"
     cfg = analytics_cfg("data=taobao", f"paths.artifacts={prepared_root}", f"paths.data_root={data_root}",
-                        f"analytics.out_dir={out}", f"analytics.profiles_dir={tmp_path / 'profiles'}")
+                        f"analytics.out_dir={out}", f"analytics.profiles_dir={tmp_path / 'profiles'}",
+                        "analytics.report.dpi=50")
     result = run(cfg)
     s = json.loads((out / "summary.json").read_text())
     assert s == {**result.summary, "seconds": s["seconds"], "cpu_seconds": s["cpu_seconds"]}
