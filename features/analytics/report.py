@@ -49,9 +49,10 @@ def plot_by_day(by_day: pd.DataFrame, path: Path, dpi: int) -> None:
     sparse = n < 0.01 * n.median()
     d = d[~sparse]
     fig, axes = plt.subplots(2, 1, figsize=(13, 6), sharex=True)
-    for col, lab in (("viewed", "users viewing"), ("with_cart", "users carting"), ("with_purchase", "users purchasing")):
+    for col, lab, colour in (("viewed", "users viewing", "tab:blue"), ("with_cart", "users carting", "tab:orange"),
+                             ("with_purchase", "users purchasing", "tab:green")):
         if d[col].sum():
-            axes[0].plot(d["day"], d[col], marker="." if len(d) < 60 else None, label=lab)
+            axes[0].plot(d["day"], d[col], marker="." if len(d) < 60 else None, label=lab, color=colour)
     axes[0].set_ylabel("users per day")
     axes[0].legend(fontsize=8)
     hidden = f"; {int(sparse.sum())} sparse days not shown" if sparse.any() else ""
@@ -62,6 +63,8 @@ def plot_by_day(by_day: pd.DataFrame, path: Path, dpi: int) -> None:
     axes[1].set_ylabel("rate")
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "no rates: the data has no views or carts", ha="center", transform=axes[1].transAxes)
     _save(fig, path, dpi)
 
 
