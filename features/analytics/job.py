@@ -146,6 +146,11 @@ def run(cfg: DictConfig) -> AnalyticsResult:
         live = live_funnel(Path(acfg["live"]["event_log"]), Path(acfg["live"]["log_dir"]),
                            acfg["live"]["click_events"], acfg["live"]["purchase_events"])
         notes.extend(live.notes)
+        same_log = cfg.data.get("path") and Path(str(cfg.data.path)).resolve() == Path(acfg["live"]["event_log"]).resolve()
+        if same_log and live.summary["event_log_lines"] != int(manifest.get("n_input_rows", -1)):
+            notes.append(f"the event log has {live.summary['event_log_lines']:,} lines now but the prepared data was "
+                         f"made from {manifest.get('n_input_rows')}: re-run python -m features.prepare data={name} "
+                         f"so that both sections count the same events")
 
     top_paths = int(acfg["top_paths"])
     summary: dict[str, Any] = {

@@ -104,7 +104,14 @@ def test_service_logs_give_the_live_funnel(tmp_path):
     assert s["live"]["events_by_bucket"] == {"attributed_click": 2, "attributed_purchase": 1, "attributed_other": 0,
                                              "attributed_unknown_response": 0, "unattributed": 2, "malformed": 0}
     assert "Live funnel of recommendations" in (out / "report.html").read_text()
-    assert "no segments" in s["notes"][0]
+    assert "no segments" in s["notes"][0] and len(s["notes"]) == 1
+
+    with open(tmp_path / "events.csv", "a") as f:   # the log grows after the preparation: said, not hidden
+        f.write(f"00000000000000a2,B,purchase,{t.format(9)},{t.format(9)},e9\n")
+    s = run(analytics_cfg("data=serve_events", f"paths.artifacts={art}", f"analytics.out_dir={out}",
+                          f"data.path={tmp_path / 'events.csv'}", f"analytics.live.event_log={tmp_path / 'events.csv'}",
+                          f"analytics.live.log_dir={logs}", "analytics.report.dpi=40")).summary
+    assert "has 6 lines now but the prepared data was made from 5" in s["notes"][-1]
 
 
 def test_missing_prepared_data_names_the_command(tmp_path, repo_root):
