@@ -263,11 +263,15 @@ class TableEncoder:
                 raise ValueError(f"feature column {c!r} must be numeric as in training: {e}") from None
             out[:, j] = np.where(np.isnan(v), self.fill[c], v)
         j = len(self.numeric)
+        rows = np.arange(len(frame))
         for c, vals in self.categorical.items():
-            s = frame[c].astype("string")
-            for v in vals:
-                out[:, j] = (s == v).fillna(False).to_numpy(dtype=bool)
-                j += 1
+            seen, uniques = pd.factorize(frame[c], use_na_sentinel=True)          # fast on strings and categories
+            where = {v: i for i, v in enumerate(vals)}
+            lookup = np.array([where.get(str(u), -1) for u in uniques] + [-1], dtype=np.int64)
+            codes = lookup[seen]                                                 # -1: unseen or missing
+            hit = codes >= 0
+            out[rows[hit], j + codes[hit]] = 1.0
+            j += len(vals)
         return out
 
 
@@ -395,6 +399,39 @@ class FittedUplift:
     def predict_levels_encoded(self, x: np.ndarray) -> dict[float, np.ndarray]:
         """Effect per randomised offer level (empty when the past campaign had none)."""
         return {lvl: cal(np.asarray(m.predict(x), dtype=np.float64)) for lvl, (m, cal) in self.levels.items()}
+
+
+class ArmLogistic:
+    """P(outcome | x, treated, level) by logistic regression on standardised [x, t, level, x*t, x*level]
+    (arm- and level-specific slopes); ``predict_proba`` of rows [x, t, level], like a classifier."""
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    @staticmethod
+    def _expand(z: np.ndarray) -> np.ndarray:
+        x, t, lv = z[:, :-2], z[:, -2:-1], z[:, -1:]
+        return np.hstack([x, t, lv, x * t, x * lv])
+
+    def fit(self, z, y):
+        from sklearn.linear_model import LogisticRegression
+
+        e = self._expand(np.asarray(z, dtype=np.float64))
+        mean, sd = e.mean(0), e.std(0)
+        sd[sd < 1e-12] = 1.0
+        m = LogisticRegression(C=self.C, max_iter=2000).fit((e - mean) / sd, y)
+        w = m.coef_[0] / sd                                   # standardisation folded into the weights
+        self.intercept_ = float(m.intercept_[0] - mean @ w)
+        f = (len(w) - 2) // 3
+        self.w_x, self.w_t, self.w_l, self.w_xt, self.w_xl = w[:f], w[f], w[f + 1], w[f + 2:2 * f + 2], w[2 * f + 2:]
+        return self
+
+    def predict_proba(self, z) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float64)
+        x, t, lv = z[:, :-2], z[:, -2], z[:, -1]
+        logit = x @ self.w_x + t * (self.w_t + x @ self.w_xt) + lv * (self.w_l + x @ self.w_xl) + self.intercept_
+        p = 1.0 / (1.0 + np.exp(-logit))
+        return np.c_[1.0 - p, p]
 
 
 def freeze(learner):

@@ -44,8 +44,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from features.artifacts import atomic_dir, code_version, file_sha256
 from features.cli import run_or_exit
-from models.uplift import (FittedUplift, FrozenBlend, TableEncoder, fit_calibration, freeze, qini_auc_score,
-                           uplift_at_k)
+from models.uplift import (ArmLogistic, FittedUplift, FrozenBlend, TableEncoder, fit_calibration, freeze,
+                           qini_auc_score, uplift_at_k)
 from models.uplift_learners import BLEND_SCALES, cv_table, learner_from_spec, selection_scores
 from serving.campaigns import uplift_model
 
@@ -163,10 +163,17 @@ def oof_scores(name: str, cands: dict, blends: dict, scale: str, x, y, t, folds:
     return out
 
 
-def arm_response_model(x: np.ndarray, y: np.ndarray, t: np.ndarray, level: np.ndarray, gbt: dict) -> HistGradientBoostingClassifier:
-    """P(outcome | x, treated, offer level): one classifier on [x, t, level] (level 0 for control rows
-    and when the past campaign randomised no levels)."""
-    return HistGradientBoostingClassifier(**gbt).fit(np.c_[x, t, level], y)
+def arm_response_model(x: np.ndarray, y: np.ndarray, t: np.ndarray, level: np.ndarray, settings: dict):
+    """P(outcome | x, treated, offer level) on [x, t, level] (level 0 for control rows and when the
+    past campaign randomised no levels): ``settings.kind`` ``lr`` (logistic regression with arm and
+    level interactions: fast to score, the audience default) or ``gbt`` (gradient-boosted trees)."""
+    s = dict(settings)
+    kind = s.pop("kind", "lr")
+    if kind == "gbt":
+        return HistGradientBoostingClassifier(**s).fit(np.c_[x, t, level], y)
+    if kind != "lr":
+        raise ValueError(f"arm_model.kind: must be lr or gbt, got {kind!r}")
+    return ArmLogistic(float(s.get("C", 1.0))).fit(np.c_[x, t, level], y)
 
 
 def fit_outcome(x: np.ndarray, y: np.ndarray, t: np.ndarray, levels: np.ndarray | None, encoder: TableEncoder,
