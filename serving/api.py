@@ -308,7 +308,7 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         b = service.bundle
         if b is None:
             return JSONResponse({"status": "loading", "error": service.load_error}, status_code=503)
-        return JSONResponse({"status": "ready", "bundle": b.name, "n_items": b.n_items})
+        return JSONResponse({"status": "ready", "bundle": b.name, "n_items": b.n_items, "devices": b.devices()})
 
     try:
         tel.registry.register(_EventLogCollector(service.store))
@@ -418,6 +418,8 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
 
     from serving.ops_api import router as versions_router  # /admin/versions, /admin/promote, /admin/rollback
     app.include_router(versions_router(service))
+    from serving.api_admin import router as privacy_router  # DELETE /v1/users/{user_id}
+    app.include_router(privacy_router(service))
 
     if bool(cfg.http.debug_routes):
         @app.post("/v1/noop", dependencies=authed, tags=["debug"])

@@ -12,12 +12,21 @@ Rate limits (``serve.auth.rate_limit_per_s``, ``burst``) are per key. With the R
 the token bucket of a key lives in Redis (``serving.redis_store.RedisRateLimiter``), so every
 replica on every host draws from the same bucket. Otherwise, and while Redis is out of reach, each
 replica keeps its own buckets: N replicas then allow up to N times the limit.
+
+Keys rotate without a restart through ``serve.auth.keys_file``: a JSON file ``{"api_keys_sha256": [...],
+"admin_keys_sha256": [...]}`` (digests only) whose keys are accepted besides the configured ones. Each
+replica re-reads it when its modification time or size changes (checked at most once a second): a key
+added there works, and a key removed there is refused, within about a second; a file that cannot be read
+or parsed keeps the keys read before (logged). Refused keys (401, 403) are recorded in the audit log
+(``serving.audit``, action ``auth.failure``, the presented key's digest prefix, never the key), at most one
+record per key and status a minute, with the count of the ones not recorded separately.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import logging
 import os
 import threading
 import time
@@ -70,6 +79,12 @@ class Auth:
     burst: float = 1000.0
     scope: str = "auto"             # auto | cluster (shared through Redis when the store is Redis) | replica
     shared: Any = None              # a RedisRateLimiter (see share_limits), else per-replica buckets
+    keys_file: str | None = None    # rotatable keys (digests), re-read on change (see the module docstring)
+    _file_keys: frozenset[str] = frozenset()
+    _file_admin: frozenset[str] = frozenset()
+    _file_stamp: tuple[int, int] | None = None
+    _next_stat: float = 0.0
+    _failures: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,8 +99,62 @@ class Auth:
         scope = str(cfg.get("rate_limit_scope", "auto") if hasattr(cfg, "get") else "auto")
         if scope not in ("auto", "cluster", "replica"):
             raise ValueError(f"serve.auth.rate_limit_scope={scope!r}: expected auto, cluster or replica")
-        return cls(enabled=bool(cfg.enabled), key_digests=frozenset(keys), admin_digests=frozenset(admin),
-                   rate_per_s=float(cfg.rate_limit_per_s), burst=float(cfg.burst), scope=scope)
+        keys_file = cfg.get("keys_file") if hasattr(cfg, "get") else None
+        auth = cls(enabled=bool(cfg.enabled), key_digests=frozenset(keys), admin_digests=frozenset(admin),
+                   rate_per_s=float(cfg.rate_limit_per_s), burst=float(cfg.burst), scope=scope,
+                   keys_file=str(keys_file) if keys_file else None)
+        auth.refresh_keys(strict=True)
+        return auth
+
+    def refresh_keys(self, *, strict: bool = False, now: float | None = None) -> bool:
+        """Re-read ``keys_file`` when it changed (at most once a second); True when the keys changed.
+        ``strict``: a bad file is an error naming it (at start) instead of a logged warning."""
+        if self.keys_file is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if not strict and now < self._next_stat:
+            return False
+        self._next_stat = now + 1.0
+        try:
+            st = os.stat(self.keys_file)
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp == self._file_stamp:
+                return False
+            with open(self.keys_file) as fh:
+                doc = json.load(fh)
+            if not isinstance(doc, dict):
+                raise ValueError("expected a JSON object with api_keys_sha256 and admin_keys_sha256")
+            keys = _digests(doc.get("api_keys_sha256"), f"{self.keys_file}: api_keys_sha256")
+            admin = _digests(doc.get("admin_keys_sha256"), f"{self.keys_file}: admin_keys_sha256")
+        except (OSError, ValueError) as e:
+            if strict:
+                raise ValueError(f"serve.auth.keys_file={self.keys_file}: {e}") from None
+            logging.getLogger(__name__).error("serve.auth.keys_file=%s not re-read (the previous keys stay): %s",
+                                              self.keys_file, e)
+            return False
+        with self._lock:
+            self._file_keys, self._file_admin, self._file_stamp = frozenset(keys), frozenset(admin), stamp
+        from serving.audit import try_audit_event
+
+        try_audit_event("auth.keys_reloaded", "service", keys_file=str(self.keys_file), n_api_keys=len(keys),
+                        n_admin_keys=len(admin))
+        return True
+
+    def _refused(self, status: int, digest: str | None, admin: bool) -> None:
+        """Record a refused key in the audit log (at most one record per key and status a minute)."""
+        who = f"apikey:{digest[:12]}" if digest else "anonymous"
+        now = time.monotonic()
+        with self._lock:
+            slot = self._failures.setdefault((status, who), [-1e18, 0])
+            slot[1] += 1
+            if now - slot[0] < 60.0:
+                return
+            count, slot[0], slot[1] = slot[1], now, 0
+            if len(self._failures) > 10000:  # bounded: a flood of random keys cannot grow it without end
+                self._failures.clear()
+        from serving.audit import try_audit_event
+
+        try_audit_event("auth.failure", who, status=status, admin_route=admin, count=count)
 
     def share_limits(self, store: Any) -> None:
         """Share the buckets through ``store``'s rate limiter (the Redis store has one) unless
@@ -105,10 +174,16 @@ class Auth:
         if not self.enabled:
             return "anonymous"
         if not key:
+            self._refused(401, None, admin)
             raise AuthError(401, "missing API key: send it in the X-API-Key header")
         digest = sha256_hex(key)
+        self.refresh_keys()
         allowed = self.admin_digests if admin else self.key_digests
+        rotated = self._file_admin if admin else self._file_keys
+        if rotated:
+            allowed = allowed | rotated
         if not any(hmac.compare_digest(digest, d) for d in allowed):
+            self._refused(403, digest, admin)
             raise AuthError(403, "this API key is not allowed here" if admin else "invalid API key")
         wait = None if self.shared is None or now is not None else self.shared.take(digest)
         if wait is None:  # per replica: no shared limiter, or Redis out of reach

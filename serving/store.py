@@ -57,7 +57,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,8 @@ class DurableLog:
         data = b"".join(_check_line(line).encode("utf-8") + b"\n" for line in lines)
         if not data:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = self._open_locked()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 self._repair(fd)
                 start = os.fstat(fd).st_size
@@ -144,6 +143,62 @@ class DurableLog:
             return [], offset
         text = chunk[:end].decode("utf-8", errors="replace")
         return text.split("\n"), offset + end + 1
+
+    def _open_locked(self) -> int:
+        """The log's file descriptor under the exclusive lock; reopened when ``remove_lines`` replaced the file
+        while this process waited for the lock (an append never goes to the replaced file)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def remove_lines(self, drop: Callable[[str], bool]) -> list[str]:
+        """Rewrite the log without the lines for which ``drop(line)`` holds (the right to be forgotten,
+        ``serving.forget``); returns the removed lines. The header stays. Under the exclusive lock the kept
+        lines go to a temporary file (fsynced) that replaces the log: a crash leaves the old log or the new
+        one, never a mix. Appenders that waited for the lock reopen the new file (``_open_locked``) and readers
+        notice the new inode and replay it (``EventStore.catch_up``)."""
+        fd = self._open_locked()
+        try:
+            try:
+                self._repair(fd)
+                raw = os.pread(fd, os.fstat(fd).st_size, 0)
+                keep: list[bytes] = []
+                gone: list[str] = []
+                for i, line in enumerate(raw.split(b"\n")[:-1]):
+                    text = line.decode("utf-8", errors="replace")
+                    if (i == 0 and self.header is not None and text == self.header) or not drop(text):
+                        keep.append(line + b"\n")
+                    else:
+                        gone.append(text)
+                if gone:
+                    tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.rewrite")
+                    with open(tmp, "wb") as out:
+                        out.write(b"".join(keep))
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.chmod(tmp, 0o640)
+                    os.replace(tmp, self.path)
+                    _fsync_dir(self.path.parent)
+                return gone
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def stat(self) -> tuple[int, int | None]:
+        """(size, inode) of the log; (0, None) when it does not exist."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return 0, None
+        return st.st_size, st.st_ino
 
     def size(self) -> int:
         try:
@@ -324,6 +379,9 @@ class OnlineStore(Protocol):
     def trending(self, now: float | None = None) -> dict[str, int]:
         """Item key -> events received in the trending window."""
 
+    def forget_user(self, user_key: str) -> int:
+        """Delete every stored event of ``user_key`` (the right to be forgotten); the number deleted."""
+
     @property
     def unavailable(self) -> bool:
         """True while reads are answered from a replica's cache (the store is out of reach)."""
@@ -356,6 +414,7 @@ class EventStore:
         self._item_counts: collections.Counter[str] = collections.Counter()
         self._offset = 0
         self._size_seen = -1
+        self._inode: int | None = None
         self._lock = threading.Lock()
         self.n_events = 0
         self.n_bad_lines = 0
@@ -376,10 +435,13 @@ class EventStore:
     # reading ------------------------------------------------------------------------------------
     def catch_up(self) -> int:
         """Apply lines appended to the log since the last call; returns how many events were applied."""
-        size = self.log.size()
-        if size == self._size_seen:
+        size, inode = self.log.stat()
+        if size == self._size_seen and inode == self._inode:
             return 0
         with self._lock:
+            if inode != self._inode:  # a new file (remove_lines rewrote it): start over
+                self._reset()
+                self._inode = inode
             if size < self._offset:  # the log was truncated or replaced: start over
                 log.warning("%s shrank (%d < %d bytes): replaying it", self.path, size, self._offset)
                 self._reset()
@@ -436,6 +498,20 @@ class EventStore:
                 if self._item_counts[key] <= 0:
                     del self._item_counts[key]
             return dict(self._item_counts)
+
+    def forget_user(self, user_key: str) -> int:
+        """Remove every event of ``user_key`` from the log (``DurableLog.remove_lines``) and from memory;
+        returns how many were removed. Other replicas replay the rewritten log at their next read."""
+        def drop(line: str) -> bool:
+            if user_key not in line:
+                return False
+            try:
+                return parse_event_line(line).user_key == user_key
+            except ValueError:
+                return True  # a malformed line naming the user goes too
+        gone = self.log.remove_lines(drop)
+        self.catch_up()
+        return len(gone)
 
     @property
     def n_users(self) -> int:
