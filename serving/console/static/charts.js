@@ -16,7 +16,16 @@ const Charts = (() => {
   function svg(w, h, title) {
     const s = el("svg", { viewBox: `0 0 ${w} ${h}`, class: "chart", role: "img", preserveAspectRatio: "xMinYMin meet" });
     if (title) s.appendChild(el("title", {}, title));
+    s.style.maxWidth = `${Math.round(w * 1.3)}px`;  // text never grows past 1.3x (CSSOM: allowed by the CSP)
     return s;
+  }
+
+  // A label that fits in ``px`` (about 6.6 px per character at 12 px), the whole text in its tooltip.
+  function label(text, px, attrs) {
+    const s = String(text), n = Math.max(4, Math.floor(px / 6.6));
+    const e = el("text", attrs, s.length > n ? s.slice(0, n - 1) + "…" : s);
+    if (s.length > n) e.appendChild(el("title", {}, s));
+    return e;
   }
 
   function fmt(v) {
@@ -43,7 +52,7 @@ const Charts = (() => {
     const plotW = w - left - 70;
     o.labels.forEach((lab, i) => {
       const y = 6 + i * rowH, v = o.values[i] || 0, bw = (plotW * v) / max;
-      s.appendChild(el("text", { x: left - 6, y: y + 14, "text-anchor": "end", class: "lab" }, lab));
+      s.appendChild(label(lab, left - 10, { x: left - 6, y: y + 14, "text-anchor": "end", class: "lab" }));
       s.appendChild(el("rect", { x: left, y: y + 2, width: Math.max(bw, 0.5), height: rowH - 6, fill: o.color || PALETTE[0] }));
       s.appendChild(el("text", { x: left + bw + 4, y: y + 14, class: "val" }, (o.format || fmt)(o.values[i])));
     });
@@ -97,11 +106,11 @@ const Charts = (() => {
     const vals = o.colour.flat().filter((v) => v !== null && !Number.isNaN(v));
     const lo = o.diverging ? -2 : Math.min(...vals, 0), hi = o.diverging ? 2 : Math.max(...vals, 1e-9);
     o.cols.forEach((c, j) => {
-      const t = el("text", { x: left + j * cell + cell / 2, y: top - 8, "text-anchor": "middle", class: "tick" }, c);
+      const t = label(c, cell + 6, { x: left + j * cell + cell / 2, y: top - 8, "text-anchor": "middle", class: "tick" });
       s.appendChild(t);
     });
     o.rows.forEach((r, i) => {
-      s.appendChild(el("text", { x: left - 6, y: top + i * 28 + 18, "text-anchor": "end", class: "lab" }, r));
+      s.appendChild(label(r, left - 10, { x: left - 6, y: top + i * 28 + 18, "text-anchor": "end", class: "lab" }));
       o.cols.forEach((c, j) => {
         const v = o.colour[i][j];
         const fill = v === null || Number.isNaN(v) ? "#f2f2f2" : (o.diverging ? diverge((v - lo) / (hi - lo)) : seq((v - lo) / (hi - lo || 1)));
@@ -150,7 +159,7 @@ const Charts = (() => {
     if (o.zero && a < 0 && b > 0) s.appendChild(el("line", { x1: X(0), x2: X(0), y1: 6, y2: h - 26, class: "zero" }));
     o.labels.forEach((lab, i) => {
       const y = 10 + i * rowH + rowH / 2;
-      s.appendChild(el("text", { x: left - 6, y: y + 4, "text-anchor": "end", class: "lab" }, lab));
+      s.appendChild(label(lab, left - 10, { x: left - 6, y: y + 4, "text-anchor": "end", class: "lab" }));
       if (Number.isFinite(o.lo[i]) && Number.isFinite(o.hi[i]))
         s.appendChild(el("line", { x1: X(o.lo[i]), x2: X(o.hi[i]), y1: y, y2: y, class: "ci", stroke: PALETTE[i % PALETTE.length] }));
       if (Number.isFinite(o.values[i])) {
@@ -179,7 +188,8 @@ const Charts = (() => {
     }
     const step = Math.max(1, Math.ceil(n / 6));
     o.x.forEach((lab, i) => {
-      if (i % step === 0 || i === n - 1) s.appendChild(el("text", { x: X(i), y: h - bottom + 16, "text-anchor": "middle", class: "tick" }, lab));
+      if (i % step === 0 || i === n - 1)
+        s.appendChild(el("text", { x: X(i), y: h - bottom + 16, "text-anchor": n > 1 && i === n - 1 ? "end" : (i === 0 && n > 1 ? "start" : "middle"), class: "tick" }, lab));
     });
     o.series.forEach((ser, j) => {
       const color = ser.color || PALETTE[j];

@@ -144,8 +144,10 @@
       h("div", { class: "kpis" }, kpi("treated", r.n_treatment), kpi("control", r.n_control),
         kpi("incremental conversions", fmt(r.incremental_conversions)), kpi("incremental margin", fmt(r.incremental_margin)),
         kpi("ROI [95 % CI]", roi)),
-      figure(Charts.intervals({ labels: e.map((x) => x.metric), values: e.map((x) => x.uplift), lo: e.map((x) => x.ci_low), hi: e.map((x) => x.ci_high), zero: true, title: "uplift with 95 % CI" }),
-        "Uplift (treatment − control) with its 95 % interval; the line marks zero."),
+      h("div", { class: "grid2" }, ...[["rates", e.filter((x) => x.interval !== "welch")], ["money per user", e.filter((x) => x.interval === "welch")]]
+        .filter(([, xs]) => xs.length).map(([what, xs]) => figure(Charts.intervals({ labels: xs.map((x) => x.metric), values: xs.map((x) => x.uplift),
+          lo: xs.map((x) => x.ci_low), hi: xs.map((x) => x.ci_high), zero: true, title: `uplift with 95 % CI: ${what}` }),
+        `Uplift (treatment − control) of the ${what}, 95 % interval; the dashed line marks zero.`))),
       table(["metric", "treatment", "control", "uplift", "95 % CI", "p"], e.map((x) => [x.metric, fmt(x.treatment), fmt(x.control), fmt(x.uplift),
         `[${fmt(x.ci_low)}, ${fmt(x.ci_high)}] (${x.interval})`, fmt(x.p_value)])),
       r.by_segment.length ? figure(Charts.intervals({ labels: r.by_segment.map((s) => `segment ${s.segment}`), values: r.by_segment.map((s) => s.uplift),
@@ -183,7 +185,11 @@
     } else box.append(h("p", { class: "hint" }, "Starting and stopping needs an admin key."));
     box.append(table(["variant", "weight", "bundle", "overrides"], x.variants.map((v) => [v.name, v.weight, v.bundle || "current", JSON.stringify(v.overrides)])));
     const r = x.readout;
-    if (!r) { box.append(h("p", { class: "hint" }, "No exposures logged yet: start it and send recommendation traffic; the readout appears here.")); return box; }
+    if (!r) {
+      box.append(h("p", { class: "hint" }, x.status === "finished" ? "No exposures of it in this service's exposure log."
+        : "No exposures logged yet: start it and send recommendation traffic; the readout appears here."));
+      return box;
+    }
     if (r.horizon_warning) box.append(h("p", { class: "message warn" }, r.horizon_warning));
     box.append(h("div", { class: "grid2" },
       card("Traffic split", table(["variant", "units", "share", "expected"], r.split.map((s) => h("tr", { "data-variant": s.variant },
@@ -196,7 +202,7 @@
     if (r.over_time.length) {
       const names = x.variants.map((v) => v.name);
       const get = (row, v, f) => (row.variants[v] ? f(row.variants[v]) : null);
-      box.append(card("Primary metric over time", figure(Charts.lines({ x: r.over_time.map((p) => p.t.slice(5, 16).replace("T", " ")),
+      box.append(card("Primary metric over time", figure(Charts.lines({ x: r.over_time.map((p) => p.t.slice(5, 19).replace("T", " ")),
         series: names.map((v) => ({ name: v, values: r.over_time.map((p) => get(p, v, (q) => q.value)), lo: r.over_time.map((p) => get(p, v, (q) => q.ci[0])),
           hi: r.over_time.map((p) => get(p, v, (q) => q.ci[1])) })), title: "primary metric over time" }),
       "Units first exposed before each time, with their outcomes so far; bands: 95 % intervals.")));
