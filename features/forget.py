@@ -24,7 +24,9 @@ hash of the key (``subject_hash``), not the key itself; the report file goes nex
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -34,7 +36,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -291,13 +293,26 @@ def run(cfg: Any, *, steps: list[Callable[..., None]] | None = None) -> ForgetRe
     artifacts = Path(str(cfg.paths.artifacts))
     report = ForgetReport(user_key=user_key)
     report.tombstone = "written" if add_tombstone(user_key, tombstone_dir(artifacts)) else "already there"
-    forget_data(user_key, cfg, report)
-    for step in steps if steps is not None else _configured_steps(cfg):
-        step(user_key, cfg, report)
+    steps = steps if steps is not None else _configured_steps(cfg)
+    with _one_at_a_time(tombstone_dir(artifacts)):  # two forgets never rewrite one file at once
+        forget_data(user_key, cfg, report)
+        for step in steps:
+            step(user_key, cfg, report)
     report.retrain = sorted(set(report.retrain) | set(models_to_retrain(artifacts, report.datasets)))
     report.status = "forgotten" if report.rows_removed else "not found"
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+@contextlib.contextmanager
+def _one_at_a_time(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".forget.lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _configured_steps(cfg: Any) -> list[Callable[..., None]]:

@@ -101,6 +101,17 @@ def check_key_fingerprint(recorded: str | None, where: str, key: bytes | None = 
             f"every job and service, or prepare the data again with this key.")
 
 
+def check_artifact_key(path: str | Path, what: str) -> None:
+    """``check_key_fingerprint`` for the artifact whose ``manifest.json`` sits next to ``path`` (a file) or in it
+    (a folder); an artifact without a manifest is not checked."""
+    p = Path(path)
+    manifest = (p if p.is_dir() else p.parent) / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        check_key_fingerprint(json.loads(manifest.read_text()).get("pseudo_key_fingerprint"), f"{what} {manifest.parent}")
+
+
 def pseudonymise_one(raw: object, key: bytes | None = None) -> str:
     """Pseudonymise one raw key (any value; its ``str`` is hashed). 16 hex characters."""
     key = key if key is not None else pseudo_key()[0]

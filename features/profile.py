@@ -103,6 +103,7 @@ def run(cfg: DictConfig) -> ProfileResult:
     manifest = {
         "kind": "profiles",
         "data": str(cfg.data.name),
+        "pseudo_key_fingerprint": data_manifest.get("pseudo_key_fingerprint"),  # checked by every reader
         "processed_dir": str(src),
         "snapshot_date": tables.snapshot.isoformat(),
         "flows_from": tables.flows_from.isoformat(),

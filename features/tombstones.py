@@ -95,6 +95,16 @@ def tombstoned_mask(user_keys: pd.Series, tombstones: Iterable[str]) -> pd.Serie
     return user_keys.astype("string").isin(stones).fillna(False).astype(bool)
 
 
+def drop_tombstoned(df: pd.DataFrame, column: str = "user_key", folder: str | Path | None = None) -> tuple[pd.DataFrame, int]:
+    """``df`` without the rows whose pseudonymised ``column`` is tombstoned (audiences, exports), and how many."""
+    stones = load_tombstones(folder)
+    if not stones or column not in df.columns or df.empty:
+        return df, 0
+    mask = tombstoned_mask(df[column], stones).to_numpy()
+    n = int(mask.sum())
+    return (df.loc[~mask].reset_index(drop=True) if n else df), n
+
+
 def drop_tombstoned_raw(df: pd.DataFrame, column: str, *, pseudonymised: bool, key: bytes | None = None,
                         folder: str | Path | None = None) -> tuple[pd.DataFrame, int]:
     """``df`` without the rows whose ``column`` (a raw user id, or a pseudonymised key when
