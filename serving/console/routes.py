@@ -175,7 +175,8 @@ def console_router(service: Any) -> APIRouter:
             result = await off_loop(fn, service, name)
         except exp_view.ActionRefused as e:
             return data({"detail": e.message}, e.status)
-        audit(f"experiment.{action}", sess.actor, experiment=name, status=result["status"])
+        # who asked, from the console (the replica that applies it records its own experiment.start/stop)
+        audit(f"console.experiment.{action}", sess.actor, experiment=name, status=result["status"])
         return data(result)
 
     @router.get("/api/models")

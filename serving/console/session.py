@@ -100,15 +100,18 @@ class Sessions:
         now = time.time() if now is None else now
         if not self.auth.enabled:  # a development service without keys: every visitor is admin
             return Session("admin", sha256_hex(key), secrets.token_urlsafe(24), now + self.seconds)
-        try:
-            digest = self.auth.check(key, admin=True)
-            role = "admin"
-        except AuthError as e:
-            if e.status != 403:
-                raise
-            digest = self.auth.check(key)
-            role = "analyst"
-        return Session(role, digest, secrets.token_urlsafe(24), now + self.seconds)
+        # The role first, so that an analyst key is never checked (and audited as refused) on the admin list.
+        is_admin = sha256_hex(key) in self.accepted(admin=True)
+        digest = self.auth.check(key, admin=is_admin)
+        return Session("admin" if is_admin else "analyst", digest, secrets.token_urlsafe(24), now + self.seconds)
+
+    def accepted(self, *, admin: bool) -> frozenset[str]:
+        """Digests of the accepted admin (or API) keys: configured ones and those of ``serve.auth.keys_file``."""
+        refresh = getattr(self.auth, "refresh_keys", None)
+        if refresh is not None:
+            refresh()
+        static = self.auth.admin_digests if admin else self.auth.key_digests
+        return static | getattr(self.auth, "_file_admin" if admin else "_file_keys", frozenset())
 
     def encode(self, s: Session) -> str:
         payload = _b64(json.dumps(asdict(s), separators=(",", ":")).encode())
@@ -130,7 +133,7 @@ class Sessions:
         if s.expires < (time.time() if now is None else now) or s.role not in ("admin", "analyst"):
             return None
         if self.auth.enabled:
-            allowed = self.auth.admin_digests if s.is_admin else self.auth.key_digests | self.auth.admin_digests
+            allowed = self.accepted(admin=True) if s.is_admin else self.accepted(admin=False) | self.accepted(admin=True)
             if s.digest not in allowed:
                 return None
         return s

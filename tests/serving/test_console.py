@@ -137,9 +137,13 @@ def test_session_cookie_is_signed_secure_http_only_and_never_holds_the_key(conso
     assert fresh.get("/console/api/segments", headers={"cookie": f"shoprec_console={forged}"}).status_code == 401
 
 
-def test_analyst_reads_but_cannot_start_and_writes_need_the_csrf_token(console_client):
+def test_analyst_reads_but_cannot_start_and_writes_need_the_csrf_token(console_client, tmp_path, monkeypatch):
+    audit_log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SHOPREC_AUDIT_LOG", str(audit_log))
     c, _ = console_client()
     csrf = login(c, API_KEY)
+    refused = [r for r in audit_log.read_text().splitlines() if "auth.failure" in r] if audit_log.exists() else []
+    assert refused == []  # an analyst key is never tried (and refused) as an admin key
     assert c.get("/console/api/experiments").json()["can_act"] is False
     r = c.post(f"/console/api/experiments/{EXPERIMENT}/start", headers={"X-CSRF-Token": csrf})
     assert r.status_code == 403 and "admin" in r.json()["detail"]
@@ -226,8 +230,11 @@ def test_admin_starts_and_stops_an_experiment_and_it_is_audited(console_client, 
         import serving.audit  # noqa: F401
     except ImportError:
         return
-    actions = [json.loads(line)["action"] for line in audit_log.read_text().splitlines()]
-    assert actions == ["experiment.start", "experiment.stop"]
+    records = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    mine = [(r["action"], r["actor"].split(":")[:2], r["details"]["experiment"]) for r in records
+            if r["action"].startswith("console.")]
+    assert mine == [("console.experiment.start", ["console", "admin"], EXPERIMENT),
+                    ("console.experiment.stop", ["console", "admin"], EXPERIMENT)]
 
 
 # ------------------------------------------------------------------------------------------------ fixes
