@@ -22,6 +22,14 @@ settings.register_profile("explore", max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_log_in_tmp(tmp_path_factory):
+    """Audit records written by tests (auth failures, reloads, forgets) go to a session folder, not artifacts/."""
+    if not os.environ.get("SHOPREC_AUDIT_LOG"):
+        os.environ["SHOPREC_AUDIT_LOG"] = str(tmp_path_factory.mktemp("audit") / "audit.jsonl")
+    yield
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

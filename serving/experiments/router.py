@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -165,12 +166,21 @@ class Experiments:
             if raise_errors:
                 raise
             return False
+        before = {sp.name for sp in (self.specs or [])}
         with self._lock:
             self.specs, self.bundles, self.assigner = specs, bundles, Assigner(specs)
             self._pipelines.clear()
             self.error = None
             self.n_reloads += 1
         log.info("experiments: %s", ", ".join(f"{s.name} ({'/'.join(v.name for v in s.variants)})" for s in specs))
+        after = {sp.name: sp for sp in specs}
+        from serving.audit import try_audit_event  # experiment starts and stops, per replica that applies them
+
+        for name in sorted(set(after) - before):
+            try_audit_event("experiment.start", f"service:{os.getpid()}", experiment=name,
+                            variants=[v.name for v in after[name].variants])
+        for name in sorted(before - set(after)):
+            try_audit_event("experiment.stop", f"service:{os.getpid()}", experiment=name)
         return True
 
     def _snapshot_mtimes(self) -> dict[str, float]:
