@@ -131,3 +131,19 @@ def test_an_artifact_of_another_key_is_named_with_both_fingerprints(shop):
     assert len(report.errors) == 1
     assert "0123456789abcdef" in report.errors[0] and key_fingerprint() in report.errors[0]
     assert report.removed["processed/retail_slice/users.parquet"] == 1    # everything else is still forgotten
+
+
+def test_tombstoned_users_leave_audiences_and_profiles_of_another_key_are_refused(tmp_path):
+    from features.privacy import KeyMismatchError, check_artifact_key
+    from features.tombstones import add_tombstone, drop_tombstoned
+
+    stones = tmp_path / "tombstones"
+    gone, kept = pseudonymise_one("gone"), pseudonymise_one("kept")
+    assert add_tombstone(gone, stones) and not add_tombstone(gone, stones)
+    df = pd.DataFrame({"user_key": [gone, kept, gone], "score": [1.0, 2.0, 3.0]})
+    out, n = drop_tombstoned(df, "user_key", stones)
+    assert n == 2 and out["user_key"].tolist() == [kept]
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "manifest.json").write_text(json.dumps({"pseudo_key_fingerprint": "ffffffffffffffff"}))
+    with pytest.raises(KeyMismatchError, match="ffffffffffffffff"):
+        check_artifact_key(tmp_path / "p" / "profiles.parquet", "profiles")
