@@ -292,3 +292,23 @@ def test_reason_says_purchased_when_the_user_bought_the_anchor(make_client):
         assert c.post("/v1/events", json={"user_id": user, "item_id": "SKU000007", "event": event}).status_code == 202
         out = c.post("/v1/recommendations", json={"user_id": user, "k": 3}).json()
         assert out["items"][0]["reason"] == f"similar to SKU000007 you {verb}"
+
+
+def test_admin_rolls_back_and_this_replica_serves_it_at_once(console_client, console_artifacts, tmp_path):
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    for b in ("b1", "b2"):
+        (bundles / b).symlink_to((console_artifacts / "bundles" / b).resolve())
+    (bundles / "LATEST").write_text("b1\n")
+    c, _ = console_client(f"serve.bundles_dir={bundles}")
+    analyst = login(c, API_KEY)
+    assert c.post("/console/api/models/rollback", json={"to": "b2"}, headers={"X-CSRF-Token": analyst}).status_code == 403
+    c2, svc = console_client(f"serve.bundles_dir={bundles}")
+    csrf = login(c2, ADMIN_KEY)
+    r = c2.post("/console/api/models/rollback", json={"to": "b2"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and r.json()["version"] == "b2"
+    assert (bundles / "LATEST").read_text().strip() == "b2" and svc.bundle.name == "b2"
+    m = c2.get("/console/api/models").json()
+    assert m["serving"] == "b2" and m["loaded_here"] == "b2" and m["history"][0]["action"] == "rollback"
+    r = c2.post("/console/api/models/rollback", json={"to": "nope"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 409 and "nope" in r.json()["detail"]
