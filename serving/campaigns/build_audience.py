@@ -38,7 +38,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import atomic_dir, code_version, file_sha256, read_json, write_json
 from features.cli import run_or_exit
+from features.privacy import check_artifact_key
 from features.processed import load_events, load_items, load_users
+from features.tombstones import drop_tombstoned, tombstone_dir
+from serving.audit import audit_event, cli_actor
 from serving.campaigns.audience import AudienceResult, build_audience, model_scorer, send_date_of
 from serving.campaigns import uplift_model
 from serving.campaigns.eligibility import check_profiles, check_targeting
@@ -198,6 +201,9 @@ def run(cfg: DictConfig) -> BuildResult:
     campaign = from_hydra(cfg.campaign)          # bad YAML fails here, before any scoring
     t_start = time.perf_counter()
     profiles = load_profiles(campaign.job.profiles)
+    check_artifact_key(campaign.job.profiles, "profiles")           # made with this pseudonymisation key
+    artifacts = Path(str(cfg.paths.artifacts)) if "paths" in cfg else None
+    profiles, n_forgotten = drop_tombstoned(profiles, "user_key", tombstone_dir(artifacts))  # forgotten users
     check_profiles(profiles, campaign)
     check_targeting(profiles, campaign, known_segments(OmegaConf.to_container(cfg.profile, resolve=True)))
     model = load_trained_model(campaign)
@@ -242,6 +248,9 @@ def run(cfg: DictConfig) -> BuildResult:
             audience_report(manifest, tmp)
         write_json(tmp / "manifest.json", manifest)
     update_contact_log(campaign.job.contact_log, campaign, aud)
+    audit_event("audience.build", cli_actor(), campaign=campaign.id, users=int(len(aud)),
+                treatment=int(manifest["counts"]["treatment"]), forgotten_left_out=n_forgotten,
+                file="audience.parquet", sha256=file_sha256(out_dir / "audience.parquet"))
     bundle_dir = None
     if campaign.job.write_bundle:
         bundle_dir = publish_to_bundle(campaign, out_dir / "model", profiles, manifest)
