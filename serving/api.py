@@ -402,7 +402,9 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)], tags=["ops"],
               responses={409: {"description": "the bundle was not swapped in (not found or not loadable)"}})
-    def reload(req: ReloadRequest | None = None) -> dict[str, str]:
+    def reload(request: Request, req: ReloadRequest | None = None) -> dict[str, str]:
+        from serving.audit import audit_event
+        from serving.auth import sha256_hex
         from serving.bundle import BundleError
 
         target = None
@@ -414,6 +416,9 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
             raise HTTPException(409, f"bundle not swapped in: {e}") from None
         if target is not None:  # the other replicas follow through their LATEST watcher
             service.publish_latest(b)
+        key = key_from_headers(request.headers)
+        audit_event("bundle.reload", f"apikey:{sha256_hex(key)[:12]}" if key else "anonymous", bundle=b.name,
+                    requested=req.bundle if req is not None else None)
         return {"bundle": b.name}
 
     from serving.ops_api import router as versions_router  # /admin/versions, /admin/promote, /admin/rollback

@@ -115,3 +115,11 @@ def test_auth_failures_are_throttled(tmp_path, monkeypatch):
     assert [(r["details"]["status"], r["actor"]) for r in recs] == [(403, "apikey:" + sha256_hex("wrong")[:12]),
                                                                     (401, "anonymous")]
     assert "wrong" not in (tmp_path / "audit.jsonl").read_text().replace(sha256_hex("wrong")[:12], "")
+
+
+def test_reload_is_audited(make_client, artifacts):
+    c, _ = make_client()
+    assert c.post("/admin/reload", json={"bundle": "b2"}, headers=ADMIN).status_code == 200
+    recs = [r for r in read_records(artifacts / "audit" / "audit.jsonl") if r["action"] == "bundle.reload"]
+    assert len(recs) == 1 and recs[0]["details"]["bundle"] == "b2"
+    assert recs[0]["actor"] == "apikey:" + sha256_hex("test-admin-key")[:12]
