@@ -14,8 +14,10 @@ The actor recorded is ``apikey:`` and the first 12 hex digits of the admin key's
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path as FilePath
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -25,7 +27,7 @@ from omegaconf import OmegaConf
 
 from features.forget import run as forget_run
 from features.forget import subject_hash
-from features.privacy import key_fingerprint
+from features.privacy import check_key_fingerprint, key_fingerprint
 from serving.api_inputs import clean_key
 from serving.audit import AUDIT_ENV, audit_event
 from serving.auth import AuthError, key_from_headers
@@ -44,13 +46,30 @@ def forget_config(serve_cfg: Any) -> Any:
                              "serve": OmegaConf.to_container(serve_cfg, resolve=True)})
 
 
+def check_event_log_key(serve_cfg: Any) -> None:
+    """The event log holds pseudonyms made with the service's key: ``<event_log>.manifest.json`` records that key's
+    fingerprint (written by the first service that starts on the log) and every later start checks it;
+    ``KeyMismatchError`` names both fingerprints instead of every known user silently looking new."""
+    log_path = FilePath(str(serve_cfg.store.event_log))
+    sidecar = log_path.with_name(log_path.name + ".manifest.json")
+    if sidecar.exists():
+        check_key_fingerprint(json.loads(sidecar.read_text()).get("pseudo_key_fingerprint"), f"event log {log_path}")
+        return
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"kind": "event_log", "log": log_path.name,
+                               "pseudo_key_fingerprint": key_fingerprint()}, sort_keys=True) + "\n")
+    os.replace(tmp, sidecar)
+
+
 def router(service: Any) -> APIRouter:
     """The privacy admin routes over ``service`` (a ``serving.service.Service``). Points this process's audit log at
     ``serve.privacy.audit_log`` unless ``SHOPREC_AUDIT_LOG`` is set (a Serve replica does not inherit the caller's
-    environment)."""
+    environment), and checks the event log's key (``check_event_log_key``)."""
     audit_log = (service.cfg.get("privacy") or {}).get("audit_log")
     if audit_log:
         os.environ.setdefault(AUDIT_ENV, str(audit_log))
+    check_event_log_key(service.cfg)
 
     def admin(request: Request) -> str:
         try:

@@ -123,3 +123,14 @@ def test_reload_is_audited(make_client, artifacts):
     recs = [r for r in read_records(artifacts / "audit" / "audit.jsonl") if r["action"] == "bundle.reload"]
     assert len(recs) == 1 and recs[0]["details"]["bundle"] == "b2"
     assert recs[0]["actor"] == "apikey:" + sha256_hex("test-admin-key")[:12]
+
+
+def test_event_log_of_another_key_stops_the_service(make_client, artifacts):
+    from features.privacy import KeyMismatchError, key_fingerprint
+
+    make_client()
+    sidecar = artifacts / "serve" / "events.csv.manifest.json"
+    assert json.loads(sidecar.read_text())["pseudo_key_fingerprint"] == key_fingerprint()
+    sidecar.write_text(json.dumps({"pseudo_key_fingerprint": "0000000000000000"}))
+    with pytest.raises(KeyMismatchError, match="0000000000000000"):
+        make_client()
