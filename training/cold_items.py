@@ -273,8 +273,13 @@ def add_items(bundle_dir: Path, new_items: pd.DataFrame, known_items: pd.DataFra
 
 
 def _known_items(pdir: Path) -> pd.DataFrame:
+    """``item_id`` and the content columns (attributes, title) of the prepared items; none when ``pdir`` has no
+    prepared items (a bundle without prepared data: its category and price are the only tokens)."""
     from features.processed import load_items
 
+    if not (pdir / "items.parquet").exists():
+        log.warning("%s: no prepared items; the tokens are the bundle's category and price only", pdir)
+        return pd.DataFrame({"item_id": pd.Series([], dtype="int64")})
     it = load_items(pdir)
     keep = [c for c in ("item_id", "attributes", "title") if c in it]
     return it[keep]
