@@ -19,7 +19,8 @@ replica re-reads it when its modification time or size changes (checked at most 
 added there works, and a key removed there is refused, within about a second; a file that cannot be read
 or parsed keeps the keys read before (logged). Refused keys (401, 403) are recorded in the audit log
 (``serving.audit``, action ``auth.failure``, the presented key's digest prefix, never the key), at most one
-record per key and status a minute, with the count of the ones not recorded separately.
+record per key and status a minute and at most 10 a second in all, with the count of the ones not
+recorded separately.
 """
 from __future__ import annotations
 
@@ -149,6 +150,12 @@ class Auth:
             slot[1] += 1
             if now - slot[0] < 60.0:
                 return
+            total = self._failures.setdefault((0, "*"), [now, 0])   # all keys: at most 10 records a second
+            if now - total[0] >= 1.0:
+                total[0], total[1] = now, 0
+            total[1] += 1
+            if total[1] > 10:
+                return   # counted in its slot; recorded with its count once the flood ebbs
             count, slot[0], slot[1] = slot[1], now, 0
             if len(self._failures) > 10000:  # bounded: a flood of random keys cannot grow it without end
                 self._failures.clear()

@@ -134,3 +134,12 @@ def test_event_log_of_another_key_stops_the_service(make_client, artifacts):
     sidecar.write_text(json.dumps({"pseudo_key_fingerprint": "0000000000000000"}))
     with pytest.raises(KeyMismatchError, match="0000000000000000"):
         make_client()
+
+
+def test_a_flood_of_random_keys_writes_few_audit_records(tmp_path, monkeypatch):
+    monkeypatch.setenv(AUDIT_ENV, str(tmp_path / "audit.jsonl"))
+    auth = Auth(enabled=True, key_digests=frozenset({sha256_hex("k")}))
+    for i in range(200):
+        with pytest.raises(AuthError):
+            auth.check(f"random-{i}")
+    assert len(read_records(tmp_path / "audit.jsonl")) <= 20
