@@ -4,7 +4,8 @@ The bundle (``serving/bundle_layout.md``) is published as a new version ``${path
 (``serving.bundle.new_version``: temporary folder, hashes, rename) and named in ``${paths.bundles}/LATEST``: item embeddings (row i = item_id i), the user/sequence encoder as
 ONNX (``item_seq [B, max_len] int64 (, user_feat [B, F] int64) -> user_emb [B, dim] float32``; score = inner
 product), the user-feature codes and spec (``user_features.parquet``/``.json``, two-tower with user features), the items and
-users tables (the online store's initial state: pseudonymised keys only), the run's config and a manifest
+users tables (the online store's initial state: pseudonymised keys only), the training data's reference
+distributions for drift monitoring (``drift_reference.json``, ``serving.drift``), the run's config and a manifest
 that records what the model was trained on (``trained_on``: data, split, the train part's period) and the
 pseudonymisation key's fingerprint.
 The ONNX encoder is checked against PyTorch with ONNX Runtime on a batch of real sequences before the
@@ -26,9 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from features.artifacts import write_json
 from features.processed import load_events, load_items, load_split, load_users, processed_dir
+from features.splits import split_files
 from serving.bundle import (
     CONFIG, ENCODER, ITEM_EMBEDDINGS, ITEMS, USER_FEATURES_SPEC, USER_FEATURES_TABLE, USERS, new_version,
 )
+from serving.drift.reference import write_reference  # drift_reference.json: the training data's distributions
+from serving.drift.report import keyed_events
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +184,7 @@ def run(cfg: DictConfig) -> ExportResult:
         if spec is not None:
             user_feature_table(pdir, spec).to_parquet(tmp / USER_FEATURES_TABLE, index=False)
             write_json(tmp / USER_FEATURES_SPEC, spec.to_json())
+        write_reference(tmp, keyed_events(pdir, "train", split_files(str(rcfg.trainer.eval.split))), max_len)
         OmegaConf.save(rcfg, tmp / CONFIG, resolve=True)
         draft.manifest.update({"onnx_parity_max_abs_diff": diff,
                                "counts": {"items": int(item_emb.shape[0]), "users": int(len(users))}})

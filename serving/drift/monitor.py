@@ -78,9 +78,10 @@ def load_config(path: str | Path | None = None) -> DriftConfig:
 class Monitor:
     """A bundle's reference and view: turns events into ``Prepared`` codes and windows into figures."""
 
-    def __init__(self, bundle_dir: str | Path, cfg: DriftConfig | None = None):
+    def __init__(self, bundle_dir: str | Path, cfg: DriftConfig | None = None, ref: dict[str, Any] | None = None):
+        """``ref``: a reference computed in memory (``build_reference``) instead of the bundle's file."""
         self.bundle_dir = Path(bundle_dir)
-        self.ref = read_reference(self.bundle_dir)
+        self.ref = ref if ref is not None else read_reference(self.bundle_dir)
         self.view = BundleView(self.bundle_dir)
         self.cfg = cfg or load_config()
         self.buckets = np.asarray(self.ref["item_bucket"], np.int64)
