@@ -1,5 +1,6 @@
 """Uplift benchmark on Hillstrom, and the Complete Journey coupon response model.
 
+    python scripts/bench_uplift.py grid [--repeats 1] [--arms womens,mens,either] [--outcomes visit,conversion]
     flock /tmp/shoprec-bench.lock python scripts/bench_uplift.py [uplift.cv.repeats=1] [uplift.methods=[S-GBT,project]] [uplift.completejourney.skip=true]
 
 Hillstrom 'Womens E-Mail' vs 'No E-Mail', outcome visit: repeated stratified 5-fold CV (3 repeats,
@@ -112,9 +113,38 @@ def main(argv: list[str]) -> dict:
     return out
 
 
+def grid(argv: list[str]) -> dict:
+    """``python scripts/bench_uplift.py grid [--repeats N] [--arms womens,mens,either] [--outcomes visit,conversion]
+    [--no-semisynth]``: the grid of ``training.campaigns.uplift_grid`` with the shipped ``conf/uplift/table.yaml``."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from training.campaigns.uplift_grid import grid_tables, run_grid
+
+    ap = argparse.ArgumentParser(prog="bench_uplift.py grid")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--arms", default="womens,mens,either")
+    ap.add_argument("--outcomes", default="visit,conversion")
+    ap.add_argument("--no-semisynth", action="store_true")
+    a = ap.parse_args(argv)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        ucfg = OmegaConf.to_container(compose("uplift/table", overrides=["data.path=unused"]), resolve=True)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(ucfg["threads"]))
+    root = Path(ucfg["paths"]["data_root"])
+    out = run_grid(ucfg, str(root / "hillstrom" / "hillstrom.csv"),
+                   None if a.no_semisynth else str(root / "uplift-semisynth-public"),
+                   a.folds, a.repeats, a.outcomes.split(","), a.arms.split(","))
+    print(grid_tables(out))
+    return out
+
+
 if __name__ == "__main__":
     try:
-        result = main(sys.argv[1:])
+        result = grid(sys.argv[2:]) if sys.argv[1:2] == ["grid"] else main(sys.argv[1:])
     except ValueError as e:
         raise SystemExit(f"bench_uplift: error: {e}") from None
     print(json.dumps(result, sort_keys=True, default=float))

@@ -282,3 +282,26 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ProjectUplift:
+    """The model ``python -m training.uplift`` ships, as a ``fit(x, y, t)`` / ``predict(x)`` learner for
+    benchmarks: selection by inner CV on the rows it is fitted on, calibrated effects."""
+
+    def __init__(self, ucfg: dict[str, Any]):
+        self.ucfg = ucfg
+
+    def fit(self, x, y, t):
+        mcfg, sel = self.ucfg["model"], self.ucfg["model"]["select"]
+        cands, blends, scale = candidates_of(mcfg)
+        table = cv_table(cands, blends, x, y, t, int(sel["folds"]), int(sel["repeats"]), int(sel["seed"]),
+                         float(self.ucfg["k"]), scale)
+        scores = selection_scores(table, sel["metric"])
+        self.chosen_ = max(scores, key=scores.get)
+        self.cal = fit_calibration(oof_scores(self.chosen_, cands, blends, scale, x, y, t, int(sel["folds"]),
+                                              int(self.ucfg["seed"])), y, t)
+        self.learner = fit_named(self.chosen_, cands, blends, scale, x, y, t)
+        return self
+
+    def predict(self, x):
+        return self.cal(self.learner.predict(x))
