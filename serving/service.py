@@ -35,6 +35,8 @@ class Service:
         self.settings = RecommendSettings.from_cfg(serve_cfg)
         self.auth = Auth.from_cfg(serve_cfg.auth)
         self.telemetry = Telemetry()
+        from serving.drift.service import attach_drift  # drift gauges on /metrics, computed on scrape
+        self.drift = attach_drift(self)
         self.store = open_store(serve_cfg.store, trending_window_s=self.settings.trending_window_s)
         self.auth.share_limits(self.store)  # per-key buckets shared through Redis when the store is Redis
         self._pkey = pseudo_key()[0]

@@ -1,7 +1,8 @@
 """Drift gauges of a running service, on ``GET /metrics``: live events against the serving bundle's reference.
 
 ``attach_drift(service)`` registers a Prometheus collector in the service's registry. On a scrape (at most every
-``service.refresh_s`` seconds of ``conf/drift.yaml``; in between the last figures are served again) it reads the
+``service.refresh_s`` seconds of ``conf/drift.yaml``, at once while the window holds fewer than ``min_events``
+events; in between the last figures are served again) it reads the
 new lines of the event log (``serve.store.event_log``: the file store's log, or the one
 ``serving.drain_events`` fills from Redis), keeps the last ``span_s`` of events and computes the figures of
 ``serving.drift.monitor`` against the bundle being served (its ``drift_reference.json``). Nothing runs on the
@@ -102,11 +103,21 @@ class DriftCollector:
         figs["reference"] = True
         return figs
 
+    def describe(self) -> list[Any]:
+        """The metric names without values: without it ``registry.register`` would call ``collect`` (and read the
+        log) at start."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [GaugeMetricFamily(f"shoprec_drift_{n}", n) for n in ("reference", "window_events", "psi", "js", "ks",
+                                                                     "line")]
+
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         with self._lock:
-            if self._figures is None or time.monotonic() - self._at >= self.refresh_s:
+            figs = self._figures
+            small = figs is None or figs.get("n", 0) < self.cfg.thresholds.min_events  # cheap: recompute at once
+            if small or time.monotonic() - self._at >= self.refresh_s:
                 try:
                     self._figures = self.refresh()
                 except Exception as e:  # noqa: BLE001 - a scrape never fails because of drift figures
