@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.splits import split_files
 from serving.bundle import read_manifest, resolve_bundle_dir
 from serving.drift.monitor import Monitor, alerts, load_config
 from serving.drift.reference import REFERENCE, build_reference
@@ -49,7 +50,8 @@ def main() -> None:
     cfg = load_config(args.config)
     ref = None
     if not (bdir / REFERENCE).exists():
-        ref = build_reference(bdir, keyed_events(args.processed, "train", str(trained.get("split") or "temporal")))
+        split = split_files(str(trained.get("split") or "temporal"))
+        ref = build_reference(bdir, keyed_events(args.processed, "train", split))
     monitor = Monitor(bdir, cfg, ref=ref)
     events = keyed_events(args.processed)
     events["ts"] = pd.to_datetime(events["ts"], utc=True)
