@@ -145,3 +145,24 @@ def test_a_tampered_model_file_is_refused(trained, tmp_path):
         f.write(b"x")
     with pytest.raises(ValueError, match="SHA-256"):
         uplift_model.load(copy)
+
+
+def test_project_learner_of_the_benchmark_and_paired_interval():
+    """``ProjectUplift`` (the benchmark's 'project') ranks the planted effect; the paired interval
+    of a constant difference has zero width and contains it."""
+    from omegaconf import OmegaConf
+
+    from training.campaigns.uplift_grid import paired_ci
+    from training.uplift import ProjectUplift
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        ucfg = OmegaConf.to_container(compose("uplift/table", overrides=["data.path=unused"]), resolve=True)
+    ucfg["model"]["candidates"], ucfg["model"]["blends"] = FAST, {}
+    d = planted_table(4000)
+    x = np.c_[d["x"], d["seg"] == "a", d["seg"] == "c"].astype(float)
+    m = ProjectUplift(ucfg).fit(x[:3000], d["bought"].to_numpy()[:3000], d["treated"].to_numpy()[:3000])
+    p = m.predict(x[3000:])
+    eff = d["true_effect"].to_numpy()[3000:]
+    assert p[eff == 0.25].mean() > p[eff == 0].mean() > p[eff == -0.10].mean() and m.chosen_ in FAST
+    mean, lo, hi = paired_ci(np.full(5, 0.01), 800, 200)
+    assert mean == pytest.approx(0.01) and lo == pytest.approx(0.01) and hi == pytest.approx(0.01)
