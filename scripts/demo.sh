@@ -59,11 +59,24 @@ python -m training.train model=ranker data=$RETAIL trainer=cpu model.retriever_b
 python -m features.baskets data=$RETAIL
 python -m serving.publish_rules data=$RETAIL
 
-step "6. profiles and segments"
+step "6. profiles and segments; behaviour analytics (funnels, cart abandonment, time to purchase, paths, repeat purchases)"
 python -m features.profile data=$RETAIL
+python -m features.analytics data=$RETAIL
+if [ "$REAL" = 1 ]; then
+  python -m features.prepare data=taobao
+  python -m features.profile data=taobao profile=short_horizon
+  python -m features.analytics data=taobao
+fi
 
-step "7. campaign audience"
+step "7. campaign audiences: response model (win-back); uplift model learnt from a past campaign (Hillstrom)"
 python scripts/build_audience.py campaign=winback
+if [ -f "$DATA_ROOT/hillstrom/hillstrom.csv" ] || ls "$DATA_ROOT"/hillstrom/*.csv >/dev/null 2>&1; then
+  # the past e-mail campaign's randomised outcomes train the uplift model; the next campaign targets the same
+  # customers by expected incremental profit, keeps a random control group and never mails negative-effect users
+  python -m training.campaigns.hillstrom_profiles
+  python -m training.uplift --config-name uplift/hillstrom_campaign
+  python scripts/build_audience.py campaign=hillstrom_next
+fi
 
 step "8. serve, query, stop"
 LOG="$ART/serve.log"
@@ -96,6 +109,8 @@ curl -s "localhost:$PORT/v1/items/$ITEM_ID/similar?k=5" -H "X-API-Key: $SHOPREC_
 curl -s -X POST "localhost:$PORT/v1/campaigns/winback/score" "${H[@]}" -d "{\"user_ids\":[\"$USER_ID\"]}"; echo
 curl -s -o /dev/null -w "no key -> %{http_code}\n" "localhost:$PORT/v1/recommendations" -d '{"user_id":"x","k":5}'
 curl -s "localhost:$PORT/metrics" | grep -m 5 shoprec_ || true
+curl -s "localhost:$PORT/readyz"; echo   # where encoder, retrieval and ranker run, and why
+curl -s -o /dev/null -w "console login page -> %{http_code}\n" "localhost:$PORT/console"
 set +x
 kill -TERM $SERVE; wait $SERVE 2>/dev/null || true
 trap - EXIT
@@ -110,4 +125,23 @@ else
 fi
 python scripts/bench_quality.py
 
+step "10. operations: bundle versions, drift against the bundle's training data, backup"
+python -m serving.bundles list
+if [ "$REAL" = 1 ]; then
+  # the months after the training cut-off, replayed against the served bundle's reference distributions
+  python -m serving.drift --bundles "$ART/bundles" --processed "$ART/processed/$RETAIL" --from 2011-10-08 --window daily \
+    --out "$ART/reports/drift" | tail -n 12 || true
+fi
+python -m serving.backup backup --to "$ART/backups" --parts bundles,privacy,audit | tail -n 3
+
+step "11. privacy: forget one customer everywhere, prove it, verify the audit chain"
+if [ "$REAL" = 1 ]; then
+  python scripts/bench_forget.py --user 12347 --artifacts "$ART" --in-place | tail -n 4
+else
+  python -m features.forget user=u2 | tail -n 3
+fi
+python -m serving.audit verify
+
 step "done: everything is under $ART/"
+echo "console: http://localhost:$PORT/console  (start the service: python -m serving.run serve.port=$PORT;"
+echo "         sign in with the admin key \$SHOPREC_ADMIN_KEYS or an analyst key from \$SHOPREC_API_KEYS)"
