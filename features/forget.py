@@ -24,9 +24,7 @@ hash of the key (``subject_hash``), not the key itself; the report file goes nex
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,7 +34,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,7 +42,7 @@ import pyarrow.parquet as pq
 
 from features.artifacts import file_sha256, read_json, write_json
 from features.privacy import KeyMismatchError, check_key_fingerprint, key_fingerprint, pseudonymise_one
-from features.tombstones import add_tombstone, tombstone_dir
+from features.tombstones import add_tombstone, folder_lock, tombstone_dir
 
 log = logging.getLogger("features.forget")
 
@@ -294,7 +292,7 @@ def run(cfg: Any, *, steps: list[Callable[..., None]] | None = None) -> ForgetRe
     report = ForgetReport(user_key=user_key)
     report.tombstone = "written" if add_tombstone(user_key, tombstone_dir(artifacts)) else "already there"
     steps = steps if steps is not None else _configured_steps(cfg)
-    with _one_at_a_time(tombstone_dir(artifacts)):  # two forgets never rewrite one file at once
+    with folder_lock(tombstone_dir(artifacts), ".forget.lock"):  # two forgets never rewrite one file at once
         forget_data(user_key, cfg, report)
         for step in steps:
             step(user_key, cfg, report)
@@ -302,17 +300,6 @@ def run(cfg: Any, *, steps: list[Callable[..., None]] | None = None) -> ForgetRe
     report.status = "forgotten" if report.rows_removed else "not found"
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
-
-
-@contextlib.contextmanager
-def _one_at_a_time(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".forget.lock", "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _configured_steps(cfg: Any) -> list[Callable[..., None]]:

@@ -43,9 +43,10 @@ def _check_key(user_key: str) -> str:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path, name: str = ".lock") -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder/name`` (between processes) while the block runs."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as fh:
+    with open(folder / name, "a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -70,7 +71,7 @@ def add_tombstone(user_key: str, folder: str | Path | None = None) -> bool:
     """Record ``user_key``; True when it is new, False when it was already there."""
     key = _check_key(user_key)
     folder = Path(folder) if folder is not None else tombstone_dir()
-    with _locked(folder):
+    with folder_lock(folder):
         keys = set(load_tombstones(folder))
         if key in keys:
             return False
