@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from serving.auth import AuthError
 from serving.console import experiments as exp_view
