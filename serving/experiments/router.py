@@ -31,7 +31,7 @@ from serving.experiments.assignment import Assigner, Assignment
 from serving.experiments.exposure import Exposure, new_request_id, now_iso, open_experiment_logs
 from serving.experiments.spec import ExperimentConfigError, ExperimentSpec, Variant, check_set, read_spec
 from serving.recommender import RecItem, RecommendSettings, Recommender, RecQuery, RecResult
-from serving.rules import RuleSettings, blocked_items, reason_text, select_top_k
+from serving.rules import blocked_items, reason_text, select_top_k
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def variant_settings(base: RecommendSettings, v: Variant) -> RecommendSettings:
         s = dataclasses.replace(s, n_candidates=o.n_candidates)
     if o.rules is not None:
         r = s.rules
-        s = dataclasses.replace(s, rules=RuleSettings(
-            no_repurchase_days=r.no_repurchase_days if o.rules.no_repurchase_days is None else o.rules.no_repurchase_days,
-            max_per_category=r.max_per_category if o.rules.max_per_category is None else o.rules.max_per_category))
+        changed = {k: v for k, v in (("no_repurchase_days", o.rules.no_repurchase_days),
+                                     ("max_per_category", o.rules.max_per_category)) if v is not None}
+        s = dataclasses.replace(s, rules=dataclasses.replace(r, **changed))  # other rule settings kept
         if o.rules.exclude_seen is not None:
             s = dataclasses.replace(s, exclude_seen=o.rules.exclude_seen)
     return s

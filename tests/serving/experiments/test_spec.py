@@ -64,3 +64,19 @@ def test_read_spec_from_yaml_and_the_shipped_examples(tmp_path):
         read_spec(tmp_path / "broken.yaml")
     shipped = [read_spec(f"conf/experiment/{n}.yaml") for n in ("homepage_ab", "homepage_aa")]
     check_set(shipped)
+
+
+def test_variant_rule_overrides_keep_the_other_rule_settings():
+    """A variant that changes one rule keeps every other configured rule (e.g. the diversity lambda)."""
+    import dataclasses
+
+    from serving.experiments.router import variant_settings
+    from serving.experiments.spec import Overrides, RuleOverrides, Variant
+    from serving.recommender import RecommendSettings
+    from serving.rules import RuleSettings
+
+    base = dataclasses.replace(RecommendSettings(), rules=RuleSettings(no_repurchase_days=30, max_per_category=3,
+                                                                       diversity=0.4))
+    v = Variant(name="b", weight=0.5, overrides=Overrides(rules=RuleOverrides(max_per_category=1)))
+    got = variant_settings(base, v).rules
+    assert (got.no_repurchase_days, got.max_per_category, got.diversity) == (30, 1, 0.4)
