@@ -184,7 +184,15 @@ def select_and_assign(kept: pd.DataFrame, score: np.ndarray, channel: np.ndarray
     the offer has a cost, the users of negative expected profit; users are then ranked by expected
     incremental profit (or effect) and the offer is chosen by ``serving.campaigns.offers``. The
     summary (counts, expected conversions, cost and profit, the profit curve) is in the returned
-    frame's ``attrs["uplift"]``."""
+    frame's ``attrs["uplift"]``.
+
+    The result does not depend on the order of the rows: they are put in ``user_key`` order first (a stable
+    sort; profiles files are written in that order already), so the seeded control draw and the tie-breaks
+    of the budget cut are the same whether the rows come from one file or from Ray Data's blocks."""
+    order = np.argsort(kept["user_key"].astype("string").to_numpy(dtype=object), kind="stable")
+    if not np.array_equal(order, np.arange(len(order))):
+        kept = kept.iloc[order].reset_index(drop=True)
+        score, channel = np.asarray(score)[order], np.asarray(channel)[order]
     b, c = campaign.budget, campaign.control
     costs = np.array([campaign.channels.cost[ch] for ch in campaign.channels.order], dtype=np.float64)
     econ, summary = None, {}

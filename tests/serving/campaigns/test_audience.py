@@ -213,3 +213,15 @@ def test_unknown_profile_zone_is_named(profiles, campaign):
                                      "min_frequency": None}, control={"fraction": 0.0})
     with pytest.raises(ValueError, match="'timezone'.*Mars/Olympus"):
         build_audience(p, c, score_by_column("monetary"))
+
+
+def test_audience_does_not_depend_on_row_order(profiles, campaign):
+    """Shuffled profiles (as Ray Data's blocks may deliver them) give the same audience, control group included."""
+    model = tiny_model(campaign.model.features)
+    want = build_audience(profiles, campaign, model_scorer(model, "cpu", 4096)).audience
+    shuffled = profiles.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    got = build_audience(shuffled, campaign, model_scorer(model, "cpu", 4096)).audience
+    assert (want["group"] == "control").sum() > 0
+    key = ["user_key"]
+    pd.testing.assert_frame_equal(want.sort_values(key).reset_index(drop=True),
+                                  got.sort_values(key).reset_index(drop=True))
