@@ -44,7 +44,7 @@ from serving.api_errors import COMMON_RESPONSES, UNION_TAGS, http_error, validat
 from serving.api_inputs import EventTime, Key, clean_key, integral
 from serving.auth import AuthError, BodyLimitMiddleware, key_from_headers
 from serving.campaigns.spec import ID_REGEX as CAMPAIGN_ID_REGEX
-from serving.console import console_router
+from serving.console.routes import console_router
 from serving.recommender import RecItem, RecQuery, RecResult
 from serving.store import OnlineEvent, StoreUnavailable
 

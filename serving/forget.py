@@ -193,7 +193,7 @@ def forget_service(user_key: str, cfg: Any, report: ForgetReport, *, store: Any 
     if store is not None and not isinstance(store, EventStore) and hasattr(store, "forget_user"):
         report.add({f"live store ({store_kind})": int(store.forget_user(user_key))})
     elif store is None and store_kind == "redis":
-        from serving.store import open_store
+        from serving.stores import open_store
 
         live = open_store(serve.store)
         report.add({"live store (redis)": int(live.forget_user(user_key))})

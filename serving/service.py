@@ -21,7 +21,7 @@ from serving.auth import Auth
 from serving.bundle import Bundle, BundleError, latest_name, load_bundle, resolve_bundle_dir, set_latest
 from serving.experiments.router import Experiments
 from serving.recommender import RecommendSettings, Recommender, RecQuery
-from serving.store import open_store
+from serving.stores import open_store
 from serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

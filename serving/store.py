@@ -30,7 +30,7 @@ data=serve_events [data.path=<log>]`` (``conf/data/serve_events.yaml``: the tabl
 ``data.user_key_pseudonymised=true``, so the keys are not hashed a second time). Keys with control
 characters or unpaired surrogates are refused (``ValueError``), so every event is one physical line.
 
-Two kinds of online store share the ``OnlineStore`` interface (``open_store(serve.store)`` picks
+Two kinds of online store share the ``OnlineStore`` interface (``serving.stores.open_store(serve.store)`` picks
 one by ``serve.store.kind``): ``file`` (``EventStore`` below, the default: one host) and ``redis``
 (``serving.redis_store.RedisEventStore``: a Redis stream and per-user sequences, across hosts). A
 store that cannot take an event raises ``StoreUnavailable`` (the API answers 503, never 202).
@@ -57,7 +57,7 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -385,18 +385,6 @@ class OnlineStore(Protocol):
     @property
     def unavailable(self) -> bool:
         """True while reads are answered from a replica's cache (the store is out of reach)."""
-
-
-def open_store(store_cfg: Any, *, trending_window_s: float = 3600.0) -> OnlineStore:
-    """The online store ``serve.store`` configures (``kind: file`` by default, or ``redis``)."""
-    kind = str(store_cfg.get("kind", "file") if hasattr(store_cfg, "get") else "file")
-    if kind == "file":
-        return EventStore(store_cfg.event_log, fsync=bool(store_cfg.fsync), trending_window_s=trending_window_s)
-    if kind == "redis":
-        from serving.redis_store import RedisEventStore
-
-        return RedisEventStore.from_cfg(store_cfg, trending_window_s=trending_window_s)
-    raise ValueError(f"serve.store.kind={kind!r}: expected file or redis")
 
 
 class EventStore:

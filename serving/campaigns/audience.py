@@ -34,7 +34,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+from serving.campaigns import offers
 from serving.campaigns.eligibility import check_profiles, eligibility_steps, numeric
+from serving.campaigns.offers import offer_discounts
 from serving.campaigns.spec import CampaignConfig
 
 log = logging.getLogger(__name__)
@@ -118,21 +120,6 @@ def send_times_utc(send_date: pd.Timestamp, hours: np.ndarray, zones: np.ndarray
     return pd.DatetimeIndex(out).tz_localize("UTC")
 
 
-def offer_discounts(price_sensitivity: pd.Series, campaign: CampaignConfig) -> np.ndarray:
-    """Discount depth per user from the price-sensitivity tiers (default where unknown)."""
-    o = campaign.offer
-    ps = numeric(price_sensitivity)
-    out = np.full(len(ps), o.default_discount, dtype=np.float64)
-    if o.kind == "none" or not o.tiers:
-        return out if o.kind != "none" else np.zeros(len(ps))
-    bounds = np.array([t.max_price_sensitivity for t in o.tiers])
-    depth = np.array([t.discount for t in o.tiers])
-    known = ~np.isnan(ps)
-    idx = np.clip(np.searchsorted(bounds, np.clip(ps[known], 0.0, 1.0), side="left"), 0, len(bounds) - 1)
-    out[known] = depth[idx]
-    return out
-
-
 def stratified_control(strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Bool mask: exactly round(fraction * n_s) random members of every stratum s (seeded)."""
     n = len(strata)
@@ -198,8 +185,6 @@ def select_and_assign(kept: pd.DataFrame, score: np.ndarray, channel: np.ndarray
     econ, summary = None, {}
     rank = score
     if campaign.model.kind == "uplift":
-        from serving.campaigns import offers
-
         if model is None:
             from serving.campaigns.scoring import CampaignModel
 

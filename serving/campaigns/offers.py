@@ -17,7 +17,7 @@ the channel). ``tau(d)`` and ``p1(d)``:
   unknown), control behaviour unchanged: ``p1(d) = min(1, p1 (1 + e s d))``, ``tau(d) = p1(d) - (p1 - tau)``.
 
 With ``offer.levels`` each user gets the level of largest ``profit(d)``; else the tier discount
-(``serving.campaigns.audience.offer_discounts``). Users are ranked by expected profit when the offer
+(``offer_discounts``). Users are ranked by expected profit when the offer
 has a cost (some discount > 0), else by ``tau(d)``. Order value: ``evaluation.average_order_value``
 when set, else the profile's ``monetary / frequency``, else the median of that over the users.
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from serving.campaigns.eligibility import numeric
 from serving.campaigns.spec import CampaignConfig, CampaignConfigError
 
 UNKNOWN_PRICE_SENSITIVITY = 0.5
@@ -79,7 +80,6 @@ def economics(frame: pd.DataFrame, score: np.ndarray, channel_cost: np.ndarray, 
     """The economics of every user of ``frame`` (``score``: the model's effect per row, from
     ``CampaignModel.score_matrix``; ``model``: a ``serving.campaigns.scoring.CampaignModel`` of a
     table uplift run)."""
-    from serving.campaigns.audience import offer_discounts
 
     up = model.uplift
     if up is None:
@@ -144,3 +144,18 @@ def profit_curve(econ: Economics, channel_cost: np.ndarray, points: int = CURVE_
     idx = np.unique(np.linspace(0, len(order) - 1, min(points, len(order))).round().astype(np.int64))
     return {"users": [int(i + 1) for i in idx], "cost": [float(cost[i]) for i in idx],
             "incremental_conversions": [float(conv[i]) for i in idx], "profit": [float(prof[i]) for i in idx]}
+
+
+def offer_discounts(price_sensitivity: pd.Series, campaign: CampaignConfig) -> np.ndarray:
+    """Discount depth per user from the price-sensitivity tiers (default where unknown)."""
+    o = campaign.offer
+    ps = numeric(price_sensitivity)
+    out = np.full(len(ps), o.default_discount, dtype=np.float64)
+    if o.kind == "none" or not o.tiers:
+        return out if o.kind != "none" else np.zeros(len(ps))
+    bounds = np.array([t.max_price_sensitivity for t in o.tiers])
+    depth = np.array([t.discount for t in o.tiers])
+    known = ~np.isnan(ps)
+    idx = np.clip(np.searchsorted(bounds, np.clip(ps[known], 0.0, 1.0), side="left"), 0, len(bounds) - 1)
+    out[known] = depth[idx]
+    return out

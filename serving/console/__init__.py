@@ -12,4 +12,3 @@ works without the internet.
 - ``experiments``: the experiments view, start and stop.
 - ``ops``: models and bundles (rollback), health from the service's own metrics.
 """
-from serving.console.routes import console_router  # noqa: F401

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from serving.redis_store import RedisEventStore
-from serving.store import LOG_COLUMNS, EventStore, OnlineEvent, StoreUnavailable, open_store
+from serving.store import LOG_COLUMNS, EventStore, OnlineEvent, StoreUnavailable
+from serving.stores import open_store
 
 _prefix = itertools.count()
 
