@@ -181,12 +181,19 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 # --- the data layer's artifacts --------------------------------------------------------------------------------
+def _checked_manifest(folder: Path, what: str) -> dict[str, Any]:
+    """``folder``'s manifest ({} when absent), after checking it was made with this pseudonymisation key."""
+    mpath = folder / "manifest.json"
+    if not mpath.exists():
+        return {}
+    manifest = read_json(mpath)
+    check_key_fingerprint(manifest.get("pseudo_key_fingerprint"), what)
+    return manifest
+
+
 def forget_processed(pdir: Path, user_key: str, artifacts: Path) -> dict[str, int]:
     """Remove the user from one prepared dataset (``features.prepare`` output). Key fingerprint checked."""
-    mpath = pdir / "manifest.json"
-    manifest = read_json(mpath) if mpath.exists() else {}
-    if mpath.exists():
-        check_key_fingerprint(manifest.get("pseudo_key_fingerprint"), f"prepared dataset {pdir}")
+    manifest = _checked_manifest(pdir, f"prepared dataset {pdir}")
     ids = _user_ids(pdir / "users.parquet", user_key)
     removed = forget_in_files(pdir, user_key, artifacts, ids, text_columns=("raw", "message"))
     if removed and manifest:
@@ -203,10 +210,7 @@ def forget_processed(pdir: Path, user_key: str, artifacts: Path) -> dict[str, in
 
 def forget_profiles(folder: Path, user_key: str, artifacts: Path) -> dict[str, int]:
     """Remove the user from one profile folder (``features.profile`` output). Key fingerprint checked."""
-    mpath = folder / "manifest.json"
-    manifest = read_json(mpath) if mpath.exists() else {}
-    if mpath.exists():
-        check_key_fingerprint(manifest.get("pseudo_key_fingerprint"), f"profiles {folder}")
+    manifest = _checked_manifest(folder, f"profiles {folder}")
     ids = _user_ids(folder / "profiles.parquet", user_key)
     removed = forget_in_files(folder, user_key, artifacts, ids)
     if removed and manifest:
