@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# READY FOR THE GPU RUN (engineer B). Tested locally in smoke mode (SWEEP_SMOKE=1, CPU, tiny caps).
+# Ready for a GPU run. Tested locally in smoke mode (SWEEP_SMOKE=1, CPU, tiny caps).
 #
 # One-shot SASRec sweep on one GPU (H200): 12 configs on Amazon Toys + 4 on Sports, all at once as
 # background processes (bf16-mixed, one CPU thread each), each capped at SWEEP_MAX_TIME seconds of
