@@ -9,6 +9,8 @@ import logging
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 log = logging.getLogger(__name__)
 MONITOR = "valid/ndcg@10"
@@ -66,3 +68,56 @@ class StopAtTarget(pl.Callback):
             return
         if self.reached(_metric(trainer, pl_module, MONITOR)):
             trainer.should_stop = True
+
+
+class EMAWeights(WeightAveraging):
+    """An exponential moving average of the weights (``decay`` per optimiser step; 0 = off), evaluated and
+    checkpointed in place of the raw weights.
+
+    Lightning's ``WeightAveraging`` does the averaging, swaps the averaged weights in for every validation
+    during ``fit`` and writes them as the checkpoint's ``state_dict``. Two things differ here, both for the
+    evaluation after ``fit`` (``trainer.validate`` / ``trainer.test`` of the best checkpoint): the
+    checkpoint's averaged weights stay loaded (Lightning would reload the raw ones), and nothing is swapped
+    (the swap would bring in the last epoch's average instead of the best one's). Buffers (item attributes,
+    popularity) are not averaged: they do not change in training.
+    """
+
+    def __init__(self, decay: float = 0.0, start_step: int = 0) -> None:
+        self.decay, self.start_step = float(decay), int(start_step)
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"model.ema_decay must be in [0, 1), got {decay}")
+        super().__init__(use_buffers=False, multi_avg_fn=get_ema_multi_avg_fn(self.decay))
+
+    @property
+    def enabled(self) -> bool:
+        return self.decay > 0.0
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return self.enabled and step_idx is not None and step_idx >= self.start_step
+
+    def _fitting(self, trainer: pl.Trainer) -> bool:
+        return self.enabled and trainer.state.fn == "fit"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.enabled:
+            super().setup(trainer, pl_module, stage)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._fitting(trainer):
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._fitting(trainer):
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.enabled:
+            super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.enabled:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self._fitting(trainer):       # resume: raw and averaged weights both come back
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

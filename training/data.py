@@ -190,9 +190,10 @@ class SequenceData:
                                                   # (point in time: the codes as of each input position)
     user_features: UserFeatureSpec | None = None  # their spec (names, vocabularies, edges)
     item_category: torch.Tensor | None = None     # [n_items] category code per item column (-1 = none): diversity
+    refit_seqs: torch.Tensor | None = None        # [U', max_len + 1]: sequences through the valid event (refit)
 
     def to(self, device) -> "SequenceData":
-        for name in ("train_seqs", "train_users", "popularity", "item_attributes", "train_user_feat"):
+        for name in ("train_seqs", "train_users", "popularity", "item_attributes", "train_user_feat", "refit_seqs"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
@@ -200,9 +201,26 @@ class SequenceData:
         return self
 
 
+def shift_holdout(parts: dict[str, pd.DataFrame], shift: int) -> dict[str, pd.DataFrame]:
+    """Leave-one-out moved ``shift`` events back: each user's test event is dropped, the valid event becomes
+    the test target and the last training event the valid target (repeated ``shift`` times).
+
+    With ``shift=1`` the "test" figures are figures on the real validation targets, from a model that never
+    saw them: a way to choose what the usual validation cannot judge (for example how long to refit on the
+    validation targets, ``training.refit``) without looking at a test target.
+    """
+    for _ in range(int(shift)):
+        train = _ordered(parts["train"])
+        last = ~train["user_id"].duplicated(keep="last")
+        more = train["user_id"].map(train["user_id"].value_counts()) > 1   # keep at least one training event
+        parts = {"train": train[~(last & more)], "valid": train[last & more], "test": parts["valid"]}
+    return parts
+
+
 def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attributes: bool = False,
                        max_users: int | None = None, max_attributes: int = 8,
-                       user_features: UserFeatureConfig | None = None, shop_baskets: int = 1) -> SequenceData:
+                       user_features: UserFeatureConfig | None = None, shop_baskets: int = 1,
+                       holdout_shift: int = 0) -> SequenceData:
     """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs).
 
     ``split="shop"``: the temporal split's files, evaluated on the shop protocol (``features.splits``): each
@@ -215,6 +233,9 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     ``user_features.point_in_time`` every input position of a training row gets the codes as known right
     after that position's event instead (``UserFeatureSpec.transform_running``): no feature computed from
     the events the row is trained to predict.
+
+    ``holdout_shift`` (loo only): evaluate one or more events earlier (``shift_holdout``).
+    ``refit_seqs`` holds each user's sequence through the validation event (``training.refit`` trains on it).
     """
     if max_len <= 0:
         raise ValueError(f"model.max_len must be > 0, got {max_len}")
@@ -227,6 +248,10 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     parts = {p: load_split(pdir, "temporal" if split == SHOP else split, p) for p in ("train", "valid", "test")}
     if max_users is not None:
         parts = {p: df[df["user_id"] < max_users] for p, df in parts.items()}
+    if holdout_shift:
+        if split != "loo" or holdout_shift < 0:
+            raise ValueError(f"trainer.eval.holdout_shift={holdout_shift}: needs eval.split=loo and a value >= 0")
+        parts = shift_holdout(parts, holdout_shift)
     train = _ordered(parts["train"])
     tu, ti = train["user_id"].to_numpy(np.int64), train["item_id"].to_numpy(np.int64)
     users = np.unique(tu)
@@ -243,6 +268,10 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
                 f"(items.parquet column 'attributes' is empty): set model.use_attributes=false"
             )
     before_test = pd.concat([train, parts["valid"]])
+    bt = _ordered(before_test)
+    bu, bi = bt["user_id"].to_numpy(np.int64), bt["item_id"].to_numpy(np.int64)
+    refit_seqs = left_padded(bu, bi, max_len + 1, np.unique(bu))
+    refit_seqs = refit_seqs[(refit_seqs[:, :-1] > 0).any(1) & (refit_seqs[:, 1:] > 0).any(1)]
     if split == SHOP:   # relevant sets: the purchases of each user's next basket(s) after the cut-off
         valid = _eval_set(train, shop_targets(train, parts["valid"], shop_baskets), max_len, target_sets=True)
         test = _eval_set(before_test, shop_targets(before_test, parts["test"], shop_baskets), max_len, target_sets=True)
@@ -256,7 +285,8 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
         train_seqs=torch.from_numpy(seqs), train_users=torch.from_numpy(users),
         valid=valid, test=test, popularity=torch.from_numpy(pop),
         item_attributes=attrs, n_attributes=n_attr, item_category=item_category_codes(items, n_items),
-        info={"split": split, "train_events": int(len(train)), "train_sequences": int(len(seqs)),
+        refit_seqs=torch.from_numpy(refit_seqs),
+        info={"split": split, "holdout_shift": int(holdout_shift), "train_events": int(len(train)), "train_sequences": int(len(seqs)),
               "valid_users": len(valid), "test_users": len(test), "n_items": n_items},
     )
     if user_features is not None and user_features.enabled:
@@ -363,6 +393,7 @@ class SequenceDataModule(pl.LightningDataModule):
                  valid_max_users: int | None = None) -> None:
         super().__init__()
         self.data, self.batch_size, self.eval_batch_size, self.seed = data, batch_size, eval_batch_size, seed
+        self._refit = False
         self._train = TrainBatches(self._tensors(), batch_size, seed, pack="seqs")
         # per-epoch validation (early stopping, checkpoints) on a fixed seeded subset of the valid users when
         # valid_max_users is set (cheap validation); the final valid/test metrics always use every user
@@ -376,6 +407,8 @@ class SequenceDataModule(pl.LightningDataModule):
         return self.data.valid if self._valid_rows is None else self.data.valid.take(self._valid_rows)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
+        if self._refit:
+            return {"seqs": self.data.refit_seqs}
         out = {"seqs": self.data.train_seqs}
         if self.data.train_user_feat is not None:
             out["user_feat"] = self.data.train_user_feat
@@ -385,6 +418,13 @@ class SequenceDataModule(pl.LightningDataModule):
         self.data.to(device)
         self._train.tensors = self._tensors()
         self.valid_epoch = self._valid_view()
+
+    def use_refit_data(self) -> None:
+        """Train from now on on the sequences through each user's validation event (``training.refit``)."""
+        if self.data.train_user_feat is not None or self.data.refit_seqs is None:
+            raise ValueError("model.refit_epochs > 0 needs a sequence model without user features")
+        self._refit = True
+        self._train = TrainBatches(self._tensors(), self.batch_size, self.seed + 1, pack="seqs")
 
     def use_full_validation(self) -> None:
         """Validate on every valid user from now on (the final validation after fitting)."""

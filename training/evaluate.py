@@ -60,9 +60,15 @@ def protocol(cfg: DictConfig) -> dict:
                        if exclude else "repeat-aware: nothing removed from the ranking"),
            "exclude_history": exclude, "ties": TIES, "max_users": cfg.trainer.get("max_users"),
            "sampled_negatives": int(e.sampled_negatives) if split != SHOP else 0}   # one relevant item per row only
+    shift = int(e.get("holdout_shift", 0) or 0)
+    if shift:
+        out["holdout_shift"] = shift
     if split == SHOP:
         out["relevant"] = (f"the {'/'.join(SHOP_TARGET_EVENTS)} lines of each user's next basket after the cut-off "
                            "(users with an event before it); history = every event before the cut-off")
+    elif split == "loo" and shift:
+        out["relevant"] = (f"each user's event {shift + 1} from the end (leave-one-out moved {shift} event(s) back: "
+                           "'test' is the real validation target)")
     elif split == "loo":
         out["relevant"] = "each user's last target event (leave-one-out)"
     else:

@@ -98,6 +98,11 @@ def validate_config(cfg: DictConfig) -> None:
         check_ranker_config(m)
     if int(cfg.trainer.max_epochs) <= 0:
         raise ValueError(f"trainer.max_epochs must be > 0, got {cfg.trainer.max_epochs}")
+    shift = int(cfg.trainer.eval.get("holdout_shift", 0) or 0)
+    if shift < 0 or (shift and str(cfg.trainer.eval.split) != "loo"):
+        raise ValueError(f"trainer.eval.holdout_shift={shift}: must be >= 0, and > 0 only with trainer.eval.split=loo")
+    if int(m.get("refit_epochs", 0) or 0) < 0:
+        raise ValueError(f"model.refit_epochs must be >= 0, got {m.refit_epochs}")
 
 
 def use_attributes(cfg: DictConfig, items) -> bool:
@@ -123,7 +128,7 @@ def load_data(cfg: DictConfig, pdir: Path) -> tuple[SequenceData, dict]:
     attrs = use_attributes(cfg, items)
     data = load_sequence_data(pdir, int(cfg.model.max_len), str(cfg.trainer.eval.split), attrs,
                               cfg.trainer.get("max_users"), int(cfg.model.get("max_attributes", 8)),
-                              user_feature_config(cfg))
+                              user_feature_config(cfg), holdout_shift=int(cfg.trainer.eval.get("holdout_shift", 0) or 0))
     extra = {}
     if cfg.model.family == "two_tower":
         extra["price_bucket"], extra["n_price_buckets"] = price_buckets(items, data.n_items, int(cfg.model.price_buckets))

@@ -119,6 +119,7 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
 
 def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None) -> dict:
     from training.data import SequenceDataModule
+    from training.refit import refit, refit_epochs
 
     data, extra = load_data(cfg, pdir)
     module = build_module(cfg, data, extra)
@@ -132,9 +133,13 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         module.net.forward = torch.compile(module.net.forward, dynamic=False)
     valid_epoch_users = len(dm.valid_epoch)
     trainer, hw = build_trainer(cfg, run_dir, device)
-    metrics = fit_and_test(trainer, module, dm, resume, hw)
+    hook = (lambda: refit(module, dm, cfg, hw, run_dir)) if refit_epochs(cfg) > 0 else None
+    metrics = fit_and_test(trainer, module, dm, resume, hw, before_test=hook)
     if not trainer.is_global_zero:
         return {}
+    if hook is not None:        # export takes the refitted weights
+        metrics["early_stopped_checkpoint"] = metrics["best_checkpoint"]
+        metrics["best_checkpoint"] = metrics["refit_checkpoint"]
     metrics.update({"sequences_per_s": data.info["train_sequences"] * metrics["epochs"] / max(metrics["train_time_s"], 1e-9),
                     "valid_epoch_users": valid_epoch_users, "compiled": bool(t.get("compile", False))})
     return metrics

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -150,9 +150,12 @@ def _best_index(hist: list[dict], ckpt) -> int:
 
 
 def fit_and_test(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule, resume: Path | None,
-                 hw: Hardware) -> dict:
+                 hw: Hardware, before_test: Callable[[], dict] | None = None) -> dict:
     """Fit, then validate and test the best checkpoint (last weights when no validation ran); the module keeps
-    the best weights. Returns the final valid/test metrics and the loop's figures (epochs, times, stop reason)."""
+    the best weights. Returns the final valid/test metrics and the loop's figures (epochs, times, stop reason).
+
+    ``before_test``: runs after the final validation, before the test (``training.refit``); the test then
+    evaluates the module's weights as it left them, and its figures join the metrics."""
     from pytorch_lightning.callbacks import EarlyStopping
 
     t0 = time.perf_counter()
@@ -170,8 +173,13 @@ def fit_and_test(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.Lightni
     if hasattr(dm, "use_full_validation"):
         dm.use_full_validation()            # per-epoch validation may use a subset; the final one uses every user
     trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+    extra = {}
+    if before_test is not None:
+        extra = before_test()
+        best = None                         # test the weights the hook left
     trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
     metrics = dict(getattr(module, "last_eval", {}) or {})
+    metrics.update(extra)
     best_i = _best_index(hist, ckpt)
     train_time = hist[-1]["time_s"] if hist else fit_s
     run_dir = Path(trainer.default_root_dir)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from training.data import TrainBatches, _eval_set, left_padded, load_sequence_data, price_buckets
+from training.data import TrainBatches, _eval_set, left_padded, load_sequence_data, price_buckets, shift_holdout
 
 
 def test_left_padded_keeps_last_items_most_recent_last():
@@ -29,6 +29,51 @@ def test_eval_sets_history_and_inputs(tiny_artifacts):
     assert int(d.test.inputs[i, -1]) == int(valid[valid.user_id == u]["item_id"].iloc[0]) + 1
     assert d.train_seqs.shape[1] == 6
     assert d.popularity[0] == 0 and d.popularity.sum() == len(train)
+
+
+def test_holdout_shift_moves_every_split_one_event_back_and_never_shows_the_test_event(tiny_artifacts):
+    pdir = tiny_artifacts / "processed" / "tiny"
+    d = load_sequence_data(pdir, max_len=50)
+    s = load_sequence_data(pdir, max_len=50, holdout_shift=1)
+    test = pd.read_parquet(pdir / "splits/loo/test.parquet")
+    valid = pd.read_parquet(pdir / "splits/loo/valid.parquet")
+    # the shifted "test" targets are the real validation targets, with inputs = the training history
+    assert torch.equal(s.test.users, d.valid.users) and torch.equal(s.test.targets, d.valid.targets)
+    assert torch.equal(s.test.inputs, d.valid.inputs)
+    # the shifted validation target of a user is their last training event; their training rows end before it
+    u = int(s.valid.users[0])
+    train = pd.read_parquet(pdir / "splits/loo/train.parquet")
+    events = train[train.user_id == u].sort_values(["ts", "src_row"])["item_id"].to_numpy() + 1
+    assert int(s.valid.targets[0]) == events[-1] and int(s.valid.inputs[0, -1]) == events[-2]
+    row = int((s.train_users == u).nonzero()[0, 0])
+    seq = s.train_seqs[row]
+    assert seq[seq > 0].tolist() == events[:-1][-51:].tolist()
+    # the shifted refit row ends with the shifted validation event: no real validation or test event in it
+    users = sorted(train["user_id"].unique())
+    refit = s.refit_seqs[users.index(u)]
+    assert refit[refit > 0].tolist() == events[-51:].tolist()
+    assert s.info["holdout_shift"] == 1 and s.info["train_events"] == d.info["train_events"] - len(s.valid)
+
+
+def test_shift_holdout_keeps_one_training_event_per_user():
+    parts = {"train": pd.DataFrame({"user_id": [0, 1, 1], "item_id": [5, 6, 7], "ts": [1, 1, 2], "src_row": [0, 1, 2]}),
+             "valid": pd.DataFrame({"user_id": [0, 1], "item_id": [8, 9], "ts": [3, 3], "src_row": [3, 4]}),
+             "test": pd.DataFrame({"user_id": [0, 1], "item_id": [10, 11], "ts": [4, 4], "src_row": [5, 6]})}
+    out = shift_holdout(parts, 1)
+    assert out["train"]["item_id"].tolist() == [5, 6] and out["valid"]["item_id"].tolist() == [7]
+    assert out["test"]["item_id"].tolist() == [8, 9]
+
+
+def test_refit_sequences_are_the_histories_through_the_validation_event(tiny_artifacts):
+    pdir = tiny_artifacts / "processed" / "tiny"
+    d = load_sequence_data(pdir, max_len=5)
+    both = pd.concat([pd.read_parquet(pdir / f"splits/loo/{p}.parquet") for p in ("train", "valid")])
+    users = sorted(both["user_id"].unique())
+    assert d.refit_seqs.shape == (len(users), 6)
+    for row in (0, len(users) // 2, len(users) - 1):
+        events = both[both.user_id == users[row]].sort_values(["ts", "src_row"])["item_id"].to_numpy() + 1
+        seq = d.refit_seqs[row]
+        assert seq[seq > 0].tolist() == events[-6:].tolist()
 
 
 def test_bad_max_len_and_missing_attributes(tiny_artifacts):

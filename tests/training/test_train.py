@@ -243,3 +243,49 @@ def test_history_and_stop_reason_survive_loading_the_best_checkpoint(make_cfg):
     m = run(make_cfg("model=sasrec", *FAST, "callbacks.model_checkpoint.mode=min")).metrics   # best = the worst epoch
     assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3] and m["stop_reason"] == "max_epochs"
     assert m["best_epoch"] == 1 + min(range(3), key=lambda i: m["history"][i]["valid/ndcg@10"])
+
+
+def test_ema_weights_are_what_is_validated_checkpointed_and_tested(make_cfg):
+    """With model.ema_decay the averaged weights are evaluated every epoch, written as the best checkpoint and
+    evaluated again after fit: the final validation equals the best epoch's, and the checkpoint differs from
+    the raw weights it also keeps."""
+    res = run(make_cfg("model=sasrec", *FAST, "model.ema_decay=0.9"))
+    m = res.metrics
+    best = max(h["valid/ndcg@10"] for h in m["history"])
+    assert m["valid/ndcg@10"] == pytest.approx(best, abs=1e-6)
+    ckpt = torch.load(res.run_dir / m["best_checkpoint"], map_location="cpu", weights_only=False)
+    raw, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    assert set(raw) == set(avg)
+    assert not torch.equal(raw["net.item_emb.weight"], avg["net.item_emb.weight"])
+    module = SASRecModule.load_from_checkpoint(res.run_dir / m["best_checkpoint"], map_location="cpu")
+    assert torch.equal(module.net.item_emb.weight, avg["net.item_emb.weight"])
+
+
+def test_ema_decay_out_of_range_names_the_setting(make_cfg):
+    with pytest.raises(Exception, match="model.ema_decay"):
+        run(make_cfg("model=sasrec", *FAST, "model.ema_decay=1.5"))
+
+
+def test_refit_trains_on_the_validation_events_then_tests_and_exports_those_weights(make_cfg):
+    from training.runs import open_run
+
+    plain = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=2")).metrics
+    res = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=2", "model.refit_epochs=1", "model.ema_decay=0.9"))
+    m = res.metrics
+    assert m["refit_epochs"] == 1 and m["best_checkpoint"] == "checkpoints/refit.ckpt"
+    assert m["early_stopped_checkpoint"].startswith("checkpoints/best-")
+    # the early-stopped validation is unchanged by the refit (same seed, same epochs); the test is the refitted model's
+    assert m["valid/ndcg@10"] == pytest.approx(max(h["valid/ndcg@10"] for h in m["history"]), abs=1e-6)
+    assert m["test/ndcg@10"] != plain["test/ndcg@10"]
+    info = open_run(res.run_dir)
+    assert info.checkpoint.name == "refit.ckpt"
+    refit = torch.load(info.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    best = torch.load(res.run_dir / m["early_stopped_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert not torch.equal(refit["net.item_emb.weight"], best["net.item_emb.weight"])
+
+
+def test_holdout_shift_tests_on_the_validation_targets(make_cfg):
+    m = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=1", "trainer.eval.holdout_shift=1")).metrics
+    assert m["protocol"]["holdout_shift"] == 1 and "real validation target" in m["protocol"]["relevant"]
+    with pytest.raises(ValueError, match="holdout_shift"):
+        run(make_cfg("model=sasrec", *FAST, "trainer.eval.holdout_shift=1", "trainer.eval.split=temporal"))
