@@ -16,11 +16,15 @@ no test target is looked at.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
+
+from features.artifacts import write_json
 
 from training.callbacks import EMAWeights
 
@@ -57,3 +61,74 @@ def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path) ->
     log.info("refit: %d epoch(s) on the sequences through the validation event in %.0f s -> %s", epochs, seconds, path)
     return {"refit_epochs": epochs, "refit_time_s": seconds, "refit_sequences": int(len(dm.data.refit_seqs)),
             "refit_checkpoint": str(path.relative_to(run_dir))}
+
+
+def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
+    """Test figures of a ``trainer.eval.holdout_shift`` run after refitting its early-stopped checkpoint for
+    each of ``epochs`` (0 = no refit), each from that checkpoint: the figures that choose ``model.refit_epochs``.
+    Refused on the unshifted protocol, where they would be test figures."""
+    from features.processed import processed_dir
+    from training.data import SequenceDataModule
+    from training.evaluate import evaluate_split
+    from training.modules import split_scorer
+    from training.runs import load_data, load_module, open_run
+    from training.trainer import hardware
+
+    info = open_run(run_dir)
+    cfg = info.cfg
+    if int(cfg.trainer.eval.get("holdout_shift", 0) or 0) < 1:
+        raise ValueError(f"run={run_dir}: trainer.eval.holdout_shift is 0, so its test targets are real test targets; "
+                         "choose model.refit_epochs on a run with trainer.eval.holdout_shift=1")
+    early = info.run_dir / str(info.metrics.get("early_stopped_checkpoint") or info.checkpoint.relative_to(info.run_dir))
+    data, _ = load_data(cfg, processed_dir(cfg))
+    e = cfg.trainer.eval
+    common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
+                  batch_size=int(e.batch_size), model=str(cfg.model.name), item_category=data.item_category)
+    hw = hardware(cfg.trainer, device)
+    curve = []
+    for k in epochs:
+        module = load_module(type(info)(info.run_dir, cfg, info.metrics, early), device)
+        dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed))
+        extra = {}
+        if k > 0:
+            cfg.model.refit_epochs = int(k)
+            extra = refit(module.train(), dm, cfg, hw, info.run_dir)
+            (info.run_dir / extra["refit_checkpoint"]).rename(info.run_dir / "checkpoints" / f"refit-{k}.ckpt")
+        module.eval()
+        data.to(device)
+        with torch.no_grad():
+            items = module.item_embeddings().float()
+        m = evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="shifted_test/", **common)
+        curve.append({"refit_epochs": int(k), **{key: m[key] for key in m if key.endswith(("ndcg@10", "hr@10", "ndcg@20"))},
+                      "refit_time_s": extra.get("refit_time_s", 0.0)})
+        log.info("refit %d epoch(s): shifted test (= real validation) ndcg@10 %.4f", k, m["shifted_test/ndcg@10"])
+    best = max(curve, key=lambda r: r["shifted_test/ndcg@10"])
+    out = {"run": str(info.run_dir), "early_stopped_checkpoint": str(early), "curve": curve,
+           "best_refit_epochs": best["refit_epochs"]}
+    write_json(info.run_dir / "refit_curve.json", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m training.refit", description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="a finished run folder trained with trainer.eval.holdout_shift=1")
+    ap.add_argument("--epochs", type=int, nargs="+", default=[0, 1, 2, 3], help="refit lengths to compare")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        out = refit_curve(Path(args.run), sorted(set(args.epochs)))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"training.refit: error: {err}", file=sys.stderr)
+        return 2
+    for r in out["curve"]:
+        print(f"refit {r['refit_epochs']}: ndcg@10 {r['shifted_test/ndcg@10']:.4f}  hr@10 {r['shifted_test/hr@10']:.4f}")
+    print(json.dumps({"best_refit_epochs": out["best_refit_epochs"], "curve": out["curve"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""training.refit: the refit curve that chooses model.refit_epochs, on the shifted protocol only."""
+import pytest
+
+from training.refit import main, refit_curve
+from training.train import run
+
+FAST = ["model=sasrec", "model.hidden=16", "model.blocks=1", "model.heads=1", "model.batch_size=64", "model.lr=0.005",
+        "model.dropout=0.1", "model.emb_dropout=0.1", "trainer.max_epochs=2"]
+
+
+def test_refit_curve_starts_at_the_early_stopped_model_and_is_refused_on_real_test_targets(make_cfg, capsys):
+    shifted = run(make_cfg(*FAST, "trainer.eval.holdout_shift=1"))
+    out = refit_curve(shifted.run_dir, [0, 1])
+    assert [r["refit_epochs"] for r in out["curve"]] == [0, 1]
+    # refit 0 = the run's own (shifted) test figure: same checkpoint, same evaluator
+    assert out["curve"][0]["shifted_test/ndcg@10"] == pytest.approx(shifted.metrics["test/ndcg@10"], abs=1e-6)
+    assert (shifted.run_dir / "checkpoints" / "refit-1.ckpt").exists() and (shifted.run_dir / "refit_curve.json").exists()
+    plain = run(make_cfg(*FAST))
+    assert main(["--run", str(plain.run_dir), "--epochs", "1"]) == 2
+    assert "holdout_shift" in capsys.readouterr().err
