@@ -63,10 +63,9 @@ def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path) ->
             "refit_checkpoint": str(path.relative_to(run_dir))}
 
 
-def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
-    """Test figures of a ``trainer.eval.holdout_shift`` run after refitting its early-stopped checkpoint for
-    each of ``epochs`` (0 = no refit), each from that checkpoint: the figures that choose ``model.refit_epochs``.
-    Refused on the unshifted protocol, where they would be test figures."""
+def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device: str = "cpu") -> tuple[dict, list[dict]]:
+    """For each of ``epochs`` (0 = none): refit the run's early-stopped checkpoint that long and evaluate its test
+    split; each refit starts from that checkpoint and is saved as ``checkpoints/refit-<k>.ckpt``."""
     from features.processed import processed_dir
     from training.data import SequenceDataModule
     from training.evaluate import evaluate_split
@@ -76,16 +75,13 @@ def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
 
     info = open_run(run_dir)
     cfg = info.cfg
-    if int(cfg.trainer.eval.get("holdout_shift", 0) or 0) < 1:
-        raise ValueError(f"run={run_dir}: trainer.eval.holdout_shift is 0, so its test targets are real test targets; "
-                         "choose model.refit_epochs on a run with trainer.eval.holdout_shift=1")
     early = info.run_dir / str(info.metrics.get("early_stopped_checkpoint") or info.checkpoint.relative_to(info.run_dir))
     data, _ = load_data(cfg, processed_dir(cfg))
     e = cfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
                   batch_size=int(e.batch_size), model=str(cfg.model.name), item_category=data.item_category)
     hw = hardware(cfg.trainer, device)
-    curve = []
+    rows = []
     for k in epochs:
         module = load_module(type(info)(info.run_dir, cfg, info.metrics, early), device)
         dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed))
@@ -98,14 +94,38 @@ def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
         data.to(device)
         with torch.no_grad():
             items = module.item_embeddings().float()
-        m = evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="shifted_test/", **common)
-        curve.append({"refit_epochs": int(k), **{key: m[key] for key in m if key.endswith(("ndcg@10", "hr@10", "ndcg@20"))},
-                      "refit_time_s": extra.get("refit_time_s", 0.0)})
-        log.info("refit %d epoch(s): shifted test (= real validation) ndcg@10 %.4f", k, m["shifted_test/ndcg@10"])
-    best = max(curve, key=lambda r: r["shifted_test/ndcg@10"])
-    out = {"run": str(info.run_dir), "early_stopped_checkpoint": str(early), "curve": curve,
-           "best_refit_epochs": best["refit_epochs"]}
-    write_json(info.run_dir / "refit_curve.json", out)
+        m = evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix=prefix, **common)
+        rows.append({"refit_epochs": int(k), **m, "refit_time_s": extra.get("refit_time_s", 0.0)})
+        log.info("refit %d epoch(s): %sndcg@10 %.4f", k, prefix, m[f"{prefix}ndcg@10"])
+    return {"run": str(info.run_dir), "early_stopped_checkpoint": str(early), "holdout_shift":
+            int(e.get("holdout_shift", 0) or 0)}, rows
+
+
+def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
+    """Figures of a ``trainer.eval.holdout_shift=1`` run (its "test" = the real validation targets) after
+    refitting for each of ``epochs`` (0 = no refit): what chooses ``model.refit_epochs``. Refused on the
+    unshifted protocol, where they would be test figures; ``refit_curve.json`` in the run folder."""
+    from training.runs import open_run
+
+    if int(open_run(run_dir).cfg.trainer.eval.get("holdout_shift", 0) or 0) < 1:
+        raise ValueError(f"run={run_dir}: trainer.eval.holdout_shift is 0, so its test targets are real test targets; "
+                         "choose model.refit_epochs on a run with trainer.eval.holdout_shift=1")
+    head, rows = _evaluate_after_refit(Path(run_dir), epochs, "shifted_test/", device)
+    keep = ("refit_epochs", "refit_time_s", "shifted_test/ndcg@10", "shifted_test/hr@10", "shifted_test/ndcg@20")
+    curve = [{k: r[k] for k in keep} for r in rows]
+    out = {**head, "curve": curve, "best_refit_epochs": max(curve, key=lambda r: r["shifted_test/ndcg@10"])["refit_epochs"]}
+    write_json(Path(run_dir) / "refit_curve.json", out)
+    return out
+
+
+def apply_refit(run_dir: Path, epochs: int, device: str = "cpu") -> dict:
+    """What ``model.refit_epochs=epochs`` would have given a finished run: its early-stopped checkpoint refitted,
+    and the test figures of the result (``refit-<epochs>.json``). ``epochs`` must have been chosen already."""
+    if epochs < 1:
+        raise ValueError(f"--apply must be >= 1, got {epochs}")
+    head, rows = _evaluate_after_refit(Path(run_dir), [epochs], "test/", device)
+    out = {**head, **rows[0]}
+    write_json(Path(run_dir) / f"refit-{epochs}.json", out)
     return out
 
 
@@ -114,12 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     ap = argparse.ArgumentParser(prog="python -m training.refit", description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="a finished run folder trained with trainer.eval.holdout_shift=1")
-    ap.add_argument("--epochs", type=int, nargs="+", default=[0, 1, 2, 3], help="refit lengths to compare")
+    ap.add_argument("--run", required=True, help="a finished run folder")
+    ap.add_argument("--epochs", type=int, nargs="+", default=[0, 1, 2, 3],
+                    help="refit lengths to compare (a run trained with trainer.eval.holdout_shift=1)")
+    ap.add_argument("--apply", type=int, default=None, metavar="K",
+                    help="refit the run's early-stopped checkpoint K epochs (K chosen beforehand) and test it")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
+        if args.apply is not None:
+            out = apply_refit(Path(args.run), args.apply)
+            print(f"refit {args.apply}: test ndcg@10 {out['test/ndcg@10']:.4f}  hr@10 {out['test/hr@10']:.4f}")
+            print(json.dumps({k: out[k] for k in ("refit_epochs", "test/ndcg@10", "test/hr@10", "refit_time_s")}))
+            return 0
         out = refit_curve(Path(args.run), sorted(set(args.epochs)))
     except (ValueError, FileNotFoundError) as err:
         print(f"training.refit: error: {err}", file=sys.stderr)

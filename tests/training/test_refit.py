@@ -18,3 +18,12 @@ def test_refit_curve_starts_at_the_early_stopped_model_and_is_refused_on_real_te
     plain = run(make_cfg(*FAST))
     assert main(["--run", str(plain.run_dir), "--epochs", "1"]) == 2
     assert "holdout_shift" in capsys.readouterr().err
+
+
+def test_apply_refit_equals_training_with_refit(make_cfg, capsys):
+    """The refit applied to a finished run reproduces what training with model.refit_epochs gives."""
+    plain = run(make_cfg(*FAST, "model.dropout=0.0", "model.emb_dropout=0.0"))
+    assert main(["--run", str(plain.run_dir), "--apply", "1", "--threads", "1"]) == 0
+    applied = capsys.readouterr().out
+    trained = run(make_cfg(*FAST, "model.dropout=0.0", "model.emb_dropout=0.0", "model.refit_epochs=1"))
+    assert f"test ndcg@10 {trained.metrics['test/ndcg@10']:.4f}" in applied
