@@ -10,6 +10,11 @@ Conventions shared with training and the serving bundle:
   returns the last position ``[B, d]`` (the user embedding). Score of item *i* = ``h · output_table()[i+1]``.
 
 Attention is ``F.scaled_dot_product_attention`` with a causal mask that also hides padding keys.
+
+Blocks (``block``): ``transformer`` is the original residual block (pre- or post-LayerNorm);
+``ligr`` is the gated-residual block of LinkedIn's LiGR ranker (arXiv 2502.03417), as eSASRec (RecSys 2025)
+uses it in SASRec: pre-LayerNorm, and each residual branch scaled by ``sigmoid(W x)`` of the block's input.
+``ffn_activation`` picks GELU or SwiGLU (``silu(W1 x) * W3 x``, bias-free) for the position-wise FFN.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ class SASRecConfig:
     tie_weights: bool = True     # score outputs with the input item table
     ffn_mult: int = 1            # FFN inner size = ffn_mult * hidden (the original SASRec uses 1)
     n_attributes: int = 0        # > 0: attribute vocabulary size (ids 1..n_attributes, 0 = padding)
+    block: str = "transformer"   # transformer | ligr (gated residual branches, always pre-LayerNorm)
+    ffn_activation: str = "gelu"  # gelu | swiglu
 
     def __post_init__(self) -> None:
         if self.max_len <= 0:
@@ -41,21 +48,46 @@ class SASRecConfig:
             raise ValueError(f"n_items must be > 0, got {self.n_items}")
         if self.hidden <= 0 or self.hidden % self.heads != 0:
             raise ValueError(f"model.hidden ({self.hidden}) must be > 0 and divisible by model.heads ({self.heads})")
+        if self.block not in BLOCKS:
+            raise ValueError(f"model.block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+        if self.ffn_activation not in ("gelu", "swiglu"):
+            raise ValueError(f"model.ffn_activation must be gelu or swiglu, got {self.ffn_activation!r}")
+        if self.block == "ligr" and not self.norm_first:
+            raise ValueError("model.block=ligr is a pre-LayerNorm block: set model.norm_first=true")
+
+
+class _SwiGLU(nn.Module):
+    """Position-wise FFN ``W2 (silu(W1 x) * W3 x)`` (bias-free, as in LLaMA-style blocks)."""
+
+    def __init__(self, d: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d, inner, bias=False)
+        self.w3 = nn.Linear(d, inner, bias=False)
+        self.w2 = nn.Linear(inner, d, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.drop(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def _ffn(d: int, ffn_mult: int, dropout: float, activation: str) -> nn.Module:
+    if activation == "swiglu":
+        return _SwiGLU(d, ffn_mult * d, dropout)
+    return nn.Sequential(nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * d, d))
 
 
 class _Block(nn.Module):
     """One transformer block: multi-head causal self-attention + position-wise FFN."""
 
-    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool, ffn_mult: int) -> None:
+    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool, ffn_mult: int,
+                 ffn_activation: str = "gelu") -> None:
         super().__init__()
         self.heads, self.norm_first, self.dropout = heads, norm_first, dropout
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.ln1 = nn.LayerNorm(d, eps=1e-8)
         self.ln2 = nn.LayerNorm(d, eps=1e-8)
-        self.ffn = nn.Sequential(
-            nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_mult * d, d)
-        )
+        self.ffn = _ffn(d, ffn_mult, dropout, ffn_activation)
         self.drop = nn.Dropout(dropout)
 
     def _attn(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,6 +106,23 @@ class _Block(nn.Module):
         return self.ln2(x + self.drop(self.ffn(x)))
 
 
+class _LiGRBlock(_Block):
+    """Pre-LayerNorm block whose two residual branches are gated by ``sigmoid(W x)`` of the block input."""
+
+    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool, ffn_mult: int,
+                 ffn_activation: str = "gelu") -> None:
+        super().__init__(d, heads, dropout, True, ffn_mult, ffn_activation)
+        self.gate1 = nn.Linear(d, d)
+        self.gate2 = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + torch.sigmoid(self.gate1(x)) * self.drop(self._attn(self.ln1(x), mask))
+        return x + torch.sigmoid(self.gate2(x)) * self.drop(self.ffn(self.ln2(x)))
+
+
+BLOCKS = {"transformer": _Block, "ligr": _LiGRBlock}
+
+
 class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig, item_attributes: torch.Tensor | None = None) -> None:
         """``item_attributes``: int64 ``[n_items + 1, A]`` attribute ids per item index (0 = none);
@@ -85,7 +134,8 @@ class SASRec(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         self.emb_drop = nn.Dropout(cfg.emb_dropout)
         self.blocks = nn.ModuleList(
-            _Block(d, cfg.heads, cfg.dropout, cfg.norm_first, cfg.ffn_mult) for _ in range(cfg.blocks)
+            BLOCKS[cfg.block](d, cfg.heads, cfg.dropout, cfg.norm_first, cfg.ffn_mult, cfg.ffn_activation)
+            for _ in range(cfg.blocks)
         )
         self.final_ln = nn.LayerNorm(d, eps=1e-8) if cfg.norm_first else nn.Identity()
         if cfg.n_attributes > 0:

@@ -21,8 +21,13 @@ def test_shapes_and_encode_is_last_position():
     assert m.item_table().shape == (31, 16)
 
 
-def test_causal_later_items_do_not_change_earlier_positions():
-    m = _model()
+VARIANTS = [{}, {"block": "ligr"}, {"block": "ligr", "ffn_activation": "swiglu", "ffn_mult": 4},
+            {"ffn_activation": "swiglu"}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causal_later_items_do_not_change_earlier_positions(variant):
+    m = _model(**variant)
     a = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
     b = a.clone()
     b[0, -1] = 20
@@ -31,8 +36,9 @@ def test_causal_later_items_do_not_change_earlier_positions():
     assert not torch.allclose(ha[:, -1], hb[:, -1])
 
 
-def test_left_padding_and_shorter_input_give_the_same_user_embedding():
-    m = _model()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_left_padding_and_shorter_input_give_the_same_user_embedding(variant):
+    m = _model(**variant)
     full = torch.tensor([[0, 0, 0, 0, 5, 6, 7, 8]])
     short = torch.tensor([[0, 5, 6, 7, 8]])          # L < max_len: right-aligned positions
     assert torch.allclose(m.encode(full), m.encode(short), atol=1e-5)
@@ -68,3 +74,39 @@ def test_encoder_wrapper_matches_encode():
     m = _model()
     seq = torch.randint(0, 31, (4, 8))
     assert torch.allclose(SASRecEncoder(m)(seq), m.encode(seq))
+
+
+def test_ligr_gates_scale_the_residual_branches():
+    m = _model(block="ligr")
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    before = m(seq)
+    with torch.no_grad():   # gates shut (sigmoid -> 0): every block is the identity
+        for blk in m.blocks:
+            for g in (blk.gate1, blk.gate2):
+                g.weight.zero_()
+                g.bias.fill_(-1e4)
+    shut = m(seq)
+    assert not torch.allclose(before, shut)
+    x = m.emb_drop(torch.nn.functional.embedding(seq, m.item_table()) * 16 ** 0.5 + m.pos_emb.weight.unsqueeze(0))
+    x = x * (seq > 0).unsqueeze(-1)
+    assert torch.allclose(shut, m.final_ln(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, name", [({"block": "mamba"}, "model.block"), ({"ffn_activation": "relu6"}, "model.ffn_activation"),
+                                       ({"block": "ligr", "norm_first": False}, "model.norm_first")])
+def test_bad_block_settings_name_the_setting(bad, name):
+    with pytest.raises(ValueError, match=name):
+        SASRecConfig(n_items=10, **bad)
+
+
+def test_ligr_swiglu_exports_to_onnx_with_parity(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m = _model(block="ligr", ffn_activation="swiglu", ffn_mult=2)
+    enc = SASRecEncoder(m).eval()
+    seq = torch.randint(0, 31, (3, 8))
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(enc, (seq,), str(path), input_names=["item_seq"], output_names=["user_emb"],
+                      dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}}, opset_version=18, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"item_seq": seq.numpy()})[0]
+    assert abs(got - enc(seq).detach().numpy()).max() < 1e-4

@@ -71,6 +71,13 @@ def test_sampled_softmax_loss_trains(make_cfg, pop_metrics):
     assert m["test/ndcg@10"] > pop_metrics["test/ndcg@10"]
 
 
+def test_ligr_blocks_with_swiglu_train(make_cfg, pop_metrics):
+    res = run(make_cfg("model=sasrec", "model.block=ligr", "model.ffn_activation=swiglu", "model.ffn_mult=2", *FAST))
+    assert res.metrics["test/ndcg@10"] > pop_metrics["test/ndcg@10"]
+    state = torch.load(res.run_dir / res.metrics["best_checkpoint"], weights_only=False)["state_dict"]
+    assert {"net.blocks.0.gate1.weight", "net.blocks.0.ffn.w3.weight"} <= set(state)
+
+
 def test_resume_continues_the_run_and_matches_an_uninterrupted_one(make_cfg):
     common = ["model=sasrec", *FAST[:-1], "model.dropout=0.0", "model.emb_dropout=0.0"]
     full = run(make_cfg(*common, "trainer.max_epochs=2")).metrics
