@@ -15,7 +15,10 @@ selection on validation only) or the newest (``latest``); test figures never cho
 Beside accuracy, each row shows the beyond-accuracy figures of the test top-10 lists (``training.metrics``):
 ``ild@10`` (intra-list diversity by category), ``novelty@10`` (mean self-information, bits), ``coverage@10``
 (catalogue coverage), ``tail_share@10`` (impressions to items outside the top 20 % by training count) and
-``gini@10`` (Gini index of item exposure). A run written before they existed shows ``-``.
+``gini@10`` (Gini index of item exposure). A run written before they existed shows ``-``. For the ranker
+(protocol split ``... (re-rank of N candidates)``) they are of its re-ranked top-10; the JSON also carries the
+same figures of the retrieval order of the same candidates (``test/retrieval_ild@10``, ...), so the effect of
+re-ranking on diversity, novelty and exposure can be read beside ``test/retrieval_ndcg@10``.
 """
 from __future__ import annotations
 
@@ -24,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BEYOND = ["test/ild@10", "test/novelty@10", "test/coverage@10", "test/tail_share@10", "test/gini@10"]
+RETRIEVAL_BEYOND = [c.replace("test/", "test/retrieval_") for c in [*BEYOND, "test/category_known@10"]]  # the ranker
 COLUMNS = ["test/ndcg@10", "test/hr@10", "test/recall@10", "test/ndcg@20", "test/recall@20", "test/hr@50",
            "test/hr@100", "test/mrr", "test/coverage@10", "test/pop@10", "test/repeat_share", "valid/ndcg@10",
            "test/retrieval_ndcg@10", "test/ild@10", "test/novelty@10", "test/tail_share@10", "test/gini@10",
-           "test/category_known@10"]
+           "test/category_known@10", *RETRIEVAL_BEYOND]
 SHOWN = ["test/ndcg@10", "test/hr@10", "test/recall@10", "test/ndcg@20", "test/mrr", "valid/ndcg@10",
          "test/retrieval_ndcg@10", *BEYOND]
 

@@ -13,6 +13,12 @@ users (validation) and of the test stage against the retrieval order.
 Metrics (``training.metrics.evaluate_candidate_lists``, the evaluator of every model): relevant = the
 candidate was bought in the label period; the ideal DCG counts all items the user bought then (capped at
 k), so items the retriever missed count against both orders; ties at their expected position.
+
+Beyond accuracy (``training.metrics.BeyondAccuracy`` through the same call): ``ild@10``,
+``category_known@10``, ``novelty@10``, ``coverage@10``, ``tail_share@10``, ``gini@10`` of each user's top-10
+of the re-ranked candidates (``<stage>/ild@10``) and of the same candidates in retrieval order
+(``<stage>/retrieval_ild@10``), over the item table of the prepared data the ranker trained on
+(``training.ranker_data.ItemCatalogue``: categories, training counts of the split's train part).
 """
 from __future__ import annotations
 
@@ -27,15 +33,19 @@ from features.artifacts import write_json
 from models.ranker import DENSE_FEATURES, DCNv2Ranker, FeatureBatch, FeatureSpec, combine_heads
 from serving.bundle.contract import RANKER_JSON, RANKER_ONNX, RANKER_TORCH
 from training.metrics import evaluate_candidate_lists
-from training.ranker_data import RankerData, Stage
+from training.ranker_data import ItemCatalogue, RankerData, Stage
 
 
-def ranking_metrics(stage: Stage, scores: np.ndarray, k: int = 10, model: str = "ranker") -> dict[str, float]:
+def ranking_metrics(stage: Stage, scores: np.ndarray, k: int = 10, model: str = "ranker",
+                    catalogue: ItemCatalogue | None = None) -> dict[str, float]:
     """NDCG@k, HR@k, recall@k, MRR of the order given by ``scores`` (higher first) over each request's
     candidates (``training.metrics.evaluate_candidate_lists``: ties at their expected position; relevant items
-    the retriever missed count against every order; NaN/inf scores raise ``NonFiniteScoresError``)."""
+    the retriever missed count against every order; NaN/inf scores raise ``NonFiniteScoresError``).
+    With ``catalogue``, also the beyond-accuracy figures of each request's top-10 in that order."""
+    beyond = {} if catalogue is None else {"items": stage.items(), "n_items": catalogue.n_items,
+                                           "popularity": catalogue.popularity, "item_category": catalogue.category}
     return evaluate_candidate_lists(scores, stage.batch.offsets, stage.labels[:, 0] > 0,
-                                    np.maximum(stage.n_relevant, 1), ks=(k,), model=model)
+                                    np.maximum(stage.n_relevant, 1), ks=(k,), model=model, **beyond)
 
 
 def retrieval_order(stage: Stage) -> np.ndarray:
@@ -43,11 +53,13 @@ def retrieval_order(stage: Stage) -> np.ndarray:
     return -stage.batch.dense[:, DENSE_FEATURES.index("retrieval_rank")]
 
 
-def stage_metrics(stage: Stage, probs: np.ndarray, spec: FeatureSpec, prefix: str) -> dict[str, float]:
-    """Re-ranked vs retrieval order on one stage, the candidates' recall and the user count."""
+def stage_metrics(stage: Stage, probs: np.ndarray, spec: FeatureSpec, prefix: str,
+                  catalogue: ItemCatalogue | None = None) -> dict[str, float]:
+    """Re-ranked vs retrieval order on one stage, the candidates' recall and the user count; with ``catalogue``
+    the beyond-accuracy figures of both orders (``<prefix>ild@10`` and ``<prefix>retrieval_ild@10``, ...)."""
     name = prefix.rstrip("/")
-    rr = ranking_metrics(stage, combine_heads(probs, spec), model=f"ranker ({name})")
-    base = ranking_metrics(stage, retrieval_order(stage), model=f"retrieval order ({name})")
+    rr = ranking_metrics(stage, combine_heads(probs, spec), model=f"ranker ({name})", catalogue=catalogue)
+    base = ranking_metrics(stage, retrieval_order(stage), model=f"retrieval order ({name})", catalogue=catalogue)
     n_cand = int(np.diff(stage.batch.offsets).max()) if len(stage.users) else 0
     recall = np.mean([stage.labels[stage.rows(r), 0].sum() / max(1, stage.n_relevant[r]) for r in range(len(stage.users))])
     out = {f"{prefix}{k}": v for k, v in rr.items()}
@@ -87,7 +99,8 @@ class RankerModule(pl.LightningModule):
     def _eval_end(self, name: str) -> dict[str, float]:
         probs = torch.cat(self._probs).numpy() if self._probs else np.zeros((0, len(self.spec.heads)), np.float32)
         self._probs = []
-        m = stage_metrics(self.trainer.datamodule.stage(name), probs, self.spec, f"{name}/")
+        dm = self.trainer.datamodule
+        m = stage_metrics(dm.stage(name), probs, self.spec, f"{name}/", dm.data.catalogue)
         self.last_eval.update(m)
         return m
 

@@ -15,6 +15,9 @@
    For each user with a history and at least one label event: user embedding = ``encoder.onnx`` over the
    last ``max_len`` history items; candidates = the exact top-``n_candidates`` items by inner product (the
    retriever's real output: hard negatives); one label per head (event type).
+3. Reads the item table of the same prepared data (``ItemCatalogue``: each item column's category from
+   ``items.parquet``, its training count from the split's train part) for the beyond-accuracy figures of the
+   re-ranked and retrieval-order lists (``training.ranker.stage_metrics``).
 
 ``RankerDataModule`` serves the three stages as whole-tensor batches to Lightning.
 """
@@ -33,12 +36,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from features.processed import load_manifest, load_split, load_users
+from features.processed import load_items, load_manifest, load_split, load_users
 from features.splits import split_files
 from features.user_features import UserFeatureConfig, UserFeatureSpec
 from models.ranker import FeatureBatch, FeatureSpec, ItemTable, build_batch
 from serving.bundle.contract import (ENCODER, ITEM_EMBEDDINGS, ITEMS, MANIFEST, USER_FEATURES_SPEC, BundleError,
                                      encode_sequences, read_manifest, resolve_bundle_dir)
+from training.data import item_category_codes
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +173,12 @@ class Stage:
     def rows(self, r: int) -> slice:
         return slice(int(self.batch.offsets[r]), int(self.batch.offsets[r + 1]))
 
+    def items(self) -> np.ndarray:
+        """The item column of every candidate row, in batch order (request by request, retrieval order)."""
+        if not self.requests:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.asarray(req.candidates, np.int64) for req in self.requests])
+
     def tensors(self) -> TensorDataset:
         b = self.batch
         return TensorDataset(torch.from_numpy(b.dense), torch.from_numpy(b.cat), torch.from_numpy(b.user_emb),
@@ -266,6 +276,29 @@ def user_feature_codes(retriever: Retriever, ucfg: UserFeatureConfig, pdir: Path
 
 
 # --------------------------------------------------------------------------------------------------
+# The item table of the beyond-accuracy figures
+
+
+@dataclass
+class ItemCatalogue:
+    """What ``training.metrics.BeyondAccuracy`` needs of every item column, from the prepared data the ranker
+    trains on: the same definitions as the retrieval models' evaluation (``training.data.load_sequence_data``)."""
+
+    n_items: int
+    popularity: np.ndarray   # [n_items] training counts: events of the split's train part (novelty, long tail)
+    category: np.ndarray     # [n_items] category codes, -1 = none (intra-list diversity)
+
+
+def load_item_catalogue(pdir: Path, train_events: pd.DataFrame, n_items: int) -> ItemCatalogue:
+    """Categories from ``items.parquet`` of ``pdir``, counts from ``train_events`` (the split's train part)."""
+    items = train_events["item_id"].to_numpy(np.int64)
+    if len(items) and (items.min() < 0 or items.max() >= n_items):
+        raise RankerSetupError(f"{pdir}: train events hold item ids outside 0..{n_items - 1}")
+    return ItemCatalogue(n_items, np.bincount(items, minlength=n_items).astype(np.float64),
+                         item_category_codes(load_items(pdir), n_items).numpy())
+
+
+# --------------------------------------------------------------------------------------------------
 # Everything the ranker trains and is evaluated on
 
 
@@ -280,6 +313,7 @@ class RankerData:
     test: Stage
     split: str
     period: list[str] | None               # [first, last] event time of the split's train part
+    catalogue: ItemCatalogue               # categories and training counts (beyond-accuracy figures)
 
     def stage(self, name: str) -> Stage:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
@@ -319,7 +353,8 @@ def load_ranker_data(cfg: DictConfig, pdir: Path, device: str) -> RankerData:
     perm = np.random.default_rng(int(cfg.seed)).permutation(len(fit.users))
     n_hold = max(1, int(round(len(perm) * float(m.holdout_fraction))))
     data = RankerData(retriever, spec, heads, user_spec, subset(fit, np.sort(perm[n_hold:])),
-                      subset(fit, np.sort(perm[:n_hold])), test, kind, period)
+                      subset(fit, np.sort(perm[:n_hold])), test, kind, period,
+                      load_item_catalogue(pdir, parts["train"], n_items))
     log.info("ranker stages: fit %d users (%d rows; %d early-stopping users), test %d users (%d rows)",
              len(data.train.users), len(data.train.labels), len(data.valid.users), len(test.users), len(test.labels))
     return data

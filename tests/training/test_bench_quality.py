@@ -38,6 +38,21 @@ def test_selects_by_valid_within_a_protocol(tmp_path):
     assert latest["toys/sasrec"]["run"].endswith("20260102-000000")
 
 
+def test_ranker_rows_carry_beyond_accuracy_of_both_orders(tmp_path):
+    beyond = {"test/ild@10": 0.61, "test/novelty@10": 9.5, "test/coverage@10": 0.21, "test/tail_share@10": 0.12,
+              "test/gini@10": 0.93, "test/retrieval_ild@10": 0.55, "test/retrieval_novelty@10": 9.9,
+              "test/retrieval_tail_share@10": 0.15, "test/retrieval_category_known@10": 1.0}
+    _run(tmp_path, "retail", "ranker", "r1", 0.3, 0.31, split="temporal", exclude=False, candidates=200,
+         **{"test/retrieval_ndcg@10": 0.18}, **beyond)
+    table = select(collect(tmp_path))
+    lines = render(table)
+    assert lines[0] == "protocol: split=temporal (re-rank of 200 candidates) history=repeat-aware users=all ties=expected"
+    assert "ild@10" in lines[1] and "0.6100" in lines[2] and "0.9300" in lines[2]       # the re-ranked lists' figures
+    got = next(iter(results(table).values()))["retail/ranker"]
+    assert {k: got[k] for k in beyond} == beyond                                      # and the retrieval order's
+    assert "test/retrieval_gini@10" not in got                                        # absent figures stay absent
+
+
 def test_protocols_are_never_mixed(tmp_path):
     # the best valid of each kind would win a mixed pick: a repeat-aware run, a smoke run, a legacy run
     _run(tmp_path, "retail", "two_tower", "r1", 0.04, 0.03, split="shop")

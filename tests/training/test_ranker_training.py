@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from models.ranker import DCNv2Ranker
 from serving.ranking import Ranker, RankRequest
-from tests.toy_bundle import make_bundle
+from tests.toy_bundle import make_bundle, toy_embeddings
 from training.ranker_data import RankerSetupError
 from training.train import run
 
@@ -51,6 +51,10 @@ def write_processed(root: Path, seed: int = 0) -> Path:
     ev[(ev.ts >= cut_v) & (ev.ts < cut_t)].to_parquet(pdir / "splits/temporal/valid.parquet")
     ev[ev.ts >= cut_t].to_parquet(pdir / "splits/temporal/test.parquet")
     (pdir / "manifest.json").write_text(json.dumps({"n_items": N_ITEMS, "n_users": N_USERS, "code_version": "test"}))
+    _, cats = toy_embeddings(N_ITEMS, 16)                   # the toy bundle's categories; every 13th item has none
+    pd.DataFrame({"item_id": np.arange(N_ITEMS), "item_key": [f"SKU{i:05d}" for i in range(N_ITEMS)],
+                  "category": [None if i % 13 == 0 else f"cat{c}" for i, c in enumerate(cats)]}).to_parquet(
+        pdir / "items.parquet")
     return pdir
 
 
@@ -129,6 +133,51 @@ def test_run_folder_metrics_and_export(trained):
     table = pd.read_parquet(bundle / "user_features.parquet")
     assert list(table.columns) == ["user_id", "user_key", *m["user_features"]] and len(table) == N_USERS
     assert json.loads((bundle / "user_features.json").read_text())["names"] == m["user_features"]
+
+
+BEYOND = ("ild@10", "category_known@10", "novelty@10", "coverage@10", "tail_share@10", "gini@10")
+
+
+def test_metrics_hold_beyond_accuracy_of_both_orders(trained):
+    """metrics.json has the beyond-accuracy figures of the re-ranked lists and of the retrieval order of the same
+    candidates, equal to training.metrics.BeyondAccuracy over top-10 lists built here from the best checkpoint,
+    with categories and training counts read here from the prepared data."""
+    from omegaconf import OmegaConf
+
+    from models.ranker import combine_heads
+    from training.metrics import BeyondAccuracy, category_codes
+    from training.ranker import build_module
+    from training.ranker_data import load_ranker_data
+
+    run_dir, _ = trained
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for prefix in ("test/", "test/retrieval_", "valid/", "valid/retrieval_"):
+        for key in BEYOND:
+            assert np.isfinite(m[prefix + key]), prefix + key
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    pdir = Path(cfg.paths.processed) / "toyshop"
+    data = load_ranker_data(cfg, pdir, "cpu")
+    module = build_module(data, cfg.model)
+    module.load_state_dict(torch.load(next((run_dir / "checkpoints").glob("best*.ckpt")), map_location="cpu",
+                                      weights_only=False)["state_dict"])
+    b = data.test.batch
+    with torch.inference_mode():
+        probs = module.net.eval()(*(torch.from_numpy(x) for x in (b.dense, b.cat, b.user_emb, b.item_emb))).numpy()
+    scores = combine_heads(probs, data.spec)
+    cands = [np.asarray(req.candidates) for req in data.test.requests]
+    reranked = np.stack([c[np.argsort(-scores[data.test.rows(r)], kind="stable")[:10]] for r, c in enumerate(cands)])
+    retrieval = np.stack([c[:10] for c in cands])                # candidates are stored in retrieval order
+    pop = np.bincount(pd.read_parquet(pdir / "splits/temporal/train.parquet")["item_id"], minlength=N_ITEMS)
+    cat = category_codes(pd.read_parquet(pdir / "items.parquet").sort_values("item_id")["category"])
+    for prefix, top in (("test/", reranked), ("test/retrieval_", retrieval)):
+        ba = BeyondAccuracy(N_ITEMS, torch.from_numpy(pop), torch.from_numpy(cat))
+        ba.update(torch.from_numpy(top))
+        want = ba.compute()
+        assert set(want) == set(BEYOND)
+        for key in BEYOND:
+            assert m[prefix + key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), prefix + key
+    assert 0 < m["test/category_known@10"] < 1                   # every 13th item has no category
+    assert not np.array_equal(np.sort(reranked, 1), np.sort(retrieval, 1))   # re-ranking changed what is shown
 
 
 def test_mlflow_file_store_holds_the_run(trained):
@@ -287,6 +336,44 @@ def test_candidate_metrics_ties_and_non_finite_scores():
     bad[[1, 4]] = np.nan
     with pytest.raises(NonFiniteScoresError, match=r"'ranker \(valid\)'.* 2 of 6"):
         ranking_metrics(stage, bad, model="ranker (valid)")
+
+
+def test_stage_metrics_beyond_accuracy_by_hand():
+    """Retrieval order shows ten items of one category; the ranker lifts the two of another category into the
+    top 10: intra-list diversity 0 -> 16/45 pairs, and the figures of each order are those of its own lists."""
+    from types import SimpleNamespace
+
+    from models.ranker import DENSE_FEATURES, FeatureBatch, FeatureSpec
+    from training.ranker import stage_metrics
+    from training.ranker_data import ItemCatalogue, Stage
+
+    n_items, per = 30, 12
+    cands = [np.arange(12), np.arange(12, 24)]                    # retrieval order: items 0..11, then 12..23
+    cat = np.where(np.isin(np.arange(n_items), [10, 11, 22, 23]), 1, 0)
+    pop = np.arange(n_items, 0, -1).astype(float)                 # item 0 the most bought
+    dense = np.zeros((2 * per, len(DENSE_FEATURES)), np.float32)
+    dense[:, DENSE_FEATURES.index("retrieval_rank")] = np.tile(np.arange(per), 2)
+    batch = FeatureBatch(dense, np.zeros((2 * per, 1), np.int64), np.zeros((2 * per, 2), np.float32),
+                         np.zeros((2 * per, 2), np.float32), np.array([0, per, 2 * per]))
+    labels = np.zeros((2 * per, 1), np.float32)
+    labels[[11, 12]] = 1
+    stage = Stage(np.array([0, 1]), [SimpleNamespace(candidates=c) for c in cands], batch, labels, np.array([1, 1]),
+                  [{11}, {12}])
+    probs = np.tile(np.linspace(0.9, 0.1, per), 2)[:, None].astype(np.float32)
+    probs[[10, 11, 22, 23], 0] = 0.95                             # the ranker puts category 1 first
+    spec = FeatureSpec(dim=2, categories=[], price_edges=[], channels=[], heads=["purchase"],
+                       score_weights={"purchase": 1.0})
+    m = stage_metrics(stage, probs, spec, "test/", ItemCatalogue(n_items, pop, cat))
+    assert m["test/retrieval_ild@10"] == 0.0 and m["test/ild@10"] == pytest.approx(16 / 45)
+    assert m["test/retrieval_coverage@10"] == pytest.approx(20 / n_items) and m["test/coverage@10"] == pytest.approx(20 / n_items)
+    info = -np.log2((pop + 1) / (pop.sum() + n_items))
+    shown = np.r_[0:8, 10:12, 12:20, 22:24]
+    assert m["test/novelty@10"] == pytest.approx(info[shown].mean())
+    assert m["test/retrieval_novelty@10"] == pytest.approx(info[np.r_[0:10, 12:22]].mean())
+    assert m["test/tail_share@10"] == pytest.approx(14 / 20)      # head: items 0..5 (top 20 % of 30)
+    assert m["test/retrieval_tail_share@10"] == pytest.approx(14 / 20)
+    assert m["test/category_known@10"] == 1.0
+    assert "test/ild@10" not in stage_metrics(stage, probs, spec, "test/")   # no item table: accuracy only
 
 
 def test_a_shop_protocol_retriever_counts_as_temporal(tmp_path):
