@@ -140,15 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--apply", type=int, default=None, metavar="K",
                     help="refit the run's early-stopped checkpoint K epochs (K chosen beforehand) and test it")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         if args.apply is not None:
-            out = apply_refit(Path(args.run), args.apply)
+            out = apply_refit(Path(args.run), args.apply, device)
             print(f"refit {args.apply}: test ndcg@10 {out['test/ndcg@10']:.4f}  hr@10 {out['test/hr@10']:.4f}")
             print(json.dumps({k: out[k] for k in ("refit_epochs", "test/ndcg@10", "test/hr@10", "refit_time_s")}))
             return 0
-        out = refit_curve(Path(args.run), sorted(set(args.epochs)))
+        out = refit_curve(Path(args.run), sorted(set(args.epochs)), device)
     except (ValueError, FileNotFoundError) as err:
         print(f"training.refit: error: {err}", file=sys.stderr)
         return 2
