@@ -39,6 +39,9 @@ def test_taobao_ranker_has_a_head_per_behaviour(tmp_path_factory, data_root):
     run_dir = train(cfg).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/users"] > 100 and np.isfinite(metrics["test/ndcg@10"]) and metrics["onnx_max_abs_diff"] <= 1e-4
+    for prefix in ("test/", "test/retrieval_"):   # Taobao items have categories: diversity of both orders
+        assert metrics[f"{prefix}category_known@10"] == 1.0 and 0 < metrics[f"{prefix}ild@10"] <= 1
+        assert np.isfinite(metrics[f"{prefix}novelty@10"]) and 0 <= metrics[f"{prefix}tail_share@10"] <= 1
     served = resolve(bundle.parent)                   # export_to_bundle: a new version (parent: the retriever's), LATEST
     assert served != bundle and read_manifest(served)["parent"] == bundle.name and Ranker.load(bundle) is None
     ranker = Ranker.load(served)
