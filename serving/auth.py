@@ -10,8 +10,11 @@ constant-time on the digests. ``BodyLimitMiddleware`` answers 413 to bodies over
 Rate limits (``serve.auth.rate_limit_per_s``, ``burst``) are per key. With the Redis store
 (``serve.store.kind=redis``) and ``serve.auth.rate_limit_scope: cluster`` (the default, ``auto``)
 the token bucket of a key lives in Redis (``serving.redis_store.RedisRateLimiter``), so every
-replica on every host draws from the same bucket. Otherwise, and while Redis is out of reach, each
-replica keeps its own buckets: N replicas then allow up to N times the limit.
+replica on every host draws from the same bucket; a replica takes a busy key's tokens in short leases
+(at most 0.1 s of the rate, the unused rest given back), so the limit costs one Redis round trip per
+lease, not one per request, and every replica together still never exceeds the one bucket. Otherwise,
+and while Redis is out of reach, each replica keeps its own buckets: N replicas then allow up to N
+times the limit.
 
 Keys rotate without a restart through ``serve.auth.keys_file``: a JSON file ``{"api_keys_sha256": [...],
 "admin_keys_sha256": [...]}`` (digests only) whose keys are accepted besides the configured ones. Each

@@ -7,10 +7,13 @@ Keys (``<p>`` = ``serve.store.redis.key_prefix``):
   (``serving.store.LOG_COLUMNS``). ``python -m serving.drain_events`` moves it into the CSV event log
   that ``features.prepare data=serve_events`` ingests.
 - ``<p>:seq:<user_key>``: a list of the user's last ``max_per_user`` events (event-log CSV lines,
-  oldest first). A replica reads it on every recommendation (one ``LRANGE``), so an event accepted
-  by any replica is in the next recommendation from every replica.
+  oldest first). A replica reads it on every recommendation (one ``LRANGE``, the request's one round
+  trip, on a worker thread so the API's event loop is not held while Redis answers), so an event
+  accepted by any replica is in the next recommendation from every replica.
 - ``<p>:trend:<bucket>``: item counts per time bucket (``trending_window_s / 60`` s) for trending
   items; read at most once a second per replica.
+- ``<p>:rate:<key digest>``: the token bucket of an API key (``RedisRateLimiter``: shared by every
+  replica, taken in short leases).
 
 Durability: ``append`` writes the stream entries, the sequences and the counts in one ``MULTI``/
 ``EXEC`` transaction and returns once Redis answered. Redis with ``appendonly yes`` and
@@ -108,6 +111,10 @@ class RedisKeys:
 
 class RedisEventStore:
     """The ``OnlineStore`` on Redis (see the module docstring)."""
+
+    # Every read is a network round trip: the API reads a user's events on a worker thread, not on its
+    # event loop (``RecQuery.online_events``).
+    reads_over_network = True
 
     def __init__(self, url: str, *, max_per_user: int = 200, trending_window_s: float = 3600.0,
                  key_prefix: str = "shoprec", timeout_s: float = 0.25, retry_interval_s: float = 0.5,
@@ -319,49 +326,108 @@ def _scan_stream(client: redis.Redis, key: str, count: int = 1000):
         start = f"{ms}-{int(seq) + 1}"
 
 
-# A token bucket per key, atomic in Redis, on Redis's clock (replicas' clocks may differ). Returns the
-# seconds to wait for a token as text ("0" = taken): a Lua number would come back truncated to an integer.
+# A token bucket per key, atomic in Redis, on Redis's clock (replicas' clocks may differ). ARGV: rate, burst,
+# the tokens wanted (a lease, at least 1) and the tokens given back (the unused rest of the caller's last
+# lease). Takes up to the wanted number when at least one token is there. Returns "<granted> <wait>": the
+# tokens taken and, when none was, the seconds until one is (as text: a Lua number would come back as an
+# integer).
 _TOKEN_BUCKET = """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, back = tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens, stamp = tonumber(b[1]) or burst, tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate + back)
+local granted, wait = 0, 0
+if tokens >= 1 then
+  granted = math.min(want, math.floor(tokens))
+  tokens = tokens - granted
+else
+  wait = (1 - tokens) / rate
+end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return tostring(granted) .. ' ' .. tostring(wait)
 """
 
 
+@dataclass
+class Lease:
+    """Tokens of one key's shared bucket that this replica took ahead and may spend until ``until``."""
+
+    tokens: int = 0
+    granted: int = 0
+    until: float = 0.0
+    want: int = 1
+
+
 class RedisRateLimiter:
-    """Per-key token buckets shared by every replica through Redis (one script call per request).
+    """Per-key token buckets shared by every replica through Redis.
 
     ``take(digest)`` is 0.0 when a token was taken, the seconds until one is available otherwise, and
-    None while Redis is out of reach (the caller then limits per replica)."""
+    None while Redis is out of reach (the caller then limits per replica).
+
+    Leases: a replica that spends a key's tokens quickly takes several in one script call and spends
+    them locally for up to ``lease_s``, so a busy key costs one Redis round trip per lease rather than
+    one per request. A lease holds at most ``rate_per_s * lease_s`` tokens (and a tenth of ``burst``);
+    its size doubles while leases run out before they expire and falls to twice the tokens spent
+    when one expires; the unused rest goes back to the bucket with the replica's next call. Tokens
+    only ever leave the shared bucket once, so every replica together never gets more than the one
+    bucket allows; a token leased by one replica and not spent yet is the only thing another replica
+    can miss (at most ``lease_s`` worth of the rate). With ``rate_per_s * lease_s < 2`` every request
+    calls Redis (exact, as without leases).
+    """
 
     def __init__(self, client: redis.Redis, keys: RedisKeys, rate_per_s: float, burst: float, *,
-                 retry_interval_s: float = 0.5):
+                 retry_interval_s: float = 0.5, lease_s: float = 0.1):
         self.client = client
         self.keys = keys
         self.rate_per_s = float(rate_per_s)
         self.burst = float(burst)
         self.retry_interval_s = float(retry_interval_s)
+        self.lease_s = float(lease_s)
+        self.max_lease = max(1, int(min(self.rate_per_s * self.lease_s, self.burst / 10)))
         self._script = client.register_script(_TOKEN_BUCKET)
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
         self._retry_at = 0.0
         self.n_local = 0  # decisions taken per replica because Redis was out of reach
+        self.n_calls = 0  # script calls (Redis round trips)
 
     def take(self, digest: str) -> float | None:
-        if time.monotonic() < self._retry_at:
-            self.n_local += 1
-            return None
+        now = time.monotonic()
+        with self._lock:
+            lease = self._leases.get(digest)
+            if lease is not None and lease.tokens >= 1 and now < lease.until:
+                lease.tokens -= 1
+                return 0.0
+            if now < self._retry_at:
+                self.n_local += 1
+                return None
+            if lease is None:
+                lease = self._leases[digest] = Lease()
+                if len(self._leases) > 10_000:  # bounded: keys not seen for a while lose their (expired) lease
+                    self._leases = {d: x for d, x in self._leases.items() if x.until > now or d == digest}
+            spent = lease.granted - lease.tokens
+            lease.want = min(self.max_lease, max(1, 2 * spent))
+            back, lease.tokens, lease.granted = lease.tokens, 0, 0
+            want = lease.want
         try:
-            return float(self._script(keys=[self.keys.rate(digest)], args=[self.rate_per_s, self.burst]))
+            self.n_calls += 1
+            granted, wait = self._script(keys=[self.keys.rate(digest)],
+                                         args=[self.rate_per_s, self.burst, want, back]).split()
         except redis.RedisError as e:
             if self._retry_at == 0.0 or time.monotonic() - self._retry_at > 10 * self.retry_interval_s:
                 log.error("rate limits fall back to per replica: Redis out of reach (%s)", e)
             self._retry_at = time.monotonic() + self.retry_interval_s
             self.n_local += 1
             return None
+        n = int(float(granted))
+        if n < 1:
+            return float(wait)
+        with self._lock:  # one token is this request's; the rest is the lease
+            lease.tokens += n - 1
+            lease.granted += n
+            lease.until = time.monotonic() + self.lease_s
+        return 0.0

@@ -155,6 +155,65 @@ def test_rate_limit_is_shared_by_replicas(make_client, redis_server, prefix):
     assert c3.get("/v1/items/SKU000001/similar?k=1").status_code == 200  # its own bucket
 
 
+def test_a_recommendation_costs_one_round_trip_and_sees_the_latest_event(make_client, redis_server, prefix):
+    """The user's sequence is read once per recommendation (one LRANGE), and an event accepted by another
+    replica is in it. (The shared rate limit's round trips: test_leased_tokens_never_exceed_the_shared_bucket.)"""
+    c1, _ = make_client(*redis_overrides(redis_server, prefix))
+    c2, svc2 = make_client(*redis_overrides(redis_server, prefix))
+
+    def calls() -> dict[str, int]:
+        stats = svc2.store.client.info("commandstats")
+        return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("lrange", "lindex", "llen")}
+
+    before = calls()
+    for n in range(20):
+        user = f"one-trip-{n}"
+        assert c1.post("/v1/events", json={"user_id": user, "item_id": "SKU000007", "event": "view"}).status_code == 202
+        body = c2.post("/v1/recommendations", json={"user_id": user, "k": 3}).json()
+        assert body["cold_start"] is False and body["degraded"] is None  # the other replica's event, at once
+    after = calls()
+    assert {c: after[c] - before[c] for c in after} == {"lrange": 20, "lindex": 0, "llen": 0}
+
+
+def test_leased_tokens_never_exceed_the_shared_bucket(redis_server, prefix):
+    """A busy key's tokens come in leases (fewer Redis round trips); every replica together still gets
+    exactly the one bucket (a replica can be refused while another still holds a few leased tokens),
+    and each refusal says how long to wait."""
+    from serving.redis_store import RedisRateLimiter
+
+    store = RedisEventStore(redis_server.url, key_prefix=prefix)
+    # 0.001 token/s: nothing refills during the test; leases of up to 10 tokens (a tenth of the burst)
+    a, b = (RedisRateLimiter(store.client, store.keys, 0.001, 100, lease_s=1e4) for _ in range(2))
+    waits = [(a if i % 2 else b).take("key-1") for i in range(130)]
+    assert waits.count(0.0) == 100 and all(w > 0 for w in waits if w != 0.0)
+    assert waits[-20:] == [w for w in waits[-20:] if w > 0]  # once every lease is spent: refused
+    assert a.n_calls + b.n_calls < 50  # far fewer round trips than requests (130 without leases)
+    c = RedisRateLimiter(store.client, store.keys, 0.001, 100, lease_s=1e4)
+    assert c.take("key-1") > 0 and c.take("key-2") == 0.0  # a third replica: the same bucket, per key
+
+
+def test_unspent_lease_tokens_go_back_to_the_bucket(redis_server, prefix, monkeypatch):
+    import types
+
+    import serving.redis_store as redis_store
+    from serving.redis_store import RedisRateLimiter
+
+    clock = [1000.0]
+    monkeypatch.setattr(redis_store, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    store = RedisEventStore(redis_server.url, key_prefix=prefix)
+    a, b = (RedisRateLimiter(store.client, store.keys, 0.001, 100, lease_s=1e4) for _ in range(2))
+    assert [a.take("k") for _ in range(4)] == [0.0] * 4  # leases of 1, 2 and 4: 7 tokens out, 3 unspent
+    clock[0] += 1e4 + 1  # a's lease expired
+    granted_b = 0
+    while b.take("k") == 0.0:
+        granted_b += 1
+    assert granted_b == 93  # a still holds its 3 (no replica can spend them twice)
+    granted_a = 0
+    while a.take("k") == 0.0:
+        granted_a += 1
+    assert granted_a == 3 and 4 + granted_b + granted_a == 100  # they came back with a's next call
+
+
 def test_forget_user_deletes_sequence_and_undrained_entries(redis_server, prefix):
     s = RedisEventStore(redis_server.url, key_prefix=prefix)
     s.append([ev(user="gone", item="A"), ev(user="stays", item="B"), ev(user="gone", item="C")])
