@@ -6,9 +6,10 @@ and the other Ray tests of the session hold a local one).
 answers each with one line ``MULTINODE {json}`` on stdout (anything else on stdout is Ray's chatter):
 
 - ``{"cmd": "nodes"}`` -> ``{"node_a": node id, "node_b": node id}`` (the node offering each resource);
-- ``{"cmd": "deploy", "http_port": P, "apps": {"mn_a": "node_a", ...}, "overrides": [...]}``: Ray Serve
-  with one HTTP proxy on the head (``127.0.0.1:P``), one ingress app per entry at ``/<app>``, its one
-  replica placed by the custom resource (``serve.ingress.resources``);
+- ``{"cmd": "deploy", "http_port": P, "apps": {"mn_a": "node_a", ...}, "overrides": [...], "wait": bool}``:
+  Ray Serve with an HTTP proxy on every node (the head's on ``127.0.0.1:P``), one ingress app per entry at
+  ``/<app>``, its one replica placed by the custom resource (``serve.ingress.resources``); ``wait``: answer
+  once the applications run (else once they are submitted);
 - ``{"cmd": "kill", "app": "mn_b"}``: ``ray.kill`` of the app's replica actor (Serve starts another);
 - ``{"cmd": "audience", "job": "job.pkl"}``: ``build_audience_ray`` with the pickled keyword arguments;
 - ``{"cmd": "quit"}``.
@@ -37,18 +38,18 @@ def nodes() -> dict[str, str]:
     return out
 
 
-def deploy(http_port: int, apps: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+def deploy(http_port: int, apps: dict[str, str], overrides: list[str], wait: bool = True) -> dict[str, Any]:
     from ray import serve
 
     from serving.app import build_app, compose_config
 
     logging_config = {"enable_access_log": False, "log_level": "WARNING"}
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": int(http_port)},
+    serve.start(proxy_location="EveryNode", http_options={"host": "127.0.0.1", "port": int(http_port)},
                 logging_config=logging_config)
     targets = [serve.RunTarget(build_app(compose_config([*overrides, f"+serve.ingress.resources.{resource}=1"])),
                                name=name, route_prefix=f"/{name}", logging_config=logging_config)
                for name, resource in apps.items()]
-    serve.run_many(targets)   # both applications at once; returns once they run
+    serve.run_many(targets, wait_for_applications_running=wait)   # both applications at once
     return {"apps": sorted(apps)}
 
 

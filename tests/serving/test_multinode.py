@@ -3,9 +3,11 @@ started with ``ray start`` (two raylets, 1 CPU each, custom resources ``node_a``
 and temp dirs), Redis as the online store (``serve.store.kind=redis``).
 
 Two ingress applications of the same service share one Redis (same ``key_prefix``): ``/mn_a`` has its one
-replica on node A, ``/mn_b`` on node B (``serve.ingress.resources``). Ray Serve runs one HTTP proxy, on the
-head (``proxy_location: HeadOnly``: a proxy on every node would bind the same host port twice); each answer
-names its node (``X-Ray-Node``, debug routes), so the tests check where they were served. Asserted:
+replica on node A, ``/mn_b`` on node B (``serve.ingress.resources``). Ray Serve runs an HTTP proxy on each
+node (``proxy_location: EveryNode``); the worker node's proxy gets its own port (``RAY_SERVE_WORKER_PROXY_HTTP_PORT``
+in that node's environment: on one host both would otherwise share the port through ``SO_REUSEPORT`` and the
+kernel would pick the node). Each application is called through its own node's proxy, and each answer names
+its node (``X-Ray-Node``, debug routes), so the tests check where they were served. Asserted:
 
 - an event accepted on node A is in the next recommendation served on node B within a second (and back);
 - one API key's rate limit holds across both nodes (the token bucket lives in Redis);
@@ -14,7 +16,8 @@ names its node (``X-Ray-Node``, debug routes), so the tests check where they wer
 - the Ray Data audience job (``build_audience_ray``) on the two nodes equals the local audience.
 
 The cluster is reached through a driver process (``tests/serving/multinode_driver.py``): this process may
-already hold the session's local Ray. Stopping: SIGTERM to each ``ray start --block`` (a plain ``ray stop``
+already hold the session's local Ray. The service is deployed as soon as both nodes are up, and the audience
+job (first in this file) runs while its replicas load. Stopping: SIGTERM to each ``ray start --block`` (a plain ``ray stop``
 would stop every Ray on the host), then SIGKILL of each node's process group.
 """
 from __future__ import annotations
@@ -80,9 +83,11 @@ class RayNode:
             time.sleep(0.2)
 
 
-def start_node(root: Path, resource: str, gcs_port: int, head: bool, ports: Iterator[int]) -> RayNode:
+def start_node(root: Path, resource: str, gcs_port: int, head: bool, ports: Iterator[int],
+               env_vars: dict[str, str] | None = None) -> RayNode:
     """``ray start --block`` of one node, a port of ``ports`` for every port option (it does not wait:
-    ``wait_up``). The head's GCS listens on ``gcs_port``; a worker node connects to it (and waits for it)."""
+    ``wait_up``). The head's GCS listens on ``gcs_port``; a worker node connects to it (and waits for it).
+    ``env_vars``: the node's environment (every process and actor on it) on top of this one's."""
     args = [RAY_CLI, "start", "--block", "--num-cpus=1", f'--resources={{"{resource}": 1}}',
             f"--temp-dir={root / resource}", "--object-store-memory=100000000", "--disable-usage-stats",
             f"--node-manager-port={next(ports)}", f"--object-manager-port={next(ports)}",
@@ -96,7 +101,7 @@ def start_node(root: Path, resource: str, gcs_port: int, head: bool, ports: Iter
     else:
         args += [f"--address=127.0.0.1:{gcs_port}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
+    env.update(OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled", **(env_vars or {}))
     log = root / f"{resource}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
@@ -178,29 +183,47 @@ class Cluster:
     address: str
     driver: Driver
     node_ids: dict[str, str]          # resource (node_a, node_b) -> Ray node id
+    http_ports: dict[str, int]        # resource -> the port of that node's Serve HTTP proxy
+    service_overrides: list[str]      # the config both applications of the service run with
+
+
+def service_overrides(bundles_root: Path, redis_url: str) -> list[str]:
+    return [f"paths.artifacts={bundles_root}", "serve.watch_interval_s=0", *GENEROUS_BUDGETS,
+            "serve.http.debug_routes=true", "serve.ingress.num_cpus=0",   # the CPUs stay for Ray Data
+            "serve.store.kind=redis", f"serve.store.url={redis_url}",
+            f"serve.store.redis.key_prefix=mn-{time.time_ns()}", "serve.auth.rate_limit_scope=cluster",
+            "serve.auth.rate_limit_per_s=0.01", f"serve.auth.burst={BURST}",
+            "serve.ingress.health_check_period_s=1"]   # a killed replica is noticed (and replaced) sooner
 
 
 @pytest.fixture(scope="module")
 def cluster(request):
+    """The two nodes, the driver, and the service deployed on them (not waited for: ``service`` waits, and
+    the audience job, first in this file, runs while the replicas load)."""
     if RAY_CLI is None:
         pytest.skip("the ray command line (ray start) is not installed")
     if shutil.which(os.environ.get("SHOPREC_REDIS_SERVER", "redis-server")) is None:
         pytest.skip("redis-server is not installed")
     root = Path(tempfile.mkdtemp(prefix="rmn", dir="/tmp"))   # short: Ray's unix socket paths live under it
-    gcs_port, *ports = free_ports(16)
+    gcs_port, http_a, http_b, *ports = free_ports(18)
+    http_ports = {"node_a": http_a, "node_b": http_b}
     nodes: list[RayNode] = []
     driver = None
     try:
         nodes.append(start_node(root, "node_a", gcs_port, head=True, ports=iter(ports[:8])))
-        nodes.append(start_node(root, "node_b", gcs_port, head=False, ports=iter(ports[8:])))   # waits for the GCS
-        request.getfixturevalue("bundles_root")   # the session's bundles (for ``service``) built meanwhile
+        nodes.append(start_node(root, "node_b", gcs_port, head=False, ports=iter(ports[8:]),   # waits for the GCS
+                                env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(http_b)}))
+        # the session's bundles and Redis (requested here, after the skips): built while the nodes start
+        bundles_root, redis = request.getfixturevalue("bundles_root"), request.getfixturevalue("redis_server")
         nodes[0].wait_up()
         address = f"127.0.0.1:{gcs_port}"
         driver = Driver(address, root / "driver.log")   # connects while the worker node comes up
         nodes[1].wait_up()
         node_ids = driver.ask("nodes")
         assert set(node_ids) == {"node_a", "node_b"} and len(set(node_ids.values())) == 2, node_ids
-        yield Cluster(address, driver, node_ids)
+        overrides = service_overrides(bundles_root, redis.url)
+        driver.ask("deploy", http_port=http_a, apps=APPS, overrides=overrides, wait=False)
+        yield Cluster(address, driver, node_ids, http_ports, overrides)
     finally:
         if driver is not None:
             driver.quit()
@@ -212,67 +235,35 @@ def cluster(request):
 
 @dataclass
 class TwoNodeService:
-    url: str                          # the head's HTTP proxy: <url>/mn_a (node A), <url>/mn_b (node B)
-    overrides: list[str]              # the config both applications run with
+    urls: dict[str, str]              # application -> its URL through the proxy of its replica's node
     cluster: Cluster
 
 
 @pytest.fixture(scope="module")
-def service(cluster, redis_server, request):
-    bundles_root = request.getfixturevalue("bundles_root")   # built by ``cluster`` while the nodes start
-    port = free_ports(1)[0]
-    overrides = [f"paths.artifacts={bundles_root}", "serve.watch_interval_s=0", *GENEROUS_BUDGETS,
-                 "serve.http.debug_routes=true", "serve.ingress.num_cpus=0",   # the CPUs stay for Ray Data
-                 "serve.store.kind=redis", f"serve.store.url={redis_server.url}",
-                 f"serve.store.redis.key_prefix=mn-{time.time_ns()}", "serve.auth.rate_limit_scope=cluster",
-                 "serve.auth.rate_limit_per_s=0.01", f"serve.auth.burst={BURST}",
-                 "serve.ingress.health_check_period_s=1"]   # a killed replica is noticed (and replaced) sooner
-    cluster.driver.ask("deploy", http_port=port, apps=APPS, overrides=overrides)
-    url = f"http://127.0.0.1:{port}"
+def service(cluster):
+    """Both applications answering, each through its own node's proxy."""
+    urls = {app: f"http://127.0.0.1:{cluster.http_ports[resource]}/{app}" for app, resource in APPS.items()}
     with httpx.Client(timeout=10, trust_env=False) as c:
         for app, resource in APPS.items():
-            r = c.get(f"{url}/{app}/readyz")
-            assert r.status_code == 200, (app, r.status_code, r.text)
+            r = _ready(c, urls[app])
             assert r.headers["x-ray-node"] == cluster.node_ids[resource], app
-    return TwoNodeService(url, overrides, cluster)
+    return TwoNodeService(urls, cluster)
 
 
-def _recommendation_reflects(c: httpx.Client, url: str, user: str, item: str) -> httpx.Response | None:
-    out = c.post(url + "/v1/recommendations", json={"user_id": user, "k": 3})
-    assert out.status_code == 200, out.text
-    body = out.json()
-    if body["cold_start"] is False and body["items"] and all(item in i["reason"] for i in body["items"]):
-        return out
-    return None
-
-
-def test_an_event_on_one_node_is_in_the_next_recommendation_on_the_other(service):
-    nodes = service.cluster.node_ids
-    with httpx.Client(timeout=10, trust_env=False, headers={"X-API-Key": KEYS["read"]}) as c:
-        for n, (src, dst) in enumerate([("mn_a", "mn_b"), ("mn_b", "mn_a"), ("mn_a", "mn_b")]):
-            user, item = f"mn-user-{time.time_ns()}-{n}", f"SKU{10 * n + 7:06d}"
-            t0 = time.monotonic()
-            r = c.post(f"{service.url}/{src}/v1/events", json={"user_id": user, "item_id": item, "event": "view"})
-            assert r.status_code == 202, r.text
-            seen = None
-            while seen is None and time.monotonic() - t0 < 1.0:
-                seen = _recommendation_reflects(c, f"{service.url}/{dst}", user, item)
-                if seen is None:
-                    time.sleep(0.05)
-            assert seen is not None, f"event accepted on {src} not in {dst}'s recommendation within 1 s"
-            assert r.headers["x-ray-node"] == nodes[APPS[src]]
-            assert seen.headers["x-ray-node"] == nodes[APPS[dst]] != r.headers["x-ray-node"]
-
-
-def test_one_keys_rate_limit_holds_across_both_nodes(service):
-    codes: dict[str, list[int]] = {"mn_a": [], "mn_b": []}
-    with httpx.Client(timeout=10, trust_env=False, headers={"X-API-Key": KEYS["limit"]}) as c:
-        for i in range(BURST + 10):   # alternately on node A and node B
-            app = "mn_a" if i % 2 == 0 else "mn_b"
-            codes[app].append(c.get(f"{service.url}/{app}/v1/items/SKU000001/similar?k=1").status_code)
-    every = codes["mn_a"] + codes["mn_b"]
-    assert every.count(200) == BURST and every.count(429) == 10, codes   # per node it would be 2 x BURST
-    assert 429 in codes["mn_a"] and 429 in codes["mn_b"]   # each node refused after serving half the burst
+def _ready(c: httpx.Client, url: str, timeout_s: float = 120) -> httpx.Response:
+    """``/readyz`` answered 200 (the replica loaded its bundle; a worker node's proxy starts once the node
+    has a replica)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = c.get(url + "/readyz")
+            if r.status_code == 200 or time.monotonic() > deadline:
+                assert r.status_code == 200, (url, r.status_code, r.text)
+                return r
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def test_the_audience_job_on_two_nodes_equals_the_local_one(cluster, tmp_path):
@@ -308,12 +299,50 @@ def test_the_audience_job_on_two_nodes_equals_the_local_one(cluster, tmp_path):
     _assert_same_audience(on_disk, local.audience)
 
 
+def _recommendation_reflects(c: httpx.Client, url: str, user: str, item: str) -> httpx.Response | None:
+    out = c.post(url + "/v1/recommendations", json={"user_id": user, "k": 3})
+    assert out.status_code == 200, out.text
+    body = out.json()
+    if body["cold_start"] is False and body["items"] and all(item in i["reason"] for i in body["items"]):
+        return out
+    return None
+
+
+def test_an_event_on_one_node_is_in_the_next_recommendation_on_the_other(service):
+    nodes = service.cluster.node_ids
+    with httpx.Client(timeout=10, trust_env=False, headers={"X-API-Key": KEYS["read"]}) as c:
+        for n, (src, dst) in enumerate([("mn_a", "mn_b"), ("mn_b", "mn_a"), ("mn_a", "mn_b")]):
+            user, item = f"mn-user-{time.time_ns()}-{n}", f"SKU{10 * n + 7:06d}"
+            t0 = time.monotonic()
+            r = c.post(f"{service.urls[src]}/v1/events", json={"user_id": user, "item_id": item, "event": "view"})
+            assert r.status_code == 202, r.text
+            seen = None
+            while seen is None and time.monotonic() - t0 < 1.0:
+                seen = _recommendation_reflects(c, service.urls[dst], user, item)
+                if seen is None:
+                    time.sleep(0.05)
+            assert seen is not None, f"event accepted on {src} not in {dst}'s recommendation within 1 s"
+            assert r.headers["x-ray-node"] == nodes[APPS[src]]
+            assert seen.headers["x-ray-node"] == nodes[APPS[dst]] != r.headers["x-ray-node"]
+
+
+def test_one_keys_rate_limit_holds_across_both_nodes(service):
+    codes: dict[str, list[int]] = {"mn_a": [], "mn_b": []}
+    with httpx.Client(timeout=10, trust_env=False, headers={"X-API-Key": KEYS["limit"]}) as c:
+        for i in range(BURST + 10):   # alternately on node A and node B
+            app = "mn_a" if i % 2 == 0 else "mn_b"
+            codes[app].append(c.get(f"{service.urls[app]}/v1/items/SKU000001/similar?k=1").status_code)
+    every = codes["mn_a"] + codes["mn_b"]
+    assert every.count(200) == BURST and every.count(429) == 10, codes   # per node it would be 2 x BURST
+    assert 429 in codes["mn_a"] and 429 in codes["mn_b"]   # each node refused after serving half the burst
+
+
 def test_killing_the_replica_on_node_b_loses_no_accepted_event(service, tmp_path):
     """Runs last in this file: it replaces node B's replica."""
     from serving.app import compose_config
     from serving.drain_events import drain
 
-    url, node_b = f"{service.url}/mn_b", service.cluster.node_ids["node_b"]
+    url, node_b = service.urls["mn_b"], service.cluster.node_ids["node_b"]
     tag = f"mn-kill-{time.time_ns()}"
     answers: list[tuple[str, int | None, str | None]] = []   # (item_id, status or None, x-replica)
     stop = threading.Event()
@@ -354,9 +383,9 @@ def test_killing_the_replica_on_node_b_loses_no_accepted_event(service, tmp_path
     ok = accepted()
     assert sum(a[2] != first_replica for a in ok) >= 3, f"no replacement replica answered: {answers}"
     with httpx.Client(timeout=10, trust_env=False) as c:
-        assert c.get(url + "/readyz").headers["x-ray-node"] == node_b   # back on node B
+        assert _ready(c, url).headers["x-ray-node"] == node_b   # back on node B
 
-    cfg = compose_config([*service.overrides, f"serve.store.event_log={tmp_path / 'events.csv'}",
+    cfg = compose_config([*service.cluster.service_overrides, f"serve.store.event_log={tmp_path / 'events.csv'}",
                           f"serve.experiments.log_dir={tmp_path / 'experiments'}"])
     drain(cfg)
     logged = pd.read_csv(tmp_path / "events.csv", dtype=str)
