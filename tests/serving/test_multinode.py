@@ -17,8 +17,8 @@ its node (``X-Ray-Node``, debug routes), so the tests check where they were serv
 
 The cluster is reached through a driver process (``tests/serving/multinode_driver.py``): this process may
 already hold the session's local Ray. The service is deployed as soon as both nodes are up, and the audience
-job (first in this file) runs while its replicas load. Stopping: SIGTERM to each ``ray start --block`` (a plain ``ray stop``
-would stop every Ray on the host), then SIGKILL of each node's process group.
+job (first in this file) runs while its replicas load. Stopping: SIGTERM to each ``ray start --block`` (a
+plain ``ray stop`` would stop every Ray on the host), then SIGKILL of each node's process group.
 """
 from __future__ import annotations
 
@@ -149,6 +149,7 @@ class Driver:
                 self._answers.put(line[len("MULTINODE "):])
 
     def ask(self, cmd: str, timeout_s: float = 120, **args) -> dict:
+        assert self.proc.poll() is None, f"the driver exited ({self.proc.returncode}):\n{self.tail()}"
         self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
         self.proc.stdin.flush()
         try:
@@ -344,7 +345,7 @@ def test_killing_the_replica_on_node_b_loses_no_accepted_event(service, tmp_path
 
     url, node_b = service.urls["mn_b"], service.cluster.node_ids["node_b"]
     tag = f"mn-kill-{time.time_ns()}"
-    answers: list[tuple[str, int | None, str | None]] = []   # (item_id, status or None, x-replica)
+    answers: list[tuple[str, int | None, str | None, str | None]] = []   # (item_id, status, x-replica, x-ray-node)
     stop = threading.Event()
 
     def post_events() -> None:
@@ -355,12 +356,12 @@ def test_killing_the_replica_on_node_b_loses_no_accepted_event(service, tmp_path
                 item = f"{tag}-{n}"
                 try:
                     r = c.post(url + "/v1/events", json={"user_id": f"{tag}-user", "item_id": item, "event": "view"})
-                    answers.append((item, r.status_code, r.headers.get("x-replica")))
+                    answers.append((item, r.status_code, r.headers.get("x-replica"), r.headers.get("x-ray-node")))
                 except httpx.HTTPError:
-                    answers.append((item, None, None))
+                    answers.append((item, None, None, None))
                 time.sleep(0.02)
 
-    def accepted() -> list[tuple[str, int | None, str | None]]:
+    def accepted() -> list[tuple[str, int | None, str | None, str | None]]:
         return [a for a in list(answers) if a[1] == 202]
 
     poster = threading.Thread(target=post_events, daemon=True)
@@ -382,6 +383,7 @@ def test_killing_the_replica_on_node_b_loses_no_accepted_event(service, tmp_path
         poster.join(60)
     ok = accepted()
     assert sum(a[2] != first_replica for a in ok) >= 3, f"no replacement replica answered: {answers}"
+    assert {a[3] for a in ok} == {node_b}   # before and after the kill, on node B
     with httpx.Client(timeout=10, trust_env=False) as c:
         assert _ready(c, url).headers["x-ray-node"] == node_b   # back on node B
 
