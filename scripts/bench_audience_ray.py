@@ -3,7 +3,8 @@ pipeline alone, with devices and a per-user baseline: scripts/bench_audience.py)
 
     python scripts/bench_audience_ray.py --users 1000000 3000000 [--address HOST:PORT] [--concurrency 2]
 
-For each size: synthetic profiles are written to Parquet (row groups of 256k), then the local path
+For each size: synthetic profiles are written to Parquet (row groups of 256k, ``user_key`` as plain
+strings as ``features.profiles`` writes it), then the local path
 (``pd.read_parquet`` + ``serving.campaigns.audience.build_audience``) and the Ray Data path
 (``serving.campaigns.ray_audience.build_audience_ray``: read_parquet, scoring actors, one selection task,
 write_parquet) build the winback audience with the same untrained model; the two audiences are
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--users", type=int, nargs="+", default=[1_000_000, 3_000_000])
     p.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
     p.add_argument("--concurrency", type=int, default=None, help="scoring actors (default: CPUs less one)")
+    p.add_argument("--batch-size", type=int, default=262144, help="campaign.job.batch_size (rows per scoring batch)")
     p.add_argument("--dir", default=None, help="working folder (default: a temporary one)")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -76,7 +78,7 @@ def main() -> None:
     conf = Path(__file__).resolve().parent.parent / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base=None):
         raw = OmegaConf.to_container(compose("config", overrides=["campaign=winback"]).campaign, resolve=True)
-    campaign = parse_campaign(raw).replace(job={"batch_size": 65536, "device": "cpu"})
+    campaign = parse_campaign(raw).replace(job={"batch_size": args.batch_size, "device": "cpu"})
     torch.manual_seed(0)
     feats = list(campaign.model.features)
     model = CampaignModel(CampaignEnsemble([CampaignNet(len(feats), 8, 1) for _ in range(2)]).eval(), feats, "response")
@@ -90,7 +92,12 @@ def main() -> None:
     rows = []
     for n in args.users:
         path = work / f"profiles-{n}.parquet"
-        synthetic_profiles(n, seed=1).to_parquet(path, index=False, row_group_size=262_144)
+        profiles = synthetic_profiles(n, seed=1)
+        # user_key as plain strings, as features.profiles writes it: a Categorical of n distinct keys would
+        # store all n in every row group's dictionary (2.5 GB and ~20 s of decoding per row group at 10M)
+        profiles["user_key"] = profiles["user_key"].astype("string")
+        profiles.to_parquet(path, index=False, row_group_size=262_144)
+        del profiles
         t0 = time.perf_counter()
         local = build_audience(pd.read_parquet(path), campaign, model_scorer(model, "cpu", 65536)).audience
         t_local = time.perf_counter() - t0
@@ -105,7 +112,10 @@ def main() -> None:
         rows.append({"users": n, "local_s": round(t_local, 2), "ray_s": round(t_ray, 2),
                      "local_users_per_s": round(n / t_local), "ray_users_per_s": round(n / t_ray),
                      "ray_over_local": round(t_local / t_ray, 3), "audience": int(res.n_rows),
-                     "same_audience": same, "driver_peak_growth_mb": round(mem.growth_mb, 1)})
+                     "same_audience": same, "driver_peak_growth_mb": round(mem.growth_mb, 1),
+                     "ray_score_s": round(res.timings_s["ray_filters_scoring"], 2),
+                     "ray_select_s": round(res.timings_s["select_assign"], 2),
+                     "ray_write_s": round(res.timings_s["write"], 2)})
         del local, remote
         path.unlink()
     nodes = [nd for nd in ray.nodes() if nd["Alive"]]
@@ -115,6 +125,7 @@ def main() -> None:
         print(" | ".join(f"{str(r[c]):>{max(len(c), 9)}}" for c in cols))
     growth = [r["driver_peak_growth_mb"] for r in rows]
     print(json.dumps({"rows": rows, "ray_nodes": len(nodes), "concurrency": args.concurrency,
+                      "batch_size": args.batch_size,
                       "driver_peak_growth_mb_first_last": [growth[0], growth[-1]],
                       "all_same_audience": all(r["same_audience"] for r in rows)}))
     ray.shutdown()
