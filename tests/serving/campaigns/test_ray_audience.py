@@ -84,3 +84,24 @@ def test_the_model_is_loaded_once_per_actor(tmp_path, campaign, profiles, monkey
     actor = EligibleScorer(c, str(tmp_path), ["user_key", "active_hour", "price_sensitivity", "timezone"])
     outs = [actor(profiles.iloc[i:i + 5000]) for i in range(0, 15000, 5000)]
     assert len(loads) == 1 and all(o["_summary"].sum() == 1 for o in outs)
+
+
+def test_an_arrow_batch_scores_like_the_pandas_one(tmp_path, campaign, profiles):
+    """Ray Data hands the actor Arrow tables (zero-copy); a per-user dictionary ``user_key`` (as pandas
+    writes a Categorical) comes out as plain strings, and the eligible users and scores are the same."""
+    import pyarrow as pa
+
+    c = campaign.replace(job={"batch_size": 5000, "device": "cpu"})
+    model = tiny_model(c.model.features)
+    save_campaign_model(tmp_path, model.ensemble, model.features, "response")
+    actor = EligibleScorer(c, str(tmp_path), ["user_key", "active_hour", "price_sensitivity", "timezone"])
+    batch = profiles.iloc[:5000]
+    table = pa.Table.from_pandas(batch, preserve_index=False)
+    assert pa.types.is_dictionary(table.schema.field("user_key").type)
+    from_arrow, from_pandas = actor(table), actor(batch)
+    rows = ~from_pandas["_summary"].astype(bool).to_numpy()
+    assert (from_arrow["user_key"].dropna().astype(str).to_numpy()
+            == from_pandas["user_key"].dropna().astype(str).to_numpy()).all() and rows.sum() > 0
+    np.testing.assert_array_equal(from_arrow["_score"].to_numpy(dtype=np.float32)[rows],
+                                  from_pandas["_score"].to_numpy(dtype=np.float32)[rows])
+    assert from_arrow["_steps"].dropna().tolist() == from_pandas["_steps"].dropna().tolist()
