@@ -36,7 +36,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag,
                       model_validator)
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.schema import EVENT_TYPES
@@ -330,11 +329,6 @@ def create_app(service: Any, ranker_handle: Any = None) -> FastAPI:
         q = RecQuery(user_key=service.user_key(_key(req.user_id, "user_id")), k=req.k, category=ctx.category,
                      price_min=ctx.price_min, price_max=ctx.price_max, exclude=tuple(str(x) for x in req.exclude),
                      recent_items=tuple(str(e.item_id) for e in req.recent_events), channel=ctx.channel)
-        if getattr(service.store, "reads_over_network", False):
-            # One round trip to the store (Redis) on a worker thread: the event loop serves other requests
-            # meanwhile instead of waiting on the socket.
-            q = dataclasses.replace(q, online_events=tuple(await run_in_threadpool(service.store.events_of,
-                                                                                   q.user_key)))
         exps = getattr(service, "experiments", None)  # serving.experiments: assignment + exposure log
         exp = None if exps is None else exps.serve(rec, q, q.user_key if req.session_id is None else
                                                    service.user_key(_key(req.session_id, "session_id")),

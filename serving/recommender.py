@@ -24,7 +24,7 @@ import numpy as np
 
 from serving.bundle import Bundle
 from serving.rules import RuleSettings, allowed_mask, blocked_items, reason_text, select_top_k
-from serving.store import PURCHASE_EVENTS, EventStore, OnlineEvent
+from serving.store import PURCHASE_EVENTS, EventStore
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,6 @@ class RecQuery:
     recent_items: tuple[str, ...] = ()   # oldest first
     channel: str | None = None
     now: float = field(default_factory=time.time)
-    # The user's online events when the caller already read them from the store (oldest first);
-    # None: the recommender reads the store itself.
-    online_events: tuple[OnlineEvent, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +154,7 @@ class Recommender:
         """(history ids oldest first, purchase ids, purchase times) from bundle + store + request."""
         key_to_id = self.bundle.items.key_to_id
         st = self.bundle.users.get(q.user_key)
-        online = self.store.events_of(q.user_key) if q.online_events is None else q.online_events
+        online = self.store.events_of(q.user_key)
         hist = [] if st is None else [st.history]
         purch = [] if st is None else [st.purchases]
         pts = [] if st is None else [st.purchase_ts]

@@ -8,8 +8,8 @@ Keys (``<p>`` = ``serve.store.redis.key_prefix``):
   that ``features.prepare data=serve_events`` ingests.
 - ``<p>:seq:<user_key>``: a list of the user's last ``max_per_user`` events (event-log CSV lines,
   oldest first). A replica reads it on every recommendation (one ``LRANGE``, the request's one round
-  trip, on a worker thread so the API's event loop is not held while Redis answers), so an event
-  accepted by any replica is in the next recommendation from every replica.
+  trip: the rate limit's leases add one only now and then), so an event accepted by any replica is in
+  the next recommendation from every replica.
 - ``<p>:trend:<bucket>``: item counts per time bucket (``trending_window_s / 60`` s) for trending
   items; read at most once a second per replica.
 - ``<p>:rate:<key digest>``: the token bucket of an API key (``RedisRateLimiter``: shared by every
@@ -111,10 +111,6 @@ class RedisKeys:
 
 class RedisEventStore:
     """The ``OnlineStore`` on Redis (see the module docstring)."""
-
-    # Every read is a network round trip: the API reads a user's events on a worker thread, not on its
-    # event loop (``RecQuery.online_events``).
-    reads_over_network = True
 
     def __init__(self, url: str, *, max_per_user: int = 200, trending_window_s: float = 3600.0,
                  key_prefix: str = "shoprec", timeout_s: float = 0.25, retry_interval_s: float = 0.5,
