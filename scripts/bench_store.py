@@ -1,6 +1,6 @@
 """Event ingest and recommendations through the HTTP API with the Redis store vs the file store.
 
-    python scripts/bench_store.py [--events 3000] [--recs 600] [--restart-seconds 6]
+    python scripts/bench_store.py [--events 3000] [--recs 600] [--rounds 2] [--restart-seconds 6]
 
 One process, one synthetic bundle, one local redis-server (appendonly yes, appendfsync always,
 ``serving.redis_local``). Each store kind gets the FastAPI app of ``serving.api`` over its own
@@ -8,7 +8,8 @@ One process, one synthetic bundle, one local redis-server (appendonly yes, appen
 
 1. ingest: ``POST /v1/events`` (one event each) from 32 concurrent clients: accepted events/s, p50/p99;
 2. recommendations: ``POST /v1/recommendations`` for users with online events, 4 concurrent
-   clients, kinds alternating over two rounds: p50/p99 and the Redis/file p50 ratio;
+   clients, kinds alternating over ``--rounds`` rounds (more rounds: a background load that drifts
+   weighs on both kinds alike): p50/p99 and the Redis/file p50 ratio;
 3. Redis restarted mid-run: 8 clients post events while redis-server is killed (SIGKILL) and
    started again on the same AOF; every event answered 202 must be in Redis afterwards
    (``events_lost``), the others got 503, and 202s come back without restarting the service.
@@ -86,6 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--recs", type=int, default=600, help="recommendations per kind and round")
+    p.add_argument("--rounds", type=int, default=2, help="recommendation rounds, the kinds alternating")
     p.add_argument("--restart-seconds", type=float, default=6.0)
     p.add_argument("--work", default="artifacts/bench_store")
     a = p.parse_args()
@@ -129,7 +131,7 @@ def main() -> None:
                          out[f"{kind}_ingest_p50_ms"], out[f"{kind}_ingest_p99_ms"]))
         # 2. recommendations (users with online events), kinds alternating
         rec_lat = {"file": [], "redis": []}
-        for _ in range(2):
+        for _ in range(a.rounds):
             for kind, (url, _, _) in apps.items():
                 bodies = [{"user_id": f"ing-{kind}-{i % 500}", "k": 10} for i in range(a.recs)]
                 asyncio.run(run_load(url + "/v1/recommendations", bodies[:50], 4))
@@ -137,7 +139,7 @@ def main() -> None:
                 rec_lat[kind] += [l for s, l in zip(st, lat) if s == 200]
         for kind, lat in rec_lat.items():
             out[f"{kind}_rec_p50_ms"], out[f"{kind}_rec_p99_ms"] = round(pct(lat, 50), 2), round(pct(lat, 99), 2)
-            rows.append((f"recommend c=4 {kind}", len(lat), 2 * a.recs - len(lat), float("nan"),
+            rows.append((f"recommend c=4 {kind}", len(lat), a.rounds * a.recs - len(lat), float("nan"),
                          out[f"{kind}_rec_p50_ms"], out[f"{kind}_rec_p99_ms"]))
         out["redis_over_file_p50_ratio"] = round(out["redis_rec_p50_ms"] / out["file_rec_p50_ms"], 3)
         # 3. Redis killed and restarted under load
@@ -177,7 +179,8 @@ def main() -> None:
             server.should_exit = True
             svc.stop()
         redis.stop()
-    out.update({"machine": f"{os.cpu_count()}-core CPU ({platform.machine()})", "events": a.events, "recs": a.recs})
+    out.update({"machine": f"{os.cpu_count()}-core CPU ({platform.machine()})", "events": a.events, "recs": a.recs,
+                "rounds": a.rounds})
     print(f"{'phase':28} {'ok':>7} {'not ok':>7} {'ok/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for r in rows:
         print(f"{r[0]:28} {r[1]:7d} {r[2]:7d} {r[3]:9.1f} {r[4]:8.2f} {r[5]:8.2f}")
