@@ -158,8 +158,11 @@ def test_rate_limit_is_shared_by_replicas(make_client, redis_server, prefix):
 def test_a_recommendation_costs_one_round_trip_and_sees_the_latest_event(make_client, redis_server, prefix):
     """The user's sequence is read once per recommendation (one LRANGE), and an event accepted by another
     replica is in it. (The shared rate limit's round trips: test_leased_tokens_never_exceed_the_shared_bucket.)"""
-    c1, _ = make_client(*redis_overrides(redis_server, prefix))
-    c2, svc2 = make_client(*redis_overrides(redis_server, prefix))
+    # a generous per-call timeout: on a loaded machine a 0.25 s timeout would count Redis as lost and answer
+    # from the cache (degraded), which is another test's subject
+    slow_ok = [*redis_overrides(redis_server, prefix), "serve.store.redis.timeout_s=5"]
+    c1, _ = make_client(*slow_ok)
+    c2, svc2 = make_client(*slow_ok)
 
     def calls() -> dict[str, int]:
         stats = svc2.store.client.info("commandstats")
