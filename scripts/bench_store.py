@@ -168,7 +168,6 @@ def main() -> None:
         last_refused = max((i for i in sent if st[i] == 503), default=-1)
         recovered = any(st[i] == 202 for i in sent if i > last_refused)
         check = RedisEventStore(redis.url, key_prefix=prefix)
-        from serving.service import Service  # noqa: F401 - the pseudonymisation below is the service's
         svc = apps["redis"][2]
         lost = sum(1 for i in acked if not check.events_of(svc.user_key(bodies[i]["user_id"])))
         out.update({"events_acknowledged": len(acked), "events_refused_503": refused, "events_other_status": other,

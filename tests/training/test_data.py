@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from training.data import TrainBatches, _eval_set, left_padded, load_sequence_data, price_buckets, shift_holdout
+from training.data import TrainBatches, left_padded, load_sequence_data, price_buckets, shift_holdout
 
 
 def test_left_padded_keeps_last_items_most_recent_last():
@@ -35,8 +35,6 @@ def test_holdout_shift_moves_every_split_one_event_back_and_never_shows_the_test
     pdir = tiny_artifacts / "processed" / "tiny"
     d = load_sequence_data(pdir, max_len=50)
     s = load_sequence_data(pdir, max_len=50, holdout_shift=1)
-    test = pd.read_parquet(pdir / "splits/loo/test.parquet")
-    valid = pd.read_parquet(pdir / "splits/loo/valid.parquet")
     # the shifted "test" targets are the real validation targets, with inputs = the training history
     assert torch.equal(s.test.users, d.valid.users) and torch.equal(s.test.targets, d.valid.targets)
     assert torch.equal(s.test.inputs, d.valid.inputs)
