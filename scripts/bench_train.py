@@ -31,12 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 PLAIN = ("model.hidden=64 model.blocks=2 model.heads=1 model.max_len=50 model.dropout=0.2 model.emb_dropout=0.2 "
          "model.optimizer=adam model.lr=0.001 model.weight_decay=0.0 model.batch_size=256 model.loss=full_ce "
          "model.use_attributes=false model.label_smoothing=0.0 model.scheduler=constant model.warmup_steps=0 "
-         "model.tie_weights=true model.ffn_mult=1")
+         "model.tie_weights=true model.ffn_mult=1 model.ema_decay=0.0")
 
 
 # Speed variants on top of our defaults (conf/model/sasrec.yaml; bf16-mixed on trainer=gpu), ordered by promise so
 # that a capped GPU run loses the least useful last. Epochs to the target are device-independent up to bf16, so the
-# CPU ranked them (fp32, 2026-11-27, `--trainer cpu --target 0.0739 --variant ...`). First epoch at plain's valid
+# CPU ranked them (fp32, 2026-11-27, before the weight average became a default; `--trainer cpu --target 0.0739
+# --variant ...`). First epoch at plain's valid
 # NDCG@10 (0.0739, from the H200), and optimiser steps until then:
 #   defaults, batch 256:   epoch 10, 760 steps       batch 2048, lr 6e-3: epoch 7, 70 steps
 #   batch 4096, lr 8e-3:   epoch 8, 40 steps         batch 2048, lr 4e-3: epoch 8, 80 steps
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in variants:
         name, _, ov = spec.partition("=")
         stop = [f"trainer.stop_at_valid_ndcg={target}"] if target is not None and args.stop_at_target else []
-        overrides = ["model=sasrec", f"data={args.data}", f"trainer={args.trainer}", *ov.split(), *args.overrides, *stop]
+        # the refit after early stopping is no part of the time to a validation figure: left out of every variant
+        overrides = ["model=sasrec", "model.refit_epochs=0", f"data={args.data}", f"trainer={args.trainer}", *ov.split(),
+                     *args.overrides, *stop]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
             cfg = compose(config_name="config", overrides=overrides)
         print(f"[bench_train] {name}: {' '.join(overrides)}", flush=True)

@@ -23,7 +23,7 @@ OUT=${OUT:-artifacts/gpu_check}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
-PLAIN="model.hidden=64 model.blocks=2 model.heads=1 model.dropout=0.2 model.emb_dropout=0.2 model.optimizer=adam model.lr=0.001 model.weight_decay=0.0 model.batch_size=256 model.use_attributes=false model.label_smoothing=0.0 model.scheduler=constant model.warmup_steps=0"
+PLAIN="model.hidden=64 model.blocks=2 model.heads=1 model.dropout=0.2 model.emb_dropout=0.2 model.optimizer=adam model.lr=0.001 model.weight_decay=0.0 model.batch_size=256 model.use_attributes=false model.label_smoothing=0.0 model.scheduler=constant model.warmup_steps=0 model.ema_decay=0.0 model.refit_epochs=0"
 if [ "${GPU_CHECK_SMOKE:-0}" = "1" ]; then
   SIZES=20000; USERS=200000; SERVE_ITEMS=20000; BENCH_TRAINER=cpu; BENCH_ARGS="trainer.max_epochs=1 trainer.max_users=200"; TRAINER="trainer=cpu trainer.max_epochs=1 trainer.max_users=200"; DEV=cpu
 else

@@ -6,10 +6,10 @@
 # NDCG@10 (Toys and Sports separately) in $OUT/sweep.json. Two sets (SWEEP_SET):
 #   defaults (default): 12 configs on Amazon Toys + 4 on Sports (how conf/model/sasrec.yaml was chosen), then
 #            scripts/bench_train.py alone on the GPU: the plain SASRec against the best Toys config.
-#   quality: each candidate on BOTH Toys and Sports against the shipped defaults (weight EMA, LiGR blocks,
-#            SwiGLU, cosine schedule, width), plus the defaults on the shifted protocol
+#   quality: each candidate on BOTH Toys and Sports against the shipped defaults (no weight average, EMA 0.999,
+#            LiGR blocks, SwiGLU, cosine schedule, width), plus the defaults on the shifted protocol
 #            (trainer.eval.holdout_shift=1) followed by the refit curve (python -m training.refit --epochs
-#            0 1 2 3 4), which chooses model.refit_epochs on the real validation targets. $OUT/sweep.json
+#            0 1 2 3 4 6 8 10), which chooses model.refit_epochs on the real validation targets. $OUT/sweep.json
 #            then also ranks candidates by their smaller relative gain over the defaults on the two
 #            validation sets ("both_datasets"): a candidate is kept only if it wins on both.
 #
@@ -45,7 +45,7 @@ else
   BENCH_ARGS="--trainer gpu trainer.max_time=${BENCH_MAX_TIME:-75} trainer.patience=10 trainer.num_threads=4"
 fi
 
-PLAIN="model.hidden=64 model.blocks=2 model.heads=1 model.dropout=0.2 model.emb_dropout=0.2 model.optimizer=adam model.lr=0.001 model.weight_decay=0.0 model.batch_size=256 model.use_attributes=false model.label_smoothing=0.0 model.scheduler=constant model.warmup_steps=0 model.tie_weights=true model.norm_first=true model.ffn_mult=1"
+PLAIN="model.hidden=64 model.blocks=2 model.heads=1 model.dropout=0.2 model.emb_dropout=0.2 model.optimizer=adam model.lr=0.001 model.weight_decay=0.0 model.batch_size=256 model.use_attributes=false model.label_smoothing=0.0 model.scheduler=constant model.warmup_steps=0 model.tie_weights=true model.norm_first=true model.ffn_mult=1 model.ema_decay=0.0 model.refit_epochs=0"
 B0="$PLAIN model.use_attributes=true model.dropout=0.5 model.emb_dropout=0.5"
 B1="$B0 model.heads=2 model.optimizer=adamw model.weight_decay=0.05"
 
@@ -56,14 +56,14 @@ if [ "$SET" = quality ]; then
   for pair in "t|$TOYS" "s|$SPORTS"; do
     p=${pair%%|*} d=${pair#*|}
     echo "q${p}_base|data=$d"
-    echo "q${p}_ema995|data=$d model.ema_decay=0.995"
+    echo "q${p}_noema|data=$d model.ema_decay=0.0"
     echo "q${p}_ema999|data=$d model.ema_decay=0.999"
     echo "q${p}_ligr|data=$d model.block=ligr"
     echo "q${p}_ligr_swiglu4|data=$d model.block=ligr model.ffn_activation=swiglu model.ffn_mult=4"
-    echo "q${p}_ligr_ema995|data=$d model.block=ligr model.ema_decay=0.995"
+    echo "q${p}_ligr_noema|data=$d model.block=ligr model.ema_decay=0.0"
     echo "q${p}_cosine|data=$d model.scheduler=cosine model.lr=0.002 model.warmup_steps=200 trainer.max_epochs=40"
     echo "q${p}_h256|data=$d model.hidden=256"
-    echo "q${p}_shift1|data=$d trainer.eval.holdout_shift=1"
+    echo "q${p}_shift1|data=$d trainer.eval.holdout_shift=1 model.refit_epochs=0"
   done
 } > "$CONFIGS"
 if [ "$SMOKE" = "1" ]; then sed -i -n '1p;2p;4p;9p;10p;11p;13p;18p' "$CONFIGS"; fi
@@ -115,7 +115,7 @@ if [ "$SET" = quality ]; then   # the refit curve on the shifted runs (their "te
   for run in "$OUT"/runs/*_shift1; do
     [ -f "$run/metrics.json" ] || continue
     echo "[sweep] refit curve $(basename "$run")"
-    $PYTHON -m training.refit --run "$run" --epochs 0 1 2 3 4 --threads 1 \
+    $PYTHON -m training.refit --run "$run" --epochs 0 1 2 3 4 6 8 10 --threads 1 \
       > "$OUT/logs/refit_$(basename "$run").log" 2>&1 || echo "[sweep] refit FAILED $(basename "$run")"
     rm -rf "$run/checkpoints"
   done

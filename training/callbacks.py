@@ -10,7 +10,7 @@ import time
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import WeightAveraging
-from torch.optim.swa_utils import get_ema_multi_avg_fn
+import torch
 
 log = logging.getLogger(__name__)
 MONITOR = "valid/ndcg@10"
@@ -70,6 +70,17 @@ class StopAtTarget(pl.Callback):
             trainer.should_stop = True
 
 
+def _moving_average(decay: float):
+    """``AveragedModel``'s ``multi_avg_fn``: the moving average with the decay ``min(decay, n / (n + 1))``."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, n / (n + 1.0)))
+
+    return update
+
+
 class EMAWeights(WeightAveraging):
     """An exponential moving average of the weights (``decay`` per optimiser step; 0 = off), evaluated and
     checkpointed in place of the raw weights.
@@ -80,13 +91,18 @@ class EMAWeights(WeightAveraging):
     checkpoint's averaged weights stay loaded (Lightning would reload the raw ones), and nothing is swapped
     (the swap would bring in the last epoch's average instead of the best one's). Buffers (item attributes,
     popularity) are not averaged: they do not change in training.
+
+    The decay of update ``n`` is ``min(decay, n / (n + 1))``: the plain mean of the weights so far until about
+    ``1 / (1 - decay)`` updates (200 at 0.995), then the moving average. A short run (a demo, a test, the first
+    epochs) is thus never an average dominated by the initial weights; a long one is the same moving average,
+    since the weight left on those first updates decays as ``decay**n``.
     """
 
     def __init__(self, decay: float = 0.0, start_step: int = 0) -> None:
         self.decay, self.start_step = float(decay), int(start_step)
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {decay}")
-        super().__init__(use_buffers=False, multi_avg_fn=get_ema_multi_avg_fn(self.decay))
+        super().__init__(use_buffers=False, multi_avg_fn=_moving_average(self.decay))
 
     @property
     def enabled(self) -> bool:

@@ -15,6 +15,7 @@ no test target is looked at.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -38,11 +39,17 @@ def refit_epochs(cfg: DictConfig) -> int:
     return epochs
 
 
+def single_process(hw) -> bool:
+    """Whether the run's trainer is one process (the refit runs only there; a DDP run is refitted afterwards
+    with ``python -m training.refit --run <run> --apply K``)."""
+    return hw.devices in (1, "1") and not str(hw.strategy).startswith("ddp")
+
+
 def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path) -> dict:
     """Continue ``module`` (holding the early-stopped weights) for ``model.refit_epochs`` epochs on the
     sequences through the validation event; returns the figures for ``metrics.json``."""
     epochs = refit_epochs(cfg)
-    if hw.devices not in (1, "1") or str(hw.strategy).startswith("ddp"):
+    if not single_process(hw):
         raise ValueError("model.refit_epochs > 0 runs in one process: use trainer=cpu or trainer=gpu (not ddp)")
     dm.use_refit_data()
     decay = float(cfg.model.get("ema_decay", 0.0) or 0.0)
@@ -112,9 +119,15 @@ def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
                          "choose model.refit_epochs on a run with trainer.eval.holdout_shift=1")
     head, rows = _evaluate_after_refit(Path(run_dir), epochs, "shifted_test/", device)
     keep = ("refit_epochs", "refit_time_s", "shifted_test/ndcg@10", "shifted_test/hr@10", "shifted_test/ndcg@20")
-    curve = [{k: r[k] for k in keep} for r in rows]
+    curve = {r["refit_epochs"]: {k: r[k] for k in keep} for r in rows}
+    path = Path(run_dir) / "refit_curve.json"
+    if path.exists():       # a longer curve, point by point: earlier points of the same checkpoint are kept
+        old = json.loads(path.read_text())
+        if old.get("early_stopped_checkpoint") == head["early_stopped_checkpoint"]:
+            curve = {int(r["refit_epochs"]): r for r in old.get("curve", [])} | curve
+    curve = [curve[k] for k in sorted(curve)]
     out = {**head, "curve": curve, "best_refit_epochs": max(curve, key=lambda r: r["shifted_test/ndcg@10"])["refit_epochs"]}
-    write_json(Path(run_dir) / "refit_curve.json", out)
+    write_json(path, out)
     return out
 
 
@@ -131,7 +144,6 @@ def apply_refit(run_dir: Path, epochs: int, device: str = "cpu") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
 
     ap = argparse.ArgumentParser(prog="python -m training.refit", description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="a finished run folder")

@@ -119,7 +119,7 @@ def _train_baseline(cfg: DictConfig, pdir: Path, run_dir: Path, device: str) -> 
 
 def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resume: Path | None) -> dict:
     from training.data import SequenceDataModule
-    from training.refit import refit, refit_epochs
+    from training.refit import refit, refit_epochs, single_process
 
     data, extra = load_data(cfg, pdir)
     module = build_module(cfg, data, extra)
@@ -133,10 +133,18 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         module.net.forward = torch.compile(module.net.forward, dynamic=False)
     valid_epoch_users = len(dm.valid_epoch)
     trainer, hw = build_trainer(cfg, run_dir, device)
-    hook = (lambda: refit(module, dm, cfg, hw, run_dir)) if refit_epochs(cfg) > 0 else None
+    hook, skipped = None, None
+    if refit_epochs(cfg) > 0 and single_process(hw):
+        hook = lambda: refit(module, dm, cfg, hw, run_dir)  # noqa: E731
+    elif refit_epochs(cfg) > 0:
+        skipped = (f"model.refit_epochs={refit_epochs(cfg)} runs in one process, not under DDP: refit this run with "
+                   f"`python -m training.refit --run {run_dir} --apply {refit_epochs(cfg)}`")
     metrics = fit_and_test(trainer, module, dm, resume, hw, before_test=hook)
     if not trainer.is_global_zero:
         return {}
+    if skipped:
+        log.warning(skipped)
+        metrics["refit_skipped"] = skipped
     if hook is not None:        # export takes the refitted weights
         metrics["early_stopped_checkpoint"] = metrics["best_checkpoint"]
         metrics["best_checkpoint"] = metrics["refit_checkpoint"]

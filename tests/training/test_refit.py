@@ -5,7 +5,7 @@ from training.refit import main, refit_curve
 from training.train import run
 
 FAST = ["model=sasrec", "model.hidden=16", "model.blocks=1", "model.heads=1", "model.batch_size=64", "model.lr=0.005",
-        "model.dropout=0.1", "model.emb_dropout=0.1", "trainer.max_epochs=2"]
+        "model.dropout=0.1", "model.emb_dropout=0.1", "trainer.max_epochs=2", "model.refit_epochs=0"]
 
 
 def test_refit_curve_starts_at_the_early_stopped_model_and_is_refused_on_real_test_targets(make_cfg, capsys):
@@ -15,6 +15,11 @@ def test_refit_curve_starts_at_the_early_stopped_model_and_is_refused_on_real_te
     # refit 0 = the run's own (shifted) test figure: same checkpoint, same evaluator
     assert out["curve"][0]["shifted_test/ndcg@10"] == pytest.approx(shifted.metrics["test/ndcg@10"], abs=1e-6)
     assert (shifted.run_dir / "checkpoints" / "refit-1.ckpt").exists() and (shifted.run_dir / "refit_curve.json").exists()
+    # a longer curve, one more point: the earlier points stay in refit_curve.json
+    longer = refit_curve(shifted.run_dir, [2])
+    assert [r["refit_epochs"] for r in longer["curve"]] == [0, 1, 2]
+    assert longer["curve"][:2] == out["curve"]
+    assert longer["best_refit_epochs"] == max(longer["curve"], key=lambda r: r["shifted_test/ndcg@10"])["refit_epochs"]
     plain = run(make_cfg(*FAST))
     assert main(["--run", str(plain.run_dir), "--epochs", "1"]) == 2
     assert "holdout_shift" in capsys.readouterr().err

@@ -163,6 +163,8 @@ def test_ddp_on_cpu_two_processes_ends_with_metrics(tiny_artifacts, tmp_path, re
     m = json.loads((runs[0] / "metrics.json").read_text())
     assert m["processes"] == 2 and m["strategy"] == "ddp" and m["epochs"] == 2
     assert all(k in m for k in KEYS) and 0 <= m["test/ndcg@10"] <= 1
+    # the refit of the defaults runs in one process: under DDP it is skipped and the command to run it is named
+    assert "python -m training.refit --run" in m["refit_skipped"] and "refit_checkpoint" not in m
     assert (tmp_path / "hydra" / "train_ddp_process_1.log").exists()   # a second process really ran
 
 
@@ -260,12 +262,13 @@ def test_ema_weights_are_what_is_validated_checkpointed_and_tested(make_cfg):
     m = res.metrics
     best = max(h["valid/ndcg@10"] for h in m["history"])
     assert m["valid/ndcg@10"] == pytest.approx(best, abs=1e-6)
-    ckpt = torch.load(res.run_dir / m["best_checkpoint"], map_location="cpu", weights_only=False)
-    raw, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    last = torch.load(res.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    raw, avg = last["current_model_state"], last["state_dict"]
     assert set(raw) == set(avg)
-    assert not torch.equal(raw["net.item_emb.weight"], avg["net.item_emb.weight"])
+    assert not torch.equal(raw["net.item_emb.weight"], avg["net.item_emb.weight"])   # averaged over several steps
+    best_avg = torch.load(res.run_dir / m["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     module = SASRecModule.load_from_checkpoint(res.run_dir / m["best_checkpoint"], map_location="cpu")
-    assert torch.equal(module.net.item_emb.weight, avg["net.item_emb.weight"])
+    assert torch.equal(module.net.item_emb.weight, best_avg["net.item_emb.weight"])
 
 
 def test_ema_decay_out_of_range_names_the_setting(make_cfg):
