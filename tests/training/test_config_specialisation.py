@@ -26,6 +26,8 @@ def test_trainer_takes_a_models_suggested_epochs_patience_and_threads_unless_tol
     r = _cfg("model=ranker").trainer
     assert (r.max_epochs, r.patience, r.num_threads) == (15, 3, 1)
     s = _cfg("model=sasrec").trainer
-    assert (s.max_epochs, s.patience, s.num_threads) == (200, 20, 2)        # conf/trainer_defaults.yaml
+    assert (s.max_epochs, s.patience, s.num_threads) == (200, 8, 2)    # conf/model/sasrec.yaml: patience 8
+    t = _cfg("model=two_tower").trainer
+    assert (t.max_epochs, t.patience) == (200, 20)                       # conf/trainer_defaults.yaml
     assert _cfg("model=ranker", "trainer.max_epochs=2", "trainer=gpu").trainer.max_epochs == 2
     assert _cfg("model=ranker", "trainer=ddp").callbacks.early_stopping.patience == 3
