@@ -59,6 +59,8 @@ def protocol_key(metrics: dict) -> ProtocolKey:
     users = "all" if p.get("max_users") in (None, "null") else f"max_users={p['max_users']}"
     ties = "expected" if str(p.get("ties", "")).startswith("expected") else "legacy"
     split = str(p.get("split", "unknown"))
+    if p.get("holdout_shift"):   # every split moved back: its "test" targets are the real validation targets
+        split += f" (shifted {int(p['holdout_shift'])})"
     if p.get("candidates"):   # the ranker: a re-ranking of the retriever's top candidates, not a full ranking
         split += f" (re-rank of {int(p['candidates'])} candidates)"
     return ProtocolKey(split, history, users, ties)

@@ -16,8 +16,9 @@ def _run(root, data, model, run, valid, test, split="loo", exclude=True, max_use
     d = root / data / model / run
     d.mkdir(parents=True)
     protocol = {"split": split, "exclude_history": exclude, "max_users": max_users}
-    if "candidates" in extra:
-        protocol["candidates"] = extra.pop("candidates")
+    for key in ("candidates", "holdout_shift"):
+        if key in extra:
+            protocol[key] = extra.pop(key)
     if ties is not None:
         protocol["ties"] = ties
     (d / "metrics.json").write_text(json.dumps({"valid/ndcg@10": valid, "test/ndcg@10": test, "test/hr@10": 2 * test,
@@ -83,6 +84,15 @@ def test_a_reranking_of_candidates_is_not_compared_with_full_rankings(tmp_path):
     assert keys["ranker"].split == "temporal (re-rank of 200 candidates)"
     with pytest.raises(MixedProtocolsError):
         compare(table)
+
+
+def test_a_shifted_run_is_its_own_protocol(tmp_path):
+    # trainer.eval.holdout_shift=1 chooses the refit length: its "test" targets are the real validation targets
+    _run(tmp_path, "toys", "sasrec", "r1", 0.08, 0.07)
+    _run(tmp_path, "toys", "sasrec", "r2", 0.09, 0.075, holdout_shift=1)
+    table = select(collect(tmp_path))
+    assert sorted(r["protocol"].split for r in table) == ["loo", "loo (shifted 1)"]
+    assert [r["run"] for r in select(collect(tmp_path), only=parse_key("split=loo,history=discovery"))] == ["r1"]
 
 
 def test_parse_protocol_filter():
