@@ -106,11 +106,20 @@ def run(cfg: DictConfig) -> EvalResult:
     e = rcfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
                   batch_size=int(e.batch_size), model=str(rcfg.model.name), item_category=data.item_category)
-    metrics = evaluate_split(split_scorer(module, data.valid, items), data.valid, data.n_items, prefix="valid/", **common)
+    # a refitted run (model.refit_epochs) trained on the validation targets after early stopping: its validation
+    # figures are those of the early-stopped checkpoint, its test figures those of the refitted one
+    early = info.metrics.get("early_stopped_checkpoint")
+    valid_info = type(info)(info.run_dir, rcfg, info.metrics, info.run_dir / early) if early else info
+    valid_module = load_module(valid_info, device) if early else module
+    with torch.no_grad():
+        valid_items = valid_module.item_embeddings().float()
+    metrics = evaluate_split(split_scorer(valid_module, data.valid, valid_items), data.valid, data.n_items,
+                             prefix="valid/", **common)
     metrics.update(evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix="test/",
                                   sampled_negatives=int(e.sampled_negatives), **common))
     out = {"metrics": metrics, "protocol": protocol(rcfg), "device": device, "checkpoint": str(info.checkpoint),
-           "seconds": time.perf_counter() - t0, "code_version": code_version()}
+           "valid_checkpoint": str(valid_info.checkpoint), "seconds": time.perf_counter() - t0,
+           "code_version": code_version()}
     write_json(info.run_dir / "eval.json", out)
     log.info("test/ndcg@10=%.4f test/hr@10=%.4f (%s)", metrics["test/ndcg@10"], metrics["test/hr@10"], info.run_dir)
     return EvalResult(info.run_dir, metrics)

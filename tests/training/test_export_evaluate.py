@@ -94,7 +94,9 @@ def test_evaluate_reproduces_the_run_metrics(trained):
     m = evaluate.run(cfg).metrics
     assert m["test/ndcg@10"] == pytest.approx(res.metrics["test/ndcg@10"], abs=1e-6)
     assert m["valid/hr@10"] == pytest.approx(res.metrics["valid/hr@10"], abs=1e-6)
-    assert (res.run_dir / "eval.json").exists()
+    # the defaults refit after early stopping: validation from the early-stopped weights, test from the refitted
+    out = json.loads((res.run_dir / "eval.json").read_text())
+    assert out["checkpoint"].endswith("refit.ckpt") and out["valid_checkpoint"].endswith(res.metrics["early_stopped_checkpoint"])
 
 
 def test_export_refuses_baselines_and_missing_run(trained, make_cfg):
