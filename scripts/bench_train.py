@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in results.items():
         cells = "".join(f"{r[c]:>18.4f}" if isinstance(r[c], float) else f"{str(r[c]):>18}" for c in cols)
         print(f"{name:<{width}}{cells}")
-    source = f"--target" if args.target is not None else f"the best of '{next(iter(results))}'"
+    source = "--target" if args.target is not None else f"the best of '{next(iter(results))}'"
     print(f"(target = valid NDCG@10 {target} ({source}); times include per-epoch validation; valid_ndcg@10 = full "
           f"valid split at the selected checkpoint; time_to_target of cheap-validation variants is on their subset)")
     out = {"bench": "train", "data": args.data, "trainer": args.trainer, "preset": args.preset,

@@ -84,7 +84,7 @@ class EvalResult:
 
 def run(cfg: DictConfig) -> EvalResult:
     from training.modules import split_scorer
-    from training.runs import load_data, load_module, open_run, pick_device
+    from training.runs import early_stopped, load_data, load_module, open_run, pick_device
     from features.processed import processed_dir
 
     if not cfg.get("run"):
@@ -108,9 +108,8 @@ def run(cfg: DictConfig) -> EvalResult:
                   batch_size=int(e.batch_size), model=str(rcfg.model.name), item_category=data.item_category)
     # a refitted run (model.refit_epochs) trained on the validation targets after early stopping: its validation
     # figures are those of the early-stopped checkpoint, its test figures those of the refitted one
-    early = info.metrics.get("early_stopped_checkpoint")
-    valid_info = type(info)(info.run_dir, rcfg, info.metrics, info.run_dir / early) if early else info
-    valid_module = load_module(valid_info, device) if early else module
+    valid_info = early_stopped(info)
+    valid_module = module if valid_info is info else load_module(valid_info, device)
     with torch.no_grad():
         valid_items = valid_module.item_embeddings().float()
     metrics = evaluate_split(split_scorer(valid_module, data.valid, valid_items), data.valid, data.n_items,

@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -45,9 +46,29 @@ def single_process(hw) -> bool:
     return hw.devices in (1, "1") and not str(hw.strategy).startswith("ddp")
 
 
-def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path) -> dict:
+class _SaveAfterEpochs(pl.Callback):
+    """Writes ``checkpoints/refit-<k>.ckpt`` after epoch ``k`` of the refit, for each ``k`` of ``epochs``
+    (the weight average in place of the raw weights when it is on, as in every checkpoint)."""
+
+    def __init__(self, epochs, run_dir: Path) -> None:
+        self.epochs, self.run_dir = {int(k) for k in epochs}, Path(run_dir)
+        self.seconds: dict[int, float] = {}     # refit time up to each saved epoch
+        self._t0 = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        k = trainer.current_epoch + 1
+        if k in self.epochs:
+            self.seconds[k] = time.perf_counter() - self._t0
+            trainer.save_checkpoint(str(self.run_dir / "checkpoints" / f"refit-{k}.ckpt"))
+
+
+def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path, callbacks: tuple[pl.Callback, ...] = ()) -> dict:
     """Continue ``module`` (holding the early-stopped weights) for ``model.refit_epochs`` epochs on the
-    sequences through the validation event; returns the figures for ``metrics.json``."""
+    sequences through the validation event; returns the figures for ``metrics.json``. ``callbacks``: more
+    Lightning callbacks for the refit's trainer."""
     epochs = refit_epochs(cfg)
     if not single_process(hw):
         raise ValueError("model.refit_epochs > 0 runs in one process: use trainer=cpu or trainer=gpu (not ddp)")
@@ -56,7 +77,8 @@ def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path) ->
     trainer = pl.Trainer(
         accelerator=hw.accelerator, devices=1, precision=hw.precision, max_epochs=epochs,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        callbacks=[EMAWeights(decay)] if decay > 0 else [], gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+        callbacks=([EMAWeights(decay)] if decay > 0 else []) + list(callbacks),
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(run_dir),
     )
@@ -71,41 +93,46 @@ def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path) ->
 
 
 def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device: str = "cpu") -> tuple[dict, list[dict]]:
-    """For each of ``epochs`` (0 = none): refit the run's early-stopped checkpoint that long and evaluate its test
-    split; each refit starts from that checkpoint and is saved as ``checkpoints/refit-<k>.ckpt``."""
+    """For each of ``epochs`` (0 = none): the run's early-stopped checkpoint refitted that long, and the figures of
+    its test split. One refit of the longest length does them all: its state after epoch ``k`` is saved as
+    ``checkpoints/refit-<k>.ckpt`` and evaluated. With the constant learning rate of the defaults that is what a
+    refit of ``k`` epochs computes (same batches, same optimiser steps); with ``model.scheduler=cosine`` each
+    point is a prefix of the longest refit's schedule (``prefix_of`` in the result)."""
     from features.processed import processed_dir
     from training.data import SequenceDataModule
     from training.evaluate import evaluate_split
     from training.modules import split_scorer
-    from training.runs import load_data, load_module, open_run
+    from training.runs import early_stopped, load_data, load_module, open_run
     from training.trainer import hardware
 
-    info = open_run(run_dir)
+    info = early_stopped(open_run(run_dir))
     cfg = info.cfg
-    early = info.run_dir / str(info.metrics.get("early_stopped_checkpoint") or info.checkpoint.relative_to(info.run_dir))
     data, _ = load_data(cfg, processed_dir(cfg))
     e = cfg.trainer.eval
     common = dict(popularity=data.popularity[1:], exclude_history=bool(e.exclude_history), ks=tuple(e.ks),
                   batch_size=int(e.batch_size), model=str(cfg.model.name), item_category=data.item_category)
-    hw = hardware(cfg.trainer, device)
+    epochs = sorted({int(k) for k in epochs})
+    longest = epochs[-1]
+    checkpoints = {k: info.run_dir / "checkpoints" / f"refit-{k}.ckpt" for k in epochs if k > 0}
+    refit_time = {0: 0.0}
+    if longest > 0:
+        cfg.model.refit_epochs = longest
+        dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed))
+        saver = _SaveAfterEpochs([k for k in checkpoints if k < longest], info.run_dir)
+        extra = refit(load_module(info, device).train(), dm, cfg, hardware(cfg.trainer, device), info.run_dir, (saver,))
+        (info.run_dir / extra["refit_checkpoint"]).replace(checkpoints[longest])
+        refit_time |= saver.seconds | {longest: extra["refit_time_s"]}
+    data.to(device)
     rows = []
     for k in epochs:
-        module = load_module(type(info)(info.run_dir, cfg, info.metrics, early), device)
-        dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed))
-        extra = {}
-        if k > 0:
-            cfg.model.refit_epochs = int(k)
-            extra = refit(module.train(), dm, cfg, hw, info.run_dir)
-            (info.run_dir / extra["refit_checkpoint"]).rename(info.run_dir / "checkpoints" / f"refit-{k}.ckpt")
-        module.eval()
-        data.to(device)
+        module = load_module(info if k == 0 else replace(info, checkpoint=checkpoints[k]), device)
         with torch.no_grad():
             items = module.item_embeddings().float()
         m = evaluate_split(split_scorer(module, data.test, items), data.test, data.n_items, prefix=prefix, **common)
-        rows.append({"refit_epochs": int(k), **m, "refit_time_s": extra.get("refit_time_s", 0.0)})
+        rows.append({"refit_epochs": k, **m, "refit_time_s": refit_time[k]})
         log.info("refit %d epoch(s): %sndcg@10 %.4f", k, prefix, m[f"{prefix}ndcg@10"])
-    return {"run": str(info.run_dir), "early_stopped_checkpoint": str(early), "holdout_shift":
-            int(e.get("holdout_shift", 0) or 0)}, rows
+    return {"run": str(info.run_dir), "early_stopped_checkpoint": str(info.checkpoint), "holdout_shift":
+            int(e.get("holdout_shift", 0) or 0), "prefix_of": longest, "scheduler": str(cfg.model.get("scheduler", "constant"))}, rows
 
 
 def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:

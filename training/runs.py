@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -205,6 +205,13 @@ def open_run(run_dir: str | os.PathLike) -> RunInfo:
         found = sorted((run_dir / "checkpoints").glob("best*.ckpt")) or sorted((run_dir / "checkpoints").glob("last.ckpt"))
         ckpt = found[-1] if found else None
     return RunInfo(run_dir, cfg, metrics, ckpt)
+
+
+def early_stopped(info: RunInfo) -> RunInfo:
+    """The run as early stopping left it: a refitted run (``model.refit_epochs``) with its early-stopped
+    checkpoint, where its validation figures come from; any other run as it is."""
+    early = info.metrics.get("early_stopped_checkpoint")
+    return replace(info, checkpoint=info.run_dir / early) if early else info
 
 
 def load_module(info: RunInfo, device: str = "cpu"):

@@ -1,7 +1,7 @@
 """training.refit: the refit curve that chooses model.refit_epochs, on the shifted protocol only."""
 import pytest
 
-from training.refit import main, refit_curve
+from training.refit import apply_refit, main, refit_curve
 from training.train import run
 
 FAST = ["model=sasrec", "model.hidden=16", "model.blocks=1", "model.heads=1", "model.batch_size=64", "model.lr=0.005",
@@ -32,3 +32,16 @@ def test_apply_refit_equals_training_with_refit(make_cfg, capsys):
     applied = capsys.readouterr().out
     trained = run(make_cfg(*FAST, "model.dropout=0.0", "model.emb_dropout=0.0", "model.refit_epochs=1"))
     assert f"test ndcg@10 {trained.metrics['test/ndcg@10']:.4f}" in applied
+
+
+def test_one_refit_gives_every_point_of_the_curve(make_cfg):
+    """The curve's point k (the state after epoch k of one refit of the longest length) is what a refit of
+    k epochs gives (constant learning rate, no dropout: nothing random in between)."""
+    shifted = run(make_cfg(*FAST, "model.dropout=0.0", "model.emb_dropout=0.0", "trainer.eval.holdout_shift=1"))
+    out = refit_curve(shifted.run_dir, [1, 3])
+    assert out["prefix_of"] == 3 and [r["refit_epochs"] for r in out["curve"]] == [1, 3]
+    assert 0 < out["curve"][0]["refit_time_s"] < out["curve"][1]["refit_time_s"]
+    curve = {r["refit_epochs"]: r["shifted_test/ndcg@10"] for r in out["curve"]}
+    assert curve[1] != curve[3]
+    for k in (1, 3):
+        assert apply_refit(shifted.run_dir, k)["test/ndcg@10"] == pytest.approx(curve[k], abs=1e-6)
