@@ -121,7 +121,7 @@ def main() -> None:
                 load = statistics.median(r["load_1m"] for r in runs)
                 results["synthetic"][str(n)] = {"wall_s": round(wall, 3), "peak_mb": round(peak, 1),
                                                 "events_per_s": round(n / wall), "load_1m": round(load, 2)}
-                rows.append((f"synthetic (generate + prepare)", n, wall, peak, load))
+                rows.append(("synthetic (generate + prepare)", n, wall, peak, load))
                 import shutil
 
                 shutil.rmtree(tmp / "syn", ignore_errors=True)

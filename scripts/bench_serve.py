@@ -59,7 +59,7 @@ def inprocess(bundle_dir: Path, artifacts: Path, cfg, users: list[str], n: int) 
     total = []
     for i in range(n + 20):
         t0 = time.perf_counter()
-        r = rec.recommend(RecQuery(user_key=users[i % len(users)], k=int(cfg.serve.bench.k)),
+        rec.recommend(RecQuery(user_key=users[i % len(users)], k=int(cfg.serve.bench.k)),
                           observe=lambda s, sec: stages.setdefault(s, []).append(sec * 1000) if i >= 20 else None)
         if i >= 20:
             total.append((time.perf_counter() - t0) * 1000)
