@@ -419,11 +419,12 @@ class SequenceDataModule(pl.LightningDataModule):
         self._train.tensors = self._tensors()
         self.valid_epoch = self._valid_view()
 
-    def use_refit_data(self) -> None:
-        """Train from now on on the sequences through each user's validation event (``training.refit``)."""
+    def use_refit_data(self, through_validation: bool = True) -> None:
+        """Train from now on on the sequences through each user's validation event (``training.refit``);
+        ``through_validation=False``: on the training sequences again, in the refit's batch order (its control)."""
         if self.data.train_user_feat is not None or self.data.refit_seqs is None:
             raise ValueError("model.refit_epochs > 0 needs a sequence model without user features")
-        self._refit = True
+        self._refit = bool(through_validation)
         self._train = TrainBatches(self._tensors(), self.batch_size, self.seed + 1, pack="seqs")
 
     def use_full_validation(self) -> None:

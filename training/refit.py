@@ -47,11 +47,11 @@ def single_process(hw) -> bool:
 
 
 class _SaveAfterEpochs(pl.Callback):
-    """Writes ``checkpoints/refit-<k>.ckpt`` after epoch ``k`` of the refit, for each ``k`` of ``epochs``
+    """Writes ``checkpoints/<name>-<k>.ckpt`` after epoch ``k`` of the refit, for each ``k`` of ``epochs``
     (the weight average in place of the raw weights when it is on, as in every checkpoint)."""
 
-    def __init__(self, epochs, run_dir: Path) -> None:
-        self.epochs, self.run_dir = {int(k) for k in epochs}, Path(run_dir)
+    def __init__(self, epochs, run_dir: Path, name: str = "refit") -> None:
+        self.epochs, self.run_dir, self.name = {int(k) for k in epochs}, Path(run_dir), name
         self.seconds: dict[int, float] = {}     # refit time up to each saved epoch
         self._t0 = 0.0
 
@@ -62,17 +62,19 @@ class _SaveAfterEpochs(pl.Callback):
         k = trainer.current_epoch + 1
         if k in self.epochs:
             self.seconds[k] = time.perf_counter() - self._t0
-            trainer.save_checkpoint(str(self.run_dir / "checkpoints" / f"refit-{k}.ckpt"))
+            trainer.save_checkpoint(str(self.run_dir / "checkpoints" / f"{self.name}-{k}.ckpt"))
 
 
-def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path, callbacks: tuple[pl.Callback, ...] = ()) -> dict:
+def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path, callbacks: tuple[pl.Callback, ...] = (),
+          through_validation: bool = True) -> dict:
     """Continue ``module`` (holding the early-stopped weights) for ``model.refit_epochs`` epochs on the
     sequences through the validation event; returns the figures for ``metrics.json``. ``callbacks``: more
-    Lightning callbacks for the refit's trainer."""
+    Lightning callbacks for the refit's trainer. ``through_validation=False`` is the refit's control: the same
+    epochs on the training sequences only (no new targets)."""
     epochs = refit_epochs(cfg)
     if not single_process(hw):
         raise ValueError("model.refit_epochs > 0 runs in one process: use trainer=cpu or trainer=gpu (not ddp)")
-    dm.use_refit_data()
+    dm.use_refit_data(through_validation)
     decay = float(cfg.model.get("ema_decay", 0.0) or 0.0)
     trainer = pl.Trainer(
         accelerator=hw.accelerator, devices=1, precision=hw.precision, max_epochs=epochs,
@@ -92,12 +94,14 @@ def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path, ca
             "refit_checkpoint": str(path.relative_to(run_dir))}
 
 
-def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device: str = "cpu") -> tuple[dict, list[dict]]:
+def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device: str = "cpu",
+                          control: bool = False) -> tuple[dict, list[dict]]:
     """For each of ``epochs`` (0 = none): the run's early-stopped checkpoint refitted that long, and the figures of
     its test split. One refit of the longest length does them all: its state after epoch ``k`` is saved as
     ``checkpoints/refit-<k>.ckpt`` and evaluated. With the constant learning rate of the defaults that is what a
     refit of ``k`` epochs computes (same batches, same optimiser steps); with ``model.scheduler=cosine`` each
-    point is a prefix of the longest refit's schedule (``prefix_of`` in the result)."""
+    point is a prefix of the longest refit's schedule (``prefix_of`` in the result). ``control``: the refit's
+    control instead (the same epochs on the training sequences, ``checkpoints/control-<k>.ckpt``)."""
     from features.processed import processed_dir
     from training.data import SequenceDataModule
     from training.evaluate import evaluate_split
@@ -113,13 +117,15 @@ def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device:
                   batch_size=int(e.batch_size), model=str(cfg.model.name), item_category=data.item_category)
     epochs = sorted({int(k) for k in epochs})
     longest = epochs[-1]
-    checkpoints = {k: info.run_dir / "checkpoints" / f"refit-{k}.ckpt" for k in epochs if k > 0}
+    name = "control" if control else "refit"
+    checkpoints = {k: info.run_dir / "checkpoints" / f"{name}-{k}.ckpt" for k in epochs if k > 0}
     refit_time = {0: 0.0}
     if longest > 0:
         cfg.model.refit_epochs = longest
         dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed))
-        saver = _SaveAfterEpochs([k for k in checkpoints if k < longest], info.run_dir)
-        extra = refit(load_module(info, device).train(), dm, cfg, hardware(cfg.trainer, device), info.run_dir, (saver,))
+        saver = _SaveAfterEpochs([k for k in checkpoints if k < longest], info.run_dir, name)
+        extra = refit(load_module(info, device).train(), dm, cfg, hardware(cfg.trainer, device), info.run_dir, (saver,),
+                      through_validation=not control)
         (info.run_dir / extra["refit_checkpoint"]).replace(checkpoints[longest])
         refit_time |= saver.seconds | {longest: extra["refit_time_s"]}
     data.to(device)
@@ -135,25 +141,27 @@ def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device:
             int(e.get("holdout_shift", 0) or 0), "prefix_of": longest, "scheduler": str(cfg.model.get("scheduler", "constant"))}, rows
 
 
-def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu") -> dict:
+def refit_curve(run_dir: Path, epochs: list[int], device: str = "cpu", control: bool = False) -> dict:
     """Figures of a ``trainer.eval.holdout_shift=1`` run (its "test" = the real validation targets) after
     refitting for each of ``epochs`` (0 = no refit): what chooses ``model.refit_epochs``. Refused on the
-    unshifted protocol, where they would be test figures; ``refit_curve.json`` in the run folder."""
+    unshifted protocol, where they would be test figures; ``refit_curve.json`` in the run folder.
+    ``control``: the same epochs on the training sequences only (``refit_control_curve.json``): what the extra
+    epochs with a fresh optimiser give without the new targets."""
     from training.runs import open_run
 
     if int(open_run(run_dir).cfg.trainer.eval.get("holdout_shift", 0) or 0) < 1:
         raise ValueError(f"run={run_dir}: trainer.eval.holdout_shift is 0, so its test targets are real test targets; "
                          "choose model.refit_epochs on a run with trainer.eval.holdout_shift=1")
-    head, rows = _evaluate_after_refit(Path(run_dir), epochs, "shifted_test/", device)
+    head, rows = _evaluate_after_refit(Path(run_dir), epochs, "shifted_test/", device, control)
     keep = ("refit_epochs", "refit_time_s", "shifted_test/ndcg@10", "shifted_test/hr@10", "shifted_test/ndcg@20")
     curve = {r["refit_epochs"]: {k: r[k] for k in keep} for r in rows}
-    path = Path(run_dir) / "refit_curve.json"
+    path = Path(run_dir) / ("refit_control_curve.json" if control else "refit_curve.json")
     if path.exists():       # a longer curve, point by point: earlier points of the same checkpoint are kept
         old = json.loads(path.read_text())
         if old.get("early_stopped_checkpoint") == head["early_stopped_checkpoint"]:
             curve = {int(r["refit_epochs"]): r for r in old.get("curve", [])} | curve
     curve = [curve[k] for k in sorted(curve)]
-    out = {**head, "curve": curve, "best_refit_epochs": max(curve, key=lambda r: r["shifted_test/ndcg@10"])["refit_epochs"]}
+    out = {**head, "control": control, "curve": curve, "best_refit_epochs": max(curve, key=lambda r: r["shifted_test/ndcg@10"])["refit_epochs"]}
     write_json(path, out)
     return out
 
@@ -178,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="refit lengths to compare (a run trained with trainer.eval.holdout_shift=1)")
     ap.add_argument("--apply", type=int, default=None, metavar="K",
                     help="refit the run's early-stopped checkpoint K epochs (K chosen beforehand) and test it")
+    ap.add_argument("--control", action="store_true",
+                    help="with --epochs: the same epochs on the training sequences only (no validation events)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
     args = ap.parse_args(argv)
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refit {args.apply}: test ndcg@10 {out['test/ndcg@10']:.4f}  hr@10 {out['test/hr@10']:.4f}")
             print(json.dumps({k: out[k] for k in ("refit_epochs", "test/ndcg@10", "test/hr@10", "refit_time_s")}))
             return 0
-        out = refit_curve(Path(args.run), sorted(set(args.epochs)), device)
+        out = refit_curve(Path(args.run), sorted(set(args.epochs)), device, args.control)
     except (ValueError, FileNotFoundError) as err:
         print(f"training.refit: error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
 """training.refit: the refit curve that chooses model.refit_epochs, on the shifted protocol only."""
+import json
+
 import pytest
 
 from training.refit import apply_refit, main, refit_curve
@@ -45,3 +47,15 @@ def test_one_refit_gives_every_point_of_the_curve(make_cfg):
     assert curve[1] != curve[3]
     for k in (1, 3):
         assert apply_refit(shifted.run_dir, k)["test/ndcg@10"] == pytest.approx(curve[k], abs=1e-6)
+
+
+def test_the_control_refits_on_the_training_sequences_only(make_cfg, capsys):
+    shifted = run(make_cfg(*FAST, "model.dropout=0.0", "model.emb_dropout=0.0", "trainer.eval.holdout_shift=1"))
+    refit = refit_curve(shifted.run_dir, [2])
+    assert main(["--run", str(shifted.run_dir), "--epochs", "0", "2", "--control"]) == 0
+    control = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["curve"]
+    assert (shifted.run_dir / "refit_control_curve.json").exists() and (shifted.run_dir / "checkpoints" / "control-2.ckpt").exists()
+    assert control[0]["shifted_test/ndcg@10"] == pytest.approx(shifted.metrics["test/ndcg@10"], abs=1e-6)
+    # the same epochs and batch order, other sequences: other weights
+    assert control[1]["shifted_test/ndcg@10"] != refit["curve"][0]["shifted_test/ndcg@10"]
+    assert json.loads((shifted.run_dir / "refit_curve.json").read_text())["curve"] == refit["curve"]
