@@ -9,7 +9,8 @@
 #   quality: each candidate on BOTH Toys and Sports against the shipped defaults (no weight average, EMA 0.999,
 #            LiGR blocks, SwiGLU, cosine schedule, width), plus the defaults on the shifted protocol
 #            (trainer.eval.holdout_shift=1) followed by the refit curve (python -m training.refit --epochs
-#            0 1 2 3 4 6 8 10), which chooses model.refit_epochs on the real validation targets. $OUT/sweep.json
+#            0 1 2 3 4 6 8 10; one 10-epoch refit) and its control (--control: the same epochs on the training
+#            sequences only), which choose model.refit_epochs on the real validation targets. $OUT/sweep.json
 #            then also ranks candidates by their smaller relative gain over the defaults on the two
 #            validation sets ("both_datasets"): a candidate is kept only if it wins on both.
 #
@@ -117,6 +118,9 @@ if [ "$SET" = quality ]; then   # the refit curve on the shifted runs (their "te
     echo "[sweep] refit curve $(basename "$run")"
     $PYTHON -m training.refit --run "$run" --epochs 0 1 2 3 4 6 8 10 --threads 1 \
       > "$OUT/logs/refit_$(basename "$run").log" 2>&1 || echo "[sweep] refit FAILED $(basename "$run")"
+    # its control: the same epochs on the training sequences only (the gain of the new targets vs more epochs)
+    $PYTHON -m training.refit --run "$run" --epochs 0 6 10 --control --threads 1 \
+      > "$OUT/logs/refit_control_$(basename "$run").log" 2>&1 || echo "[sweep] refit control FAILED $(basename "$run")"
     rm -rf "$run/checkpoints"
   done
 fi
@@ -173,14 +177,18 @@ for name in sorted(by):
                  "sports_valid_gain": round(gs, 4), "min_gain": round(min(gt, gs), 4), "wins_on_both": gt > 0 and gs > 0})
 both.sort(key=lambda r: -r["min_gain"])
 refit = {f.parent.name: json.loads(f.read_text()) for f in sorted((out / "runs").glob("*_shift1/refit_curve.json"))}
+control = {f.parent.name: json.loads(f.read_text()) for f in sorted((out / "runs").glob("*_shift1/refit_control_curve.json"))}
 if both or refit:
     print(f"\n{'candidate':<20}{'toys_gain':>10}{'sports_gain':>12}{'both':>6}")
     for r in both:
         print(f"{r['candidate']:<20}{r['toys_valid_gain']:>10.3f}{r['sports_valid_gain']:>12.3f}{str(r['wins_on_both']):>6}")
     for name, c in refit.items():
         print(f"refit curve {name}: " + ", ".join(f"{r['refit_epochs']}: {r['shifted_test/ndcg@10']:.4f}" for r in c["curve"]))
+    for name, c in control.items():
+        print(f"control curve {name}: " + ", ".join(f"{r['refit_epochs']}: {r['shifted_test/ndcg@10']:.4f}" for r in c["curve"]))
     summary["both_datasets"] = both
     summary["refit_curves"] = refit
+    summary["refit_control_curves"] = control
     (out / "sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 toys = [r for r in ok if r["name"].startswith("t")]
 (out / "best_toys_overrides.txt").write_text((toys[0]["overrides"].split(" ", 1)[1] if toys else "") + "\n")
