@@ -102,7 +102,8 @@ class RetrievalModule(pl.LightningModule):
         if (batch_idx + 1) % max(1, int(self.nan_check_every)) == 0:
             self._check_finite()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(next(iter(batch.values()))))
-        return loss
+        scale = batch.get("loss_scale")              # length-grouped batches: weigh by the batch's target count
+        return loss if scale is None else loss * scale
 
     def configure_optimizers(self):
         o = self.optim

@@ -122,7 +122,8 @@ def _evaluate_after_refit(run_dir: Path, epochs: list[int], prefix: str, device:
     refit_time = {0: 0.0}
     if longest > 0:
         cfg.model.refit_epochs = longest
-        dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed))
+        dm = SequenceDataModule(data, int(cfg.model.batch_size), int(e.batch_size), int(cfg.seed),
+                                group_by_length=int(cfg.model.get("group_by_length", 0)))
         saver = _SaveAfterEpochs([k for k in checkpoints if k < longest], info.run_dir, name)
         extra = refit(load_module(info, device).train(), dm, cfg, hardware(cfg.trainer, device), info.run_dir, (saver,),
                       through_validation=not control)

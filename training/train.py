@@ -127,7 +127,7 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
     module.nan_check_every = int(cfg.trainer.nan_check_every_n_steps)
     t = cfg.trainer
     dm = SequenceDataModule(data, int(cfg.model.batch_size), int(t.eval.batch_size), int(cfg.seed),
-                            t.eval.get("valid_max_users"))
+                            t.eval.get("valid_max_users"), int(cfg.model.get("group_by_length", 0)))
     if bool(t.get("compile", False)):
         # compile the network's forward only: parameter names (checkpoints, export) stay those of the plain module
         module.net.forward = torch.compile(module.net.forward, dynamic=False)

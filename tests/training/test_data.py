@@ -146,3 +146,59 @@ def test_sasrec_loss_on_packed_target_rows_equals_the_masked_loss(loss):
     torch.manual_seed(1)
     masked = module.training_loss({"seqs": batch["seqs"]})
     assert torch.allclose(packed, masked, atol=1e-6)
+
+
+def _left_padded_random(n: int, width: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, width + 2, (n,), generator=g)
+    seqs = torch.zeros(n, width + 1, dtype=torch.long)
+    for r, length in enumerate(lengths.tolist()):
+        seqs[r, width + 1 - length:] = torch.randint(1, 50, (length,), generator=g)
+    return seqs
+
+
+def test_length_grouped_batches_keep_every_item_and_cut_only_padding():
+    seqs = _left_padded_random(61, 9, seed=4)
+    feat = torch.arange(61 * 9 * 2).reshape(61, 9, 2)        # one entry per input position
+    for world in (1, 2):
+        rows, widths = [], []
+        for rank in range(world):
+            tb = TrainBatches({"seqs": seqs, "feat": feat, "user": torch.arange(61)}, batch_size=5, seed=2,
+                              pack="seqs", group_by_length=3)
+            tb.rank, tb.world = rank, world
+            for batch in tb:
+                user = batch["user"]
+                width = batch["seqs"].shape[1] - 1
+                widths.append(width)
+                # nothing but padding is cut, and a batch is as wide as its longest sequence
+                assert int((batch["seqs"] > 0).sum()) == int((seqs[user] > 0).sum())
+                assert bool((batch["seqs"][:, 1] > 0).any())
+                assert torch.equal(batch["seqs"], seqs[user, -(width + 1):])
+                assert torch.equal(batch["feat"], feat[user, -width:])
+                targets = batch["seqs"][:, 1:]
+                assert torch.equal(batch["target_rows"], torch.nonzero(targets.reshape(-1) > 0).squeeze(1))
+                rows.append(user)
+        seen = sorted(torch.cat(rows).tolist())
+        assert len(seen) == len(set(seen))                           # no row twice in an epoch, over the ranks
+        assert world > 1 or seen == list(range(61))                  # (DDP drops an uneven last batch)
+        assert min(widths) < 9
+
+
+def test_length_grouping_scales_each_batch_so_the_epoch_objective_is_the_mean_over_all_targets():
+    from training.modules import SASRecModule
+
+    torch.manual_seed(0)
+    seqs = _left_padded_random(40, 6, seed=5)
+    net = {"n_items": 50, "max_len": 6, "hidden": 8, "blocks": 1, "heads": 1, "dropout": 0.0, "emb_dropout": 0.0}
+    module = SASRecModule(net, {}, {}, {"type": "full_ce"}).eval()
+    batches = list(TrainBatches({"seqs": seqs}, batch_size=4, seed=1, pack="seqs", group_by_length=5))
+    with torch.no_grad():
+        grouped = sum(module.training_loss(b) * b["loss_scale"] for b in batches) / len(batches)
+        everything = module.training_loss({"seqs": seqs})      # the mean over every target position at once
+    assert torch.allclose(grouped, everything, atol=1e-5)
+    assert len({b["seqs"].shape[1] for b in batches}) > 1
+
+
+def test_length_grouping_needs_a_packed_tensor():
+    with pytest.raises(ValueError, match="group_by_length"):
+        TrainBatches({"x": torch.arange(5)}, batch_size=2, seed=0, group_by_length=4)
