@@ -41,12 +41,38 @@ def split_scorer(module: "RetrievalModule", split, items: torch.Tensor):
 
 
 class RetrievalModule(pl.LightningModule):
-    def __init__(self, optim: dict, evaluation: dict) -> None:
+    """Steps, evaluation and optimiser of a retrieval network (``network`` built from ``network_config(**net)``).
+
+    ``attr_width``: attribute ids per item; the item attribute buffer is created with that shape and filled by
+    ``build`` (a checkpoint restores it).
+    """
+
+    network: type
+    network_config: type
+
+    def __init__(self, net: dict, optim: dict, evaluation: dict, loss: dict, attr_width: int = 0) -> None:
         super().__init__()
+        self.save_hyperparameters()
         self.optim = dict(optim)
         self.evaluation = dict(evaluation)
         self._acc: RankingEvaluator | None = None
         self.last_eval: dict[str, float] = {}
+        cfg = self.network_config(**net)
+        attrs = torch.zeros(cfg.n_items + 1, max(attr_width, 1), dtype=torch.long) if cfg.n_attributes else None
+        self.net = self.network(cfg, attrs)
+        self.n_items = cfg.n_items
+        self.loss_cfg = dict(loss)
+        self.register_buffer("popularity", torch.zeros(cfg.n_items + 1))
+
+    @classmethod
+    def build(cls, net_cfg, optim: dict, evaluation: dict, loss: dict, item_attributes: torch.Tensor | None,
+              popularity: torch.Tensor) -> "RetrievalModule":
+        width = 0 if item_attributes is None else int(item_attributes.shape[1])
+        module = cls(asdict(net_cfg), optim, evaluation, loss, width)
+        if item_attributes is not None and net_cfg.n_attributes:
+            module.net.item_attributes.copy_(item_attributes)
+        module.popularity.copy_(popularity)
+        return module
 
     # -- to be provided by subclasses
     def user_embeddings(self, inputs: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:  # [B, d]
@@ -189,25 +215,7 @@ class RetrievalModule(pl.LightningModule):
 
 
 class SASRecModule(RetrievalModule):
-    def __init__(self, net: dict, optim: dict, evaluation: dict, loss: dict, attr_width: int = 0) -> None:
-        super().__init__(optim, evaluation)
-        self.save_hyperparameters()
-        cfg = SASRecConfig(**net)
-        attrs = torch.zeros(cfg.n_items + 1, max(attr_width, 1), dtype=torch.long) if cfg.n_attributes else None
-        self.net = SASRec(cfg, attrs)
-        self.n_items = cfg.n_items
-        self.loss_cfg = dict(loss)
-        self.register_buffer("popularity", torch.zeros(cfg.n_items + 1))
-
-    @classmethod
-    def build(cls, net_cfg: SASRecConfig, optim: dict, evaluation: dict, loss: dict,
-              item_attributes: torch.Tensor | None, popularity: torch.Tensor) -> "SASRecModule":
-        width = 0 if item_attributes is None else int(item_attributes.shape[1])
-        module = cls(asdict(net_cfg), optim, evaluation, loss, width)
-        if item_attributes is not None and net_cfg.n_attributes:
-            module.net.item_attributes.copy_(item_attributes)
-        module.popularity.copy_(popularity)
-        return module
+    network, network_config = SASRec, SASRecConfig
 
     def user_embeddings(self, inputs: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
         return self.net.encode(inputs)
@@ -238,27 +246,15 @@ class SASRecModule(RetrievalModule):
 
 
 class TwoTowerModule(RetrievalModule):
-    def __init__(self, net: dict, optim: dict, evaluation: dict, loss: dict, attr_width: int = 0) -> None:
-        super().__init__(optim, evaluation)
-        self.save_hyperparameters()
-        cfg = TwoTowerConfig(**net)
-        attrs = torch.zeros(cfg.n_items + 1, max(attr_width, 1), dtype=torch.long) if cfg.n_attributes else None
-        self.net = TwoTower(cfg, attrs)
-        self.n_items = cfg.n_items
-        self.loss_cfg = dict(loss)
-        self.register_buffer("popularity", torch.zeros(cfg.n_items + 1))
+    network, network_config = TwoTower, TwoTowerConfig
 
     @classmethod
     def build(cls, net_cfg: TwoTowerConfig, optim: dict, evaluation: dict, loss: dict,
               item_attributes: torch.Tensor | None, popularity: torch.Tensor,
-              price_bucket: torch.Tensor | None) -> "TwoTowerModule":
-        width = 0 if item_attributes is None else int(item_attributes.shape[1])
-        module = cls(asdict(net_cfg), optim, evaluation, loss, width)
-        if item_attributes is not None and net_cfg.n_attributes:
-            module.net.item_attributes.copy_(item_attributes)
+              price_bucket: torch.Tensor | None = None) -> "TwoTowerModule":
+        module = super().build(net_cfg, optim, evaluation, loss, item_attributes, popularity)
         if price_bucket is not None and net_cfg.n_price_buckets:
             module.net.price_bucket.copy_(price_bucket)
-        module.popularity.copy_(popularity)
         return module
 
     def user_embeddings(self, inputs: torch.Tensor, user_feat: torch.Tensor | None = None) -> torch.Tensor:
