@@ -48,7 +48,7 @@ NOCLIP = "trainer.gradient_clip_val=null"
 B2048 = f"model.batch_size=2048 model.lr=0.006 {NOCLIP}"
 FAST = {
     "defaults": "",
-    "grouped": "model.group_by_length=32",
+    "ungrouped": "model.group_by_length=0",     # random batches padded to max_len (the default before 2026-12-06)
     "b2048_noclip": B2048,
     "b4096_noclip": f"model.batch_size=4096 model.lr=0.008 {NOCLIP}",
     "b2048_lr4_noclip": f"model.batch_size=2048 model.lr=0.004 {NOCLIP}",
