@@ -118,6 +118,18 @@ def test_bad_config_fails_at_start_naming_the_setting(make_cfg, overrides, messa
         run(make_cfg(*overrides, data="tiny_noattr"))
 
 
+def test_sasrec_defaults_use_attributes_only_where_the_data_has_them(make_cfg):
+    """``use_attributes: auto``: a file without an attributes JSON trains with the shipped config as it is."""
+    bare = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=1", data="tiny_noattr"))
+    assert bare.metrics["test/ndcg@10"] is not None
+    ckpt = torch.load(next((bare.run_dir / "checkpoints").glob("best-*.ckpt")), map_location="cpu", weights_only=False)
+    with_attrs = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=1"))
+    ckpt_attrs = torch.load(next((with_attrs.run_dir / "checkpoints").glob("best-*.ckpt")), map_location="cpu",
+                            weights_only=False)
+    attr_keys = [k for k in ckpt_attrs["state_dict"] if "attr" in k]
+    assert attr_keys and not [k for k in ckpt["state_dict"] if "attr" in k]
+
+
 def test_data_not_prepared_names_the_folder(make_cfg):
     with pytest.raises((ValueError, FileNotFoundError), match="not_there"):
         run(make_cfg("model=pop", data="not_there"))
