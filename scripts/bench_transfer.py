@@ -1,7 +1,7 @@
 """Do the SASRec defaults transfer? The defaults against plain SASRec on datasets they were not chosen on.
 
     python scripts/bench_transfer.py [--datasets movielens_100k,online_retail] [--variants defaults,plain] \
-        [--trainer cpu] [-- extra overrides for every run]
+        [--trainer cpu] [--variant "name=override ..."] [-- extra overrides for every run]
 
 The defaults (``conf/model/sasrec.yaml``) were chosen on Amazon Toys and Sports validation. This bench asks
 whether what they add over a plain SASRec holds on other data, through the path a client with a file of its
@@ -17,7 +17,9 @@ and trained by ``training.train model=sasrec data=seq_txt`` to early stopping, n
 Variants: ``defaults`` (the shipped config, refit included) and ``plain`` (``bench_train.PLAIN``: 64-d,
 1 head, dropout 0.2, Adam, no attributes, no label smoothing, no weight average, no refit). The table gives
 valid NDCG@10 (the early-stopped model) and test NDCG@10 / HR@10 (after the refit where there is one) and
-the defaults' gain over plain; the last stdout line is one JSON object with every figure.
+the defaults' gain over plain; ``--variant`` adds configurations of one's own (an ablation of the defaults:
+``--variant "no_attr=model.use_attributes=false" model.refit_epochs=0``). The last stdout line is one JSON
+object with every figure.
 """
 from __future__ import annotations
 
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default=",".join(SOURCES), help=f"comma-separated, of {list(SOURCES)}")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    ap.add_argument("--variant", action="append", default=[],
+                    help='"name=override override ..." on top of the defaults (repeatable, after --variants)')
     ap.add_argument("--trainer", default="cpu")
     ap.add_argument("--data-root", default=None, help="the shared data folder (default: paths.data_root)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every training run")
@@ -114,11 +118,18 @@ def main(argv: list[str] | None = None) -> dict:
         unknown = [n for n in name if n not in known]
         if unknown:
             ap.error(f"unknown {unknown}; known: {list(known)}")
+    specs = {v: VARIANTS[v] for v in variants}
+    for spec in args.variant:
+        name, sep, ov = spec.partition("=")
+        if not sep or not name or name in specs:
+            ap.error(f"--variant {spec!r}: expected a new name, '=', then overrides")
+        specs[name] = ov
 
     from features.prepare import run as prepare
     from training.train import run as train
 
-    base = _compose([])
+    paths = [o for o in args.overrides if o.startswith("paths.")]    # where to write, for preparation as well
+    base = _compose(paths)
     data_root = Path(args.data_root or base.paths.data_root)
     out_root = Path(base.paths.artifacts) / "transfer"
     results: dict[str, dict] = {}
@@ -127,31 +138,32 @@ def main(argv: list[str] | None = None) -> dict:
         data_ov = ["data=seq_txt", f"data.path={txt}", f"data.name=transfer_{ds}"]
         if attrs is not None:
             data_ov.append(f"data.attributes={attrs}")
-        prepare(_compose(data_ov))
+        prepare(_compose([*paths, *data_ov]))
         print(f"[bench_transfer] {ds}: {stats} -> {txt}", flush=True)
         results[ds] = {"file": stats, "attributes": attrs is not None, "variants": {}}
-        for v in variants:
-            overrides = ["model=sasrec", f"trainer={args.trainer}", *data_ov, *VARIANTS[v].split(), *args.overrides]
+        for v, ov in specs.items():
+            overrides = ["model=sasrec", f"trainer={args.trainer}", *data_ov, *ov.split(), *args.overrides]
             print(f"[bench_transfer] {ds} / {v}: {' '.join(overrides)}", flush=True)
             t0 = time.perf_counter()
             m = train(_compose(overrides)).metrics
             results[ds]["variants"][v] = {
                 "valid_ndcg@10": m.get("valid/ndcg@10"), "test_ndcg@10": m.get("test/ndcg@10"),
                 "test_hr@10": m.get("test/hr@10"), "best_epoch": m.get("best_epoch"), "epochs": m.get("epochs"),
-                "wall_s": round(time.perf_counter() - t0, 1), "run_dir": m.get("run_dir"), "overrides": VARIANTS[v]}
+                "wall_s": round(time.perf_counter() - t0, 1), "run_dir": m.get("run_dir"), "overrides": ov}
 
     cols = ["valid_ndcg@10", "test_ndcg@10", "test_hr@10", "best_epoch", "epochs", "wall_s"]
-    print(f"\n{'dataset':<16}{'variant':<10}" + "".join(f"{c:>15}" for c in cols))
+    w = max([10, *(len(v) + 1 for v in specs)])
+    print(f"\n{'dataset':<16}{'variant':<{w}}" + "".join(f"{c:>15}" for c in cols))
     for ds, r in results.items():
         for v, f in r["variants"].items():
             cells = "".join(f"{f[c]:>15.4f}" if isinstance(f[c], float) and c != "wall_s" else f"{str(f[c]):>15}"
                             for c in cols)
-            print(f"{ds:<16}{v:<10}{cells}")
+            print(f"{ds:<16}{v:<{w}}{cells}")
         d, p = r["variants"].get("defaults"), r["variants"].get("plain")
         if d and p and p["test_ndcg@10"] and p["valid_ndcg@10"]:
             r["defaults_vs_plain"] = {"valid": d["valid_ndcg@10"] / p["valid_ndcg@10"] - 1,
                                       "test": d["test_ndcg@10"] / p["test_ndcg@10"] - 1}
-            print(f"{ds:<16}{'gain':<10}{r['defaults_vs_plain']['valid']:>+15.1%}{r['defaults_vs_plain']['test']:>+15.1%}")
+            print(f"{ds:<16}{'gain':<{w}}{r['defaults_vs_plain']['valid']:>+15.1%}{r['defaults_vs_plain']['test']:>+15.1%}")
     print("(valid = the early-stopped model; test = the exported model, after the defaults' refit)")
     out = {"bench": "transfer", "trainer": args.trainer, "datasets": results}
     print(json.dumps(out, default=str))
