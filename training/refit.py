@@ -76,10 +76,11 @@ def refit(module: pl.LightningModule, dm, cfg: DictConfig, hw, run_dir: Path, ca
         raise ValueError("model.refit_epochs > 0 runs in one process: use trainer=cpu or trainer=gpu (not ddp)")
     dm.use_refit_data(through_validation)
     decay = float(cfg.model.get("ema_decay", 0.0) or 0.0)
+    ema = [EMAWeights(decay, max_epochs=float(cfg.model.get("ema_max_epochs", 0.0) or 0.0))] if decay > 0 else []
     trainer = pl.Trainer(
         accelerator=hw.accelerator, devices=1, precision=hw.precision, max_epochs=epochs,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        callbacks=([EMAWeights(decay)] if decay > 0 else []) + list(callbacks),
+        callbacks=ema + list(callbacks),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(run_dir),

@@ -37,6 +37,7 @@ from training.evaluate import evaluate_split, protocol
 from training.modules import NonFiniteLossError
 from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
                            pick_device, validate_config)
+from training.callbacks import EMAWeights
 from training.trainer import build_trainer, fit_and_test, instantiate_loggers, max_time
 
 if TYPE_CHECKING:
@@ -150,6 +151,10 @@ def _train_neural(cfg: DictConfig, pdir: Path, run_dir: Path, device: str, resum
         metrics["best_checkpoint"] = metrics["refit_checkpoint"]
     metrics.update({"sequences_per_s": data.info["train_sequences"] * metrics["epochs"] / max(metrics["train_time_s"], 1e-9),
                     "valid_epoch_users": valid_epoch_users, "compiled": bool(t.get("compile", False))})
+    ema = [c for c in trainer.callbacks if isinstance(c, EMAWeights) and c.enabled]
+    if ema:                     # the decay per step after model.ema_max_epochs
+        metrics["ema_decay_effective"] = ema[0].effective_decay
+        metrics["ema_steps_per_epoch"] = ema[0].steps_per_epoch
     return metrics
 
 

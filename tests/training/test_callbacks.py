@@ -25,3 +25,19 @@ def test_a_long_run_is_the_moving_average_with_the_set_decay():
     for v in values[2:]:
         expected = 0.6 * expected + 0.4 * v
     assert abs(_average_of(values, 0.6) - expected) < 1e-5
+
+
+def test_the_average_spans_at_most_max_epochs_whatever_the_steps_per_epoch():
+    from training.callbacks import EMAWeights
+
+    ema = EMAWeights(0.995, max_epochs=3)
+    assert ema.decay_for(76) == 0.995                        # Amazon Toys, 76 steps: 200 steps < 3 epochs, as set
+    assert ema.decay_for(140) == 0.995                       # Amazon Sports
+    assert abs(ema.decay_for(4) - (1 - 1 / 12)) < 1e-12      # 943 users in 4 steps: at most 12 steps averaged
+    assert EMAWeights(0.995).decay_for(4) == 0.995           # no cap
+    try:
+        EMAWeights(0.995, max_epochs=-1)
+    except ValueError as e:
+        assert "model.ema_max_epochs" in str(e)
+    else:
+        raise AssertionError("a negative cap was accepted")

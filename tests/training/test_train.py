@@ -283,6 +283,17 @@ def test_ema_weights_are_what_is_validated_checkpointed_and_tested(make_cfg):
     assert torch.equal(module.net.item_emb.weight, best_avg["net.item_emb.weight"])
 
 
+def test_ema_span_is_capped_in_epochs_on_small_data(make_cfg):
+    """The shipped cap (model.ema_max_epochs: 3): a tiny dataset of a few steps per epoch averages over at most
+    3 epochs of steps, not the 200 steps of 0.995; metrics.json says which decay was used."""
+    m = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=1", "model.ema_decay=0.995")).metrics
+    assert 0 < m["ema_steps_per_epoch"] < 66                 # 200 steps at 0.995 would be over 3 epochs
+    assert m["ema_decay_effective"] == pytest.approx(1 - 1 / (3 * m["ema_steps_per_epoch"]))
+    uncapped = run(make_cfg("model=sasrec", *FAST, "trainer.max_epochs=1", "model.ema_decay=0.995",
+                            "model.ema_max_epochs=0")).metrics
+    assert uncapped["ema_decay_effective"] == 0.995
+
+
 def test_ema_decay_out_of_range_names_the_setting(make_cfg):
     with pytest.raises(Exception, match="model.ema_decay"):
         run(make_cfg("model=sasrec", *FAST, "model.ema_decay=1.5"))
