@@ -55,6 +55,31 @@ def left_padded(users: np.ndarray, items: np.ndarray, width: int, rows: np.ndarr
     return out
 
 
+def windows(users: np.ndarray, items: np.ndarray, width: int, rows: np.ndarray,
+            max_windows: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows of up to ``max_windows`` consecutive windows per user, and the user of each row.
+
+    The first rows are ``left_padded(users, items, width, rows)`` (each user's last ``width`` items); window
+    ``k`` is the last ``width`` items of the user's events before the last ``k * (width - 1)``, so every event
+    of a long history is a target once (each window's first item is the one before its first target). A
+    window needs at least two items. ``max_windows=1``: the last window only.
+    """
+    seqs, owners = [left_padded(users, items, width, rows)], [rows]
+    if max_windows > 1 and len(users):
+        counts = np.bincount(users, minlength=int(max(users.max(), rows.max() if len(rows) else 0)) + 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pos = np.arange(len(users)) - starts[users]
+        for k in range(1, max_windows):
+            cut = k * (width - 1)
+            more = rows[counts[rows] - cut >= 2]
+            if not len(more):
+                break
+            m = pos < counts[users] - cut
+            seqs.append(left_padded(users[m], items[m], width, more))
+            owners.append(more)
+    return np.vstack(seqs), np.concatenate(owners)
+
+
 @dataclass
 class EvalSet:
     """One evaluation split: input sequences, targets and the history to exclude (CSR over rows).
@@ -220,7 +245,7 @@ def shift_holdout(parts: dict[str, pd.DataFrame], shift: int) -> dict[str, pd.Da
 def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attributes: bool = False,
                        max_users: int | None = None, max_attributes: int = 8,
                        user_features: UserFeatureConfig | None = None, shop_baskets: int = 1,
-                       holdout_shift: int = 0) -> SequenceData:
+                       holdout_shift: int = 0, train_windows: int = 1) -> SequenceData:
     """Build ``SequenceData`` from a processed folder. ``max_users`` keeps the first N users (tests, smoke runs).
 
     ``split="shop"``: the temporal split's files, evaluated on the shop protocol (``features.splits``): each
@@ -235,6 +260,8 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     the events the row is trained to predict.
 
     ``holdout_shift`` (loo only): evaluate one or more events earlier (``shift_holdout``).
+    ``train_windows`` (> 1): a history longer than ``max_len`` also trains on up to this many earlier
+    windows of ``max_len`` targets (``windows``), the refit sequences too; 1 = the last window only.
     ``refit_seqs`` holds each user's sequence through the validation event (``training.refit`` trains on it).
     """
     if max_len <= 0:
@@ -254,8 +281,9 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
         parts = shift_holdout(parts, holdout_shift)
     train = _ordered(parts["train"])
     tu, ti = train["user_id"].to_numpy(np.int64), train["item_id"].to_numpy(np.int64)
-    users = np.unique(tu)
-    seqs = left_padded(tu, ti, max_len + 1, users)
+    if train_windows < 1:
+        raise ValueError(f"model.train_windows must be >= 1, got {train_windows}")
+    seqs, users = windows(tu, ti, max_len + 1, np.unique(tu), train_windows)
     has_target = (seqs[:, :-1] > 0).any(1) & (seqs[:, 1:] > 0).any(1)
     seqs, users = seqs[has_target], users[has_target]
     pop = np.bincount(ti + 1, minlength=n_items + 1).astype(np.float32)
@@ -270,7 +298,7 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
     before_test = pd.concat([train, parts["valid"]])
     bt = _ordered(before_test)
     bu, bi = bt["user_id"].to_numpy(np.int64), bt["item_id"].to_numpy(np.int64)
-    refit_seqs = left_padded(bu, bi, max_len + 1, np.unique(bu))
+    refit_seqs, _ = windows(bu, bi, max_len + 1, np.unique(bu), train_windows)
     refit_seqs = refit_seqs[(refit_seqs[:, :-1] > 0).any(1) & (refit_seqs[:, 1:] > 0).any(1)]
     if split == SHOP:   # relevant sets: the purchases of each user's next basket(s) after the cut-off
         valid = _eval_set(train, shop_targets(train, parts["valid"], shop_baskets), max_len, target_sets=True)
@@ -296,7 +324,8 @@ def load_sequence_data(pdir: Path, max_len: int, split: str = "loo", use_attribu
         before_test_end = spec.transform(pd.concat([train, parts["valid"]]), people, items, n_users)
         data.user_features = spec
         if user_features.point_in_time:
-            event_at = left_padded(tu, np.arange(len(tu)), max_len + 1, users)[:, :-1]  # train row of each input + 1 (0 = pad)
+            rows_at = windows(tu, np.arange(len(tu)), max_len + 1, np.unique(tu), train_windows)[0][has_target]
+            event_at = rows_at[:, :-1]  # train row of each input + 1 (0 = pad)
             running = np.vstack([np.zeros((1, len(spec.names)), np.int64), spec.transform_running(train, people, items)])
             data.train_user_feat = torch.from_numpy(running[event_at])  # [U, L, F]
         else:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from training.data import TrainBatches, left_padded, load_sequence_data, price_buckets, shift_holdout
+from training.data import TrainBatches, left_padded, load_sequence_data, price_buckets, shift_holdout, windows
 
 
 def test_left_padded_keeps_last_items_most_recent_last():
@@ -60,6 +60,30 @@ def test_shift_holdout_keeps_one_training_event_per_user():
     out = shift_holdout(parts, 1)
     assert out["train"]["item_id"].tolist() == [5, 6] and out["valid"]["item_id"].tolist() == [7]
     assert out["test"]["item_id"].tolist() == [8, 9]
+
+
+def test_windows_make_every_event_of_a_long_history_a_target_once():
+    users = np.array([0] * 9 + [1] * 3 + [2])
+    items = np.arange(13)
+    seqs, owners = windows(users, items, 4, np.array([0, 1, 2]), max_windows=5)
+    assert seqs[:3].tolist() == left_padded(users, items, 4, np.array([0, 1, 2])).tolist()   # the last window first
+    # user 0 (items 1..9 stored +1): windows of 4 items, 3 targets each, overlapping by one input item
+    assert seqs[3:].tolist() == [[3, 4, 5, 6], [0, 1, 2, 3]] and owners.tolist() == [0, 1, 2, 0, 0]
+    targets = [t for s, o in zip(seqs, owners) if o == 0 for t in s[1:] if t > 0]
+    assert sorted(targets) == list(range(1, 10))   # each item a target once (the first from padding, as without windows)
+    assert windows(users, items, 4, np.array([0, 1, 2]), max_windows=2)[0].shape == (4, 4)
+    assert windows(users, items, 4, np.array([0, 1, 2]))[0].tolist() == seqs[:3].tolist()
+
+
+def test_train_windows_add_rows_for_long_histories_only(tiny_artifacts):
+    pdir = tiny_artifacts / "processed" / "tiny"
+    one, more = load_sequence_data(pdir, max_len=3), load_sequence_data(pdir, max_len=3, train_windows=4)
+    assert torch.equal(more.train_seqs[: len(one.train_seqs)], one.train_seqs)
+    assert len(more.train_seqs) > len(one.train_seqs) and len(more.train_users) == len(more.train_seqs)
+    assert len(more.refit_seqs) > len(one.refit_seqs)
+    assert torch.equal(more.valid.inputs, one.valid.inputs) and torch.equal(more.test.inputs, one.test.inputs)
+    with pytest.raises(ValueError, match="model.train_windows"):
+        load_sequence_data(pdir, max_len=3, train_windows=0)
 
 
 def test_refit_sequences_are_the_histories_through_the_validation_event(tiny_artifacts):
