@@ -129,7 +129,7 @@ def load_data(cfg: DictConfig, pdir: Path) -> tuple[SequenceData, dict]:
     data = load_sequence_data(pdir, int(cfg.model.max_len), str(cfg.trainer.eval.split), attrs,
                               cfg.trainer.get("max_users"), int(cfg.model.get("max_attributes", 8)),
                               user_feature_config(cfg), holdout_shift=int(cfg.trainer.eval.get("holdout_shift", 0) or 0),
-                              train_windows=int(cfg.model.get("train_windows", 1) or 1))
+                              train_windows=int(cfg.model.get("train_windows", 1)))
     extra = {}
     if cfg.model.family == "two_tower":
         extra["price_bucket"], extra["n_price_buckets"] = price_buckets(items, data.n_items, int(cfg.model.price_buckets))

@@ -33,11 +33,11 @@ from omegaconf import DictConfig, OmegaConf
 from features.artifacts import code_version, file_sha256, write_json
 from features.processed import load_manifest, processed_dir
 from features.splits import split_files
+from training.callbacks import EMAWeights
 from training.evaluate import evaluate_split, protocol
 from training.modules import NonFiniteLossError
 from training.runs import (NEURAL_FAMILIES, RUN_DIR_ENV, build_module, find_resume_checkpoint, load_data, new_run_dir,
                            pick_device, validate_config)
-from training.callbacks import EMAWeights
 from training.trainer import build_trainer, fit_and_test, instantiate_loggers, max_time
 
 if TYPE_CHECKING:

@@ -112,6 +112,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(make_cfg, mo
     (["model=sasrec", "model.max_len=0"], "model.max_len"),
     (["model=sasrec", "model.use_attributes=true"], "model.use_attributes"),
     (["model=sasrec", "trainer.max_epochs=0"], "trainer.max_epochs"),
+    (["model=sasrec", "model.train_windows=0"], "model.train_windows"),
 ])
 def test_bad_config_fails_at_start_naming_the_setting(make_cfg, overrides, message):
     with pytest.raises(ValueError, match=message):
