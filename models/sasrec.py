@@ -14,6 +14,12 @@ Attention is ``F.scaled_dot_product_attention`` with a causal mask that also hid
 Blocks (``block``): ``transformer`` is the original residual block (pre- or post-LayerNorm);
 ``ligr`` is the gated-residual block of LinkedIn's LiGR ranker (arXiv 2502.03417), as eSASRec (RecSys 2025)
 uses it in SASRec: pre-LayerNorm, and each residual branch scaled by ``sigmoid(W x)`` of the block's input.
+``bsarec`` mixes attention with a frequency filter, as BSARec (AAAI 2024): ``filter_alpha`` of the branch is
+the sequence's low-frequency part plus its high-frequency part scaled by a learned ``beta**2`` per channel,
+the rest is attention. BSARec filters the whole sequence by FFT, so each position sees later ones; it scores
+only the last position of every prefix. This model scores every position in one pass, so each position gets
+the filter of the ``max_len`` window ending at it instead (``filter_bins`` lowest frequencies kept): a fixed
+causal kernel that ignores padding, like the attention, and equals BSARec's filter at the last position.
 ``ffn_activation`` picks GELU or SwiGLU (``silu(W1 x) * W3 x``, bias-free) for the position-wise FFN.
 """
 from __future__ import annotations
@@ -38,8 +44,10 @@ class SASRecConfig:
     tie_weights: bool = True     # score outputs with the input item table
     ffn_mult: int = 1            # FFN inner size = ffn_mult * hidden (the original SASRec uses 1)
     n_attributes: int = 0        # > 0: attribute vocabulary size (ids 1..n_attributes, 0 = padding)
-    block: str = "transformer"   # transformer | ligr (gated residual branches, always pre-LayerNorm)
+    block: str = "transformer"   # transformer | ligr (gated residual branches, always pre-LayerNorm) | bsarec
     ffn_activation: str = "gelu"  # gelu | swiglu
+    filter_alpha: float = 0.7    # block=bsarec: share of the frequency filter in the mix (the rest is attention)
+    filter_bins: int = 3         # block=bsarec: lowest rFFT bins of a max_len window kept, DC included (BSARec's c=5)
 
     def __post_init__(self) -> None:
         if self.max_len <= 0:
@@ -54,6 +62,10 @@ class SASRecConfig:
             raise ValueError(f"model.ffn_activation must be gelu or swiglu, got {self.ffn_activation!r}")
         if self.block == "ligr" and not self.norm_first:
             raise ValueError("model.block=ligr is a pre-LayerNorm block: set model.norm_first=true")
+        if not 0.0 <= self.filter_alpha <= 1.0:
+            raise ValueError(f"model.filter_alpha must be in [0, 1], got {self.filter_alpha}")
+        if self.filter_bins < 1:
+            raise ValueError(f"model.filter_bins must be >= 1, got {self.filter_bins}")
 
 
 class _SwiGLU(nn.Module):
@@ -79,16 +91,16 @@ def _ffn(d: int, ffn_mult: int, dropout: float, activation: str) -> nn.Module:
 class _Block(nn.Module):
     """One transformer block: multi-head causal self-attention + position-wise FFN."""
 
-    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool, ffn_mult: int,
-                 ffn_activation: str = "gelu") -> None:
+    def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
-        self.heads, self.norm_first, self.dropout = heads, norm_first, dropout
+        d = cfg.hidden
+        self.heads, self.norm_first, self.dropout = cfg.heads, cfg.norm_first, cfg.dropout
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.ln1 = nn.LayerNorm(d, eps=1e-8)
         self.ln2 = nn.LayerNorm(d, eps=1e-8)
-        self.ffn = _ffn(d, ffn_mult, dropout, ffn_activation)
-        self.drop = nn.Dropout(dropout)
+        self.ffn = _ffn(d, cfg.ffn_mult, cfg.dropout, cfg.ffn_activation)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def _attn(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
@@ -109,18 +121,60 @@ class _Block(nn.Module):
 class _LiGRBlock(_Block):
     """Pre-LayerNorm block whose two residual branches are gated by ``sigmoid(W x)`` of the block input."""
 
-    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool, ffn_mult: int,
-                 ffn_activation: str = "gelu") -> None:
-        super().__init__(d, heads, dropout, True, ffn_mult, ffn_activation)
-        self.gate1 = nn.Linear(d, d)
-        self.gate2 = nn.Linear(d, d)
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__(cfg)
+        self.gate1 = nn.Linear(cfg.hidden, cfg.hidden)
+        self.gate2 = nn.Linear(cfg.hidden, cfg.hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + torch.sigmoid(self.gate1(x)) * self.drop(self._attn(self.ln1(x), mask))
         return x + torch.sigmoid(self.gate2(x)) * self.drop(self.ffn(self.ln2(x)))
 
 
-BLOCKS = {"transformer": _Block, "ligr": _LiGRBlock}
+def lowpass_kernel(max_len: int, bins: int) -> torch.Tensor:
+    """``k[lag]``: the weight of the item ``lag`` steps back in the low-pass (the ``bins`` lowest rFFT
+    frequencies of a ``max_len`` window) at the window's last position."""
+    spec = torch.fft.rfft(torch.eye(max_len, dtype=torch.float64), dim=0)
+    spec[bins:] = 0
+    low = torch.fft.irfft(spec, n=max_len, dim=0)        # column m: the low-pass of an impulse at m
+    return low[max_len - 1].flip(0).float()              # lag = max_len - 1 - m
+
+
+class _FilterMixBlock(_Block):
+    """BSARec-style block: ``alpha * (low + beta**2 * (x - low)) + (1 - alpha) * attention``, then the FFN.
+
+    ``low`` at a position is BSARec's low-pass of the ``max_len`` window ending there (padding and anything
+    before the window as zeros), evaluated at that position: a fixed causal kernel. At the last position of
+    a sequence it is BSARec's own filter of the zero-padded sequence."""
+
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__(cfg)
+        self.alpha = cfg.filter_alpha
+        self.sqrt_beta = nn.Parameter(torch.ones(cfg.hidden))
+        self.register_buffer("kernel", lowpass_kernel(cfg.max_len, cfg.filter_bins), persistent=False)
+        self.ln_filter = None if cfg.norm_first else nn.LayerNorm(cfg.hidden, eps=1e-8)
+
+    def _filter(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        l = x.shape[1]
+        real = mask[:, 0, -1, :].unsqueeze(-1).to(x.dtype)     # the last position sees every real item
+        idx = torch.arange(l, device=x.device)
+        lag = idx.unsqueeze(1) - idx.unsqueeze(0)              # [query, key]
+        toeplitz = self.kernel[lag.clamp(min=0)] * (lag >= 0).to(x.dtype)
+        low = toeplitz @ (x * real)
+        return low + self.sqrt_beta ** 2 * (x - low)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            h = self.ln1(x)
+            x = x + self.drop(self.alpha * self._filter(h, mask) + (1 - self.alpha) * self._attn(h, mask))
+            return x + self.drop(self.ffn(self.ln2(x)))
+        filtered = self.ln_filter(x + self.drop(self._filter(x, mask)))
+        attended = self.ln1(x + self.drop(self._attn(x, mask)))
+        x = self.alpha * filtered + (1 - self.alpha) * attended
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+
+BLOCKS = {"transformer": _Block, "ligr": _LiGRBlock, "bsarec": _FilterMixBlock}
 
 
 class SASRec(nn.Module):
@@ -133,10 +187,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         self.emb_drop = nn.Dropout(cfg.emb_dropout)
-        self.blocks = nn.ModuleList(
-            BLOCKS[cfg.block](d, cfg.heads, cfg.dropout, cfg.norm_first, cfg.ffn_mult, cfg.ffn_activation)
-            for _ in range(cfg.blocks)
-        )
+        self.blocks = nn.ModuleList(BLOCKS[cfg.block](cfg) for _ in range(cfg.blocks))
         self.final_ln = nn.LayerNorm(d, eps=1e-8) if cfg.norm_first else nn.Identity()
         if cfg.n_attributes > 0:
             if item_attributes is None or item_attributes.shape[0] != cfg.n_items + 1:

@@ -158,6 +158,7 @@ def build_module(cfg: DictConfig, data: SequenceData, extra: dict):
             heads=int(m.heads), dropout=float(m.dropout), emb_dropout=float(m.emb_dropout),
             norm_first=bool(m.norm_first), tie_weights=bool(m.tie_weights), ffn_mult=int(m.ffn_mult),
             block=str(m.get("block", "transformer")), ffn_activation=str(m.get("ffn_activation", "gelu")),
+            filter_alpha=float(m.get("filter_alpha", 0.7)), filter_bins=int(m.get("filter_bins", 3)),
             n_attributes=data.n_attributes,
         )
         loss = {"type": str(m.loss), "num_negatives": int(m.num_negatives), "proposal_alpha": float(m.proposal_alpha),

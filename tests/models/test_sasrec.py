@@ -22,7 +22,8 @@ def test_shapes_and_encode_is_last_position():
 
 
 VARIANTS = [{}, {"block": "ligr"}, {"block": "ligr", "ffn_activation": "swiglu", "ffn_mult": 4},
-            {"ffn_activation": "swiglu"}]
+            {"ffn_activation": "swiglu"}, {"block": "bsarec"}, {"block": "bsarec", "norm_first": False},
+            {"block": "bsarec", "filter_bins": 1, "filter_alpha": 1.0}]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -93,7 +94,8 @@ def test_ligr_gates_scale_the_residual_branches():
 
 
 @pytest.mark.parametrize("bad, name", [({"block": "mamba"}, "model.block"), ({"ffn_activation": "relu6"}, "model.ffn_activation"),
-                                       ({"block": "ligr", "norm_first": False}, "model.norm_first")])
+                                       ({"block": "ligr", "norm_first": False}, "model.norm_first"),
+                                       ({"filter_alpha": 1.5}, "model.filter_alpha"), ({"filter_bins": 0}, "model.filter_bins")])
 def test_bad_block_settings_name_the_setting(bad, name):
     with pytest.raises(ValueError, match=name):
         SASRecConfig(n_items=10, **bad)
@@ -104,6 +106,49 @@ def test_ligr_swiglu_exports_to_onnx_with_parity(tmp_path):
     m = _model(block="ligr", ffn_activation="swiglu", ffn_mult=2)
     enc = SASRecEncoder(m).eval()
     seq = torch.randint(0, 31, (3, 8))
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(enc, (seq,), str(path), input_names=["item_seq"], output_names=["user_emb"],
+                      dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}}, opset_version=18, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"item_seq": seq.numpy()})[0]
+    assert abs(got - enc(seq).detach().numpy()).max() < 1e-4
+
+
+def test_bsarec_filter_is_bsarec_fft_lowpass_at_the_last_position():
+    """At a sequence's last position the causal filter equals BSARec's FFT filter of the zero-padded sequence."""
+    m = _model(block="bsarec", filter_bins=2)
+    blk = m.blocks[0]
+    with torch.no_grad():
+        blk.sqrt_beta.copy_(torch.linspace(0.5, 1.5, 16))
+    x = torch.randn(3, 8, 16)
+    seq = torch.tensor([[0, 0, 0, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 0, 0, 9]])
+    real = (seq > 0).unsqueeze(-1).float()
+    idx = torch.arange(8)
+    mask = (((idx[None, :] <= idx[:, None]) & (seq > 0).unsqueeze(1)) | (idx[None, :] == idx[:, None])).unsqueeze(1)
+    got = blk._filter(x, mask)[:, -1]
+    spec = torch.fft.rfft(x * real, dim=1, norm="ortho")
+    spec[:, 2:] = 0
+    low = torch.fft.irfft(spec, n=8, dim=1, norm="ortho")
+    want = low + blk.sqrt_beta.detach() ** 2 * (x * real - low)
+    assert torch.allclose(got, want[:, -1], atol=1e-5)
+
+
+def test_bsarec_beta_one_makes_the_filter_the_identity():
+    m = _model(block="bsarec")
+    x = torch.randn(2, 8, 16)
+    mask = torch.ones(2, 1, 8, 8, dtype=torch.bool).tril()
+    assert torch.allclose(m.blocks[0]._filter(x, mask), x, atol=1e-6)
+
+
+def test_bsarec_exports_to_onnx_with_parity(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m = _model(block="bsarec")
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.sqrt_beta.copy_(torch.linspace(0.2, 1.8, 16))
+    enc = SASRecEncoder(m).eval()
+    seq = torch.randint(0, 31, (3, 8))
+    seq[0, :5] = 0
     path = tmp_path / "enc.onnx"
     torch.onnx.export(enc, (seq,), str(path), input_names=["item_seq"], output_names=["user_emb"],
                       dynamic_axes={"item_seq": {0: "batch"}, "user_emb": {0: "batch"}}, opset_version=18, dynamo=False)
