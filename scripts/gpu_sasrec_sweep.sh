@@ -7,7 +7,7 @@
 #   defaults (default): 12 configs on Amazon Toys + 4 on Sports (how conf/model/sasrec.yaml was chosen), then
 #            scripts/bench_train.py alone on the GPU: the plain SASRec against the best Toys config.
 #   quality: each candidate on BOTH Toys and Sports against the shipped defaults (no weight average, EMA 0.999,
-#            LiGR blocks, SwiGLU, cosine schedule, width), plus the defaults on the shifted protocol
+#            LiGR blocks, SwiGLU, cosine schedule, width, BSARec blocks), plus the defaults on the shifted protocol
 #            (trainer.eval.holdout_shift=1) followed by the refit curve (python -m training.refit --epochs
 #            0 1 2 3 4 6 8 10; one 10-epoch refit) and its control (--control: the same epochs on the training
 #            sequences only), which choose model.refit_epochs on the real validation targets. $OUT/sweep.json
@@ -64,10 +64,11 @@ if [ "$SET" = quality ]; then
     echo "q${p}_ligr_noema|data=$d model.block=ligr model.ema_decay=0.0"
     echo "q${p}_cosine|data=$d model.scheduler=cosine model.lr=0.002 model.warmup_steps=200 trainer.max_epochs=40"
     echo "q${p}_h256|data=$d model.hidden=256"
+    echo "q${p}_bsarec|data=$d model.block=bsarec"
     echo "q${p}_shift1|data=$d trainer.eval.holdout_shift=1 model.refit_epochs=0"
   done
 } > "$CONFIGS"
-if [ "$SMOKE" = "1" ]; then sed -i -n '1p;2p;4p;9p;10p;11p;13p;18p' "$CONFIGS"; fi
+if [ "$SMOKE" = "1" ]; then sed -i -n '1p;2p;4p;9p;10p;11p;12p;14p;20p' "$CONFIGS"; fi
 else
 {
   echo "t01_plain|data=$TOYS $PLAIN"
