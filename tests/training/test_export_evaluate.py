@@ -23,18 +23,19 @@ def trained(tiny_artifacts, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("exp")
     out = {}
-    for model, extra in (("sasrec", ["model.use_attributes=true", "model.blocks=1", "model.heads=2"]),
-                         ("two_tower", ["model.mlp_hidden=16", "model.random_negatives=8",
-                                        "model.user_features.enabled=true"])):
+    for name, model, extra in (("sasrec", "sasrec", ["model.use_attributes=true", "model.blocks=1", "model.heads=2"]),
+                               ("sasrec_bsarec", "sasrec", ["model.block=bsarec", "model.blocks=1"]),
+                               ("two_tower", "two_tower", ["model.mlp_hidden=16", "model.random_negatives=8",
+                                                           "model.user_features.enabled=true"])):
         with initialize_config_dir(config_dir=CONF, version_base=None):
             cfg = compose("config", overrides=[f"paths.artifacts={tiny_artifacts}", f"paths.runs={root / 'runs'}",
                                                f"paths.bundles={root / 'bundles'}", "data.name=tiny",
                                                f"model={model}", *FAST, *extra])
-        out[model] = (cfg, run(cfg))
+        out[name] = (cfg, run(cfg))
     return out
 
 
-@pytest.mark.parametrize("model", ["sasrec", "two_tower"])
+@pytest.mark.parametrize("model", ["sasrec", "sasrec_bsarec", "two_tower"])
 def test_export_bundle_layout_and_onnx_parity(trained, model):
     cfg, res = trained[model]
     cfg.run = str(res.run_dir)
