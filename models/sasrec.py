@@ -151,16 +151,17 @@ class _FilterMixBlock(_Block):
         super().__init__(cfg)
         self.alpha = cfg.filter_alpha
         self.sqrt_beta = nn.Parameter(torch.ones(cfg.hidden))
-        self.register_buffer("kernel", lowpass_kernel(cfg.max_len, cfg.filter_bins), persistent=False)
+        kernel = lowpass_kernel(cfg.max_len, cfg.filter_bins)
+        idx = torch.arange(cfg.max_len)
+        lag = idx.unsqueeze(1) - idx.unsqueeze(0)                          # [query, key]
+        # low = toeplitz @ x; a batch of width l uses its last l rows and columns (right-aligned positions)
+        self.register_buffer("toeplitz", kernel[lag.clamp(min=0)] * (lag >= 0), persistent=False)
         self.ln_filter = None if cfg.norm_first else nn.LayerNorm(cfg.hidden, eps=1e-8)
 
     def _filter(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         l = x.shape[1]
         real = mask[:, 0, -1, :].unsqueeze(-1).to(x.dtype)     # the last position sees every real item
-        idx = torch.arange(l, device=x.device)
-        lag = idx.unsqueeze(1) - idx.unsqueeze(0)              # [query, key]
-        toeplitz = self.kernel[lag.clamp(min=0)] * (lag >= 0).to(x.dtype)
-        low = toeplitz @ (x * real)
+        low = self.toeplitz[-l:, -l:].to(x.dtype) @ (x * real)
         return low + self.sqrt_beta ** 2 * (x - low)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
