@@ -122,7 +122,13 @@ def test_console_in_chromium(live_console, browser, console_artifacts):
     d.get(f"{url}/console")
     d.find_element(By.ID, "key").send_keys("wrong-key")
     d.find_element(By.ID, "login-button").click()
-    msg = WebDriverWait(d, 10).until(lambda x: x.find_element(By.ID, "login-message"))
+    # the message element is on the page before the POST too (hidden): wait for the answer's page, whose
+    # message says so, through the moment the old page's element goes stale
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    WebDriverWait(d, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda x: "not accepted" in x.find_element(By.ID, "login-message").text)
+    msg = d.find_element(By.ID, "login-message")
     assert "not accepted" in msg.text and msg.is_displayed()
     problems(d)
     # sign in
