@@ -1,6 +1,6 @@
 """Write the serving bundle of a trained run: ``python -m training.export run=<run folder>``.
 
-The bundle (``serving/bundle_layout.md``) is published as a new version ``${paths.bundles}/<data>-<model>-<time>/``
+The bundle (``serving/bundle_layout.md``) is published as a new version ``${paths.bundles}/<data>-<model>-<time>[-<n>]/``
 (``serving.bundle.new_version``: temporary folder, hashes, rename) and named in ``${paths.bundles}/LATEST``: item embeddings (row i = item_id i), the user/sequence encoder as
 ONNX (``item_seq [B, max_len] int64 (, user_feat [B, F] int64) -> user_emb [B, dim] float32``; score = inner
 product), the user-feature codes and spec (``user_features.parquet``/``.json``, two-tower with user features), the items and
@@ -148,8 +148,10 @@ def run(cfg: DictConfig) -> ExportResult:
     encoder = (SASRecEncoder if family == "sequence" else TwoTowerEncoder)(module.net).eval()
     with torch.no_grad():
         item_emb = module.item_embeddings().float().numpy().astype(np.float32)
-    name = f"{rcfg.data.name}-{rcfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     bundles = Path(str(cfg.paths.bundles))
+    stamp = f"{rcfg.data.name}-{rcfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # a second export in the same second gets a suffix, as run folders do (versions are never replaced)
+    name = next((n for n in (stamp, *(f"{stamp}-{i}" for i in range(1, 1000))) if not (bundles / n).exists()), stamp)
     tol = float(cfg.trainer.export.parity_tolerance)
     check = data.test.inputs[: min(256, len(data.test))]
     spec = data.user_features if family == "two_tower" else None

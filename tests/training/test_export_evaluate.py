@@ -89,6 +89,15 @@ def test_export_bundle_layout_and_onnx_parity(trained, model):
     assert users["history"].map(len).max() <= 50 and users["user_key"].str.fullmatch(r"[0-9a-f]{16}").all()
 
 
+def test_two_exports_in_the_same_second_are_two_versions(trained, monkeypatch):
+    cfg, res = trained["sasrec"]
+    cfg.run = str(res.run_dir)
+    monkeypatch.setattr(export.time, "strftime", lambda fmt, *a: "20260101-000000")   # one second for both
+    first, second = export.run(cfg).bundle_dir, export.run(cfg).bundle_dir
+    assert first != second and first.exists() and second.exists()
+    assert (second.parent / "LATEST").read_text().strip() == second.name
+
+
 def test_evaluate_reproduces_the_run_metrics(trained):
     cfg, res = trained["sasrec"]
     cfg.run = str(res.run_dir)
